@@ -1,0 +1,51 @@
+"""mmcl's modality-agnostic contrastive loss core.
+
+Every loss takes two views of the same ``N`` instances, ``z_a`` and ``z_b`` of shape ``(N, d)`` (row
+``i`` of each is a positive pair), plus ``labels`` ``(N,)`` for supervised losses and ``negatives``
+``(N, d)`` for losses that take hard negatives, and returns a scalar. The detached diagnostics of the
+last call are in ``loss_fn.diagnostics``.
+
+>>> import torch, losses
+>>> losses.available()[:3]
+['nt_xent', 'info_nce', 'simcse']
+>>> loss_fn = losses.build("hcl", beta=1.0, tau_plus=0.1)
+>>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
+
+The losses are presets of :class:`ContrastiveLoss` assembled from the parts in :mod:`losses.parts`;
+new combinations are one line, e.g. MACL's temperature on DHEL:
+``losses.build("dhel", temperature={"rule": "macl", "temperature": 0.3})``.
+"""
+
+from losses import (  # noqa: F401  (registration order is the table's order)
+    align_uniform,
+    dcl,
+    debiased,
+    dhel,
+    dystress,
+    graphcl,
+    hcl,
+    info_nce,
+    kcl,
+    macl,
+    margin,
+    nt_xent,
+    scl,
+    simcse,
+    supcon,
+)
+from losses.core import ContrastiveLoss, EmbeddingLoss, PositiveWeights
+from losses.distributed import gather, gather_with_grad
+from losses.registry import available, build, format_table, info, options
+
+__all__ = [
+    "ContrastiveLoss",
+    "EmbeddingLoss",
+    "PositiveWeights",
+    "available",
+    "build",
+    "format_table",
+    "gather",
+    "gather_with_grad",
+    "info",
+    "options",
+]

@@ -1,0 +1,71 @@
+"""DCL and DCLW: decoupled contrastive learning.
+
+Reference: Yeh, Hong, Hsu, Liu, Chen, LeCun, "Decoupled Contrastive Learning", ECCV 2022,
+arXiv:2110.06848. No official code; lightly's ``DCLLoss``/``DCLWLoss`` implement the split form.
+
+Joint form (the paper's Eq. 6, default):
+
+.. math::
+    \\ell_i^{(1)} = -w_i\\frac{u_i\\cdot v_i}{\\tau} + \\log\\Big(\\sum_{j\\ne i} e^{u_i\\cdot u_j/\\tau}
+    + \\sum_{j \\ne i} e^{u_i\\cdot v_j/\\tau}\\Big), \\qquad
+    L = \\tfrac12(\\operatorname{mean}_i \\ell_i^{(1)} + \\operatorname{mean}_i \\ell_i^{(2)})
+
+Split form (``negative_sum="split"``, lightly): one log-sum-exp per view, added. The positive is not in
+the denominator. DCL has ``w_i = 1``; DCLW weighs positives by the detached
+``w_i = 2 - B softmax_i(u . v / sigma)`` (mean exactly 1).
+
+Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. The loss can be negative.
+
+Example:
+    >>> import torch, losses
+    >>> loss = losses.build("dclw", temperature=0.1, sigma=0.5)(torch.randn(8, 16), torch.randn(8, 16))
+"""
+
+from __future__ import annotations
+
+from losses.checks import check_choice
+from losses.core import ContrastiveLoss, PositiveWeights
+from losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from losses.parts.negatives import NegativeWeighting
+from losses.parts.temperature import TemperatureRule
+from losses.registry import register
+
+
+@register("dcl", paper="DCL, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs")
+class DCLLoss(ContrastiveLoss):
+    def __init__(
+        self,
+        temperature: float | dict | TemperatureRule = 0.1,
+        negative_sum: str = "joint",
+        direction_reduction: str = "mean",
+        layout: Layout | str | dict | None = None,
+        gather_distributed: bool = True,
+        diagnostics: bool = True,
+    ) -> None:
+        split = check_choice("negative_sum", negative_sum, ("joint", "split")) == "split"
+        super().__init__(
+            as_layout(layout, TwoViewLayout),
+            temperature,
+            objective="decoupled",
+            negatives=NegativeWeighting(split_views=split),
+            direction_reduction=direction_reduction,
+            gather_distributed=gather_distributed,
+            diagnostics=diagnostics,
+        )
+
+
+@register("dclw", paper="DCLW, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs")
+class DCLWLoss(DCLLoss):
+    def __init__(
+        self,
+        temperature: float | dict | TemperatureRule = 0.1,
+        sigma: float = 0.5,
+        negative_sum: str = "joint",
+        direction_reduction: str = "mean",
+        batch_stat_scope: str = "local",
+        layout: Layout | str | dict | None = None,
+        gather_distributed: bool = True,
+        diagnostics: bool = True,
+    ) -> None:
+        super().__init__(temperature, negative_sum, direction_reduction, layout, gather_distributed, diagnostics)
+        self.positive_weights = PositiveWeights(sigma, batch_stat_scope)

@@ -1,0 +1,47 @@
+"""Debiased contrastive loss.
+
+Reference: Chuang, Robinson, Lin, Torralba, Jegelka, "Debiased Contrastive Learning", NeurIPS 2020,
+arXiv:2007.00224 (code: chingyaoc/DCL).
+
+.. math::
+    P_k = e^{s_{k,pos}/\\tau},\\quad G_k = \\sum_{l \\in Neg(k)} e^{s_{kl}/\\tau},\\quad N = 2B-2,\\quad
+    Ng_k = \\max\\Big(\\frac{G_k - \\tau^+ N P_k}{1 - \\tau^+},\\ N e^{-1/\\tau}\\Big),\\quad
+    \\ell_k = -\\log\\frac{P_k}{P_k + Ng_k}
+
+``tau_plus`` is the class prior (the chance that a "negative" shares the anchor's class); ``tau_plus=0``
+is NT-Xent. Computed in log space, shifted by the row maximum, so it is exact and stable.
+
+Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+
+Example:
+    >>> import torch, losses
+    >>> loss = losses.build("debiased", tau_plus=0.1)(torch.randn(8, 16), torch.randn(8, 16))
+"""
+
+from __future__ import annotations
+
+from losses.core import ContrastiveLoss
+from losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from losses.parts.negatives import NegativeWeighting
+from losses.parts.temperature import TemperatureRule
+from losses.registry import register
+
+
+@register("debiased", paper="Debiased CL, Chuang et al. 2020 (arXiv:2007.00224)", inputs="pairs")
+class DebiasedLoss(ContrastiveLoss):
+    def __init__(
+        self,
+        temperature: float | dict | TemperatureRule = 0.5,
+        tau_plus: float = 0.1,
+        floor: bool = True,
+        layout: Layout | str | dict | None = None,
+        gather_distributed: bool = True,
+        diagnostics: bool = True,
+    ) -> None:
+        super().__init__(
+            as_layout(layout, TwoViewLayout),
+            temperature,
+            negatives=NegativeWeighting(tau_plus=tau_plus, floor=floor),
+            gather_distributed=gather_distributed,
+            diagnostics=diagnostics,
+        )

@@ -1,0 +1,52 @@
+"""DySTreSS: dynamically scaled temperature.
+
+Reference: Manna, Chattopadhyay, Dey, Bhattacharya, Pal, "Dynamically Scaled Temperature in
+Self-Supervised Contrastive Learning", IEEE TAI 6(6), 2025, arXiv:2308.01140 (code: sadimanna/DySTreSS).
+
+NT-Xent with a per-entry temperature of the detached cosine:
+
+.. math::
+    \\ell_{ij} = \\frac{s_{ij}}{\\tau(\\operatorname{sg}(s_{ij}))},\\qquad
+    \\tau(s) = \\tau_{min} + \\tfrac12(\\tau_{max} - \\tau_{min})(1 - \\cos \\pi s)\\quad\\text{("cossin")}
+
+for the positive and every negative; the positive is in the denominator. Near-orthogonal pairs get
+``tau_min``, near-identical (and antipodal) ones ``tau_max``. Other shapes: ``"shifted"`` (SimCSE and
+ImageNet code), ``"cosconst"`` (CIFAR script), ``"const"``; see :class:`losses.parts.DynamicTemperature`.
+
+Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+
+Example:
+    >>> import torch, losses
+    >>> loss_fn = losses.build("dystress", tau_min=0.07, tau_max=0.2)
+    >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
+"""
+
+from __future__ import annotations
+
+from losses.core import ContrastiveLoss
+from losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from losses.parts.temperature import DynamicTemperature
+from losses.registry import register
+
+
+@register("dystress", paper="DySTreSS, Manna et al. 2025 (arXiv:2308.01140)", inputs="pairs")
+class DySTreSSLoss(ContrastiveLoss):
+    def __init__(
+        self,
+        tau_min: float = 0.07,
+        tau_max: float = 0.2,
+        shape: str = "cossin",
+        offset: float | None = None,
+        width: float | None = None,
+        detach_temperature: bool = True,
+        tau_min_schedule: str = "constant",
+        layout: Layout | str | dict | None = None,
+        gather_distributed: bool = True,
+        diagnostics: bool = True,
+    ) -> None:
+        super().__init__(
+            as_layout(layout, TwoViewLayout),
+            DynamicTemperature(tau_min, tau_max, shape, offset, width, detach_temperature, tau_min_schedule),
+            gather_distributed=gather_distributed,
+            diagnostics=diagnostics,
+        )

@@ -1,0 +1,43 @@
+"""GraphCL's loss.
+
+Reference: You, Chen, Sui, Chen, Wang, Shen, "Graph Contrastive Learning with Augmentations",
+NeurIPS 2020, arXiv:2010.13902 (code: Shen-Lab/GraphCL, ``unsupervised_TU/gsimclr.py``, ``loss_cal``).
+
+.. math::
+    \\ell_n = -\\frac{\\operatorname{sim}(x_n, x'_n)}{\\tau}
+    + \\operatorname{lse}_{n' \\ne n}\\frac{\\operatorname{sim}(x_n, x'_{n'})}{\\tau},
+    \\qquad L = \\operatorname{mean}_n \\ell_n
+
+The positive is **not** in the denominator (decoupled); only the ``B - 1`` cross-view negatives; one
+direction, first view (un-augmented graph) to the augmented one. It can be negative.
+
+Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+
+Example:
+    >>> import torch, losses
+    >>> loss = losses.build("graphcl")(torch.randn(8, 96), torch.randn(8, 96))
+"""
+
+from __future__ import annotations
+
+from losses.core import ContrastiveLoss
+from losses.parts.layouts import CrossViewLayout
+from losses.parts.temperature import TemperatureRule
+from losses.registry import register
+
+
+@register("graphcl", paper="GraphCL, You et al. 2020 (arXiv:2010.13902)", inputs="pairs")
+class GraphCLLoss(ContrastiveLoss):
+    def __init__(
+        self,
+        temperature: float | dict | TemperatureRule = 0.2,
+        gather_distributed: bool = True,
+        diagnostics: bool = True,
+    ) -> None:
+        super().__init__(
+            CrossViewLayout("u->v"),
+            temperature,
+            objective="decoupled",
+            gather_distributed=gather_distributed,
+            diagnostics=diagnostics,
+        )

@@ -1,0 +1,56 @@
+"""HCL / H-UCL: contrastive learning with hard negative samples.
+
+Reference: Robinson, Chuang, Sra, Jegelka, "Contrastive Learning with Hard Negative Samples",
+ICLR 2021, arXiv:2010.04592 (code: joshr17/HCL, ``image/main.py``).
+
+The official finite-batch estimator, NT-Xent layout, ``N = 2B - 2``:
+
+.. math::
+    R_k = N\\frac{\\sum_l e^{(1+\\beta)s_{kl}/\\tau}}{\\sum_l e^{\\beta s_{kl}/\\tau}},\\quad
+    Ng_k = \\max\\Big(\\frac{R_k - \\tau^+ N P_k}{1-\\tau^+},\\ N e^{-1/\\tau}\\Big),\\quad
+    \\ell_k = -\\log\\frac{P_k}{P_k + Ng_k}
+
+``beta`` tilts the negatives toward the hard ones (``beta = 0``: the debiased loss; with ``tau_plus = 0``
+NT-Xent). The importance weights stay in the graph as in the official code; ``detach_weights=True``
+detaches them (same value, different gradient). ``beta_schedule="anneal_down"`` lowers beta to 0 in 9
+steps over training (the code's ``--anneal down``; the trainer sets the progress).
+
+Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+
+Example:
+    >>> import torch, losses
+    >>> loss = losses.build("hcl", beta=1.0, tau_plus=0.1)(torch.randn(8, 16), torch.randn(8, 16))
+"""
+
+from __future__ import annotations
+
+from losses.core import ContrastiveLoss
+from losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from losses.parts.negatives import NegativeWeighting
+from losses.parts.temperature import TemperatureRule
+from losses.registry import register
+
+
+@register("hcl", paper="HCL, Robinson et al. 2021 (arXiv:2010.04592)", inputs="pairs", aliases=("h_ucl",))
+class HCLLoss(ContrastiveLoss):
+    def __init__(
+        self,
+        temperature: float | dict | TemperatureRule = 0.5,
+        beta: float = 1.0,
+        tau_plus: float = 0.1,
+        floor: bool = True,
+        detach_weights: bool = False,
+        beta_schedule: str = "constant",
+        layout: Layout | str | dict | None = None,
+        gather_distributed: bool = True,
+        diagnostics: bool = True,
+    ) -> None:
+        super().__init__(
+            as_layout(layout, TwoViewLayout),
+            temperature,
+            negatives=NegativeWeighting(
+                beta=beta, detach_weights=detach_weights, tau_plus=tau_plus, floor=floor, beta_schedule=beta_schedule
+            ),
+            gather_distributed=gather_distributed,
+            diagnostics=diagnostics,
+        )

@@ -1,0 +1,63 @@
+"""MACL: model-aware contrastive learning.
+
+Reference: Huang et al., "Model-Aware Contrastive Learning: Towards Escaping the Dilemmas", ICML 2023,
+arXiv:2207.07874 (code: chenhaoxing/MACL; port: lightly's ``MACLLoss``).
+
+.. math::
+    A = \\operatorname{mean}_i \\operatorname{sg}(u_i\\cdot v_i),\\quad \\tau = \\tau_0(1 + \\alpha(A - A_0)),\\quad
+    P_i = \\operatorname{softmax}([pos_i, neg_{i1}, \\dots] / \\tau)_0,\\quad
+    L = \\operatorname{mean}_i\\Big[-\\operatorname{sg}\\Big(\\frac{1}{1 - P_i + \\epsilon}\\Big)\\log P_i\\Big]
+
+The temperature rises as positives align; the detached reweighting undoes InfoNCE's gradient
+factor ``1 - P_i`` (per row, the positive gradient is exactly ``-1/tau``). Values are above 1 per row
+and not comparable with InfoNCE values. A non-positive ``tau`` is clamped to ``tau_floor`` and reported
+(``tau_clamped``), or raises with ``on_nonpositive_tau="raise"``.
+
+Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. Layout: NT-Xent (lightly's port, default),
+``{"name": "cross_view", "direction": "u->v"}`` (the early official classes) or ``"queue"`` (MoCo).
+
+Example:
+    >>> import torch, losses
+    >>> loss_fn = losses.build("macl", temperature=0.1, alpha=0.5, A0=0.0)
+    >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
+    >>> float(loss_fn.diagnostics["tau"]) > 0
+    True
+"""
+
+from __future__ import annotations
+
+from losses.core import ContrastiveLoss
+from losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from losses.parts.temperature import AdaptiveTemperature
+from losses.registry import register
+
+
+@register("macl", paper="MACL, Huang et al. 2023 (arXiv:2207.07874)", inputs="pairs")
+class MACLLoss(ContrastiveLoss):
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        alpha: float = 0.5,
+        A0: float = 0.0,
+        temperature_form: str = "linear",
+        reweight: bool = True,
+        eps: float = 1e-8,
+        batch_stat_scope: str = "local",
+        on_nonpositive_tau: str = "clamp",
+        tau_floor: float | None = None,
+        layout: Layout | str | dict | None = None,
+        direction_reduction: str = "mean",
+        gather_distributed: bool = True,
+        diagnostics: bool = True,
+    ) -> None:
+        super().__init__(
+            as_layout(layout, TwoViewLayout),
+            AdaptiveTemperature(
+                temperature, alpha, A0, temperature_form, batch_stat_scope, on_nonpositive_tau, tau_floor
+            ),
+            reweight="macl" if reweight else None,
+            reweight_eps=eps,
+            direction_reduction=direction_reduction,
+            gather_distributed=gather_distributed,
+            diagnostics=diagnostics,
+        )

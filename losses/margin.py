@@ -1,0 +1,71 @@
+"""Margin losses: angular, subtractive and multiplicative margins on the positive logit.
+
+Reference: Rho, Kim, Park, Park, Park, "Understanding Contrastive Learning Through the Lens of
+Margins", arXiv:2306.11526 (no official code; the form below is derived, see the spec 3.13).
+
+.. math::
+    \\theta_{ip} = \\arccos\\operatorname{clamp}(s_{ip}, -1+\\epsilon, 1-\\epsilon),\\quad
+    \\psi = \\cos(m_1\\theta_{ip} + m_2) - m_3,\\quad
+    L_i = -\\frac{\\psi}{\\tau} + \\log\\Big(e^{\\psi/\\tau} + \\sum_{n} e^{s_{in}/\\tau}\\Big)
+
+``mode="margin"`` (V0) uses ``psi`` in the loss. ``mode="gradient_only"`` keeps NT-Xent's value and
+applies one or more elemental effects to the gradient: positive emphasis (``positive_weight``, V1),
+angle-dependent scaling (``angle_margin``, ``angle_normalise``, V2) and logit-dependent scaling
+(``logit_margin``, ``logit_angle_margin``, V3). ``m1 = 1, m2 = m3 = 0`` is NT-Xent.
+
+Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. Layout: NT-Xent by default, or ``"cross_view"``/``"queue"``.
+
+Example:
+    >>> import torch, losses
+    >>> loss = losses.build("margin", m2=0.1, m3=0.1, temperature=0.5)(torch.randn(8, 16), torch.randn(8, 16))
+"""
+
+from __future__ import annotations
+
+from losses.checks import check_choice
+from losses.core import ContrastiveLoss
+from losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from losses.parts.margin import MarginGradientScaling, PositiveMargin
+from losses.parts.temperature import TemperatureRule
+from losses.registry import register
+
+
+@register("margin", paper="Margins, Rho et al. 2023 (arXiv:2306.11526)", inputs="pairs")
+class MarginLoss(ContrastiveLoss):
+    def __init__(
+        self,
+        temperature: float | dict | TemperatureRule = 0.5,
+        m1: float = 1.0,
+        m2: float = 0.0,
+        m3: float = 0.0,
+        mode: str = "margin",
+        positive_weight: float = 1.0,
+        angle_margin: float = 0.0,
+        angle_normalise: bool = False,
+        logit_margin: float = 0.0,
+        logit_angle_margin: float = 0.0,
+        clamp_eps: float | None = None,
+        easy_margin_guard: bool = False,
+        layout: Layout | str | dict | None = None,
+        gather_distributed: bool = True,
+        diagnostics: bool = True,
+    ) -> None:
+        check_choice("mode", mode, ("margin", "gradient_only"))
+        margin = PositiveMargin(m1, m2, m3, clamp_eps, easy_margin_guard)
+        scaling = MarginGradientScaling(
+            positive_weight, angle_margin, angle_normalise, logit_margin, logit_angle_margin, clamp_eps
+        )
+        if mode == "margin" and (positive_weight != 1.0 or angle_margin or logit_margin or logit_angle_margin):
+            raise ValueError("positive_weight, angle_margin and logit margins belong to mode='gradient_only'")
+        if mode == "gradient_only" and not margin.is_identity:
+            raise ValueError(
+                "mode='gradient_only' keeps NT-Xent's value: set m1=1, m2=m3=0 and use the gradient options"
+            )
+        super().__init__(
+            as_layout(layout, TwoViewLayout),
+            temperature,
+            margin=margin if mode == "margin" else None,
+            gradient_scaling=scaling if mode == "gradient_only" else None,
+            gather_distributed=gather_distributed,
+            diagnostics=diagnostics,
+        )

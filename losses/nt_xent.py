@@ -1,0 +1,45 @@
+"""NT-Xent (SimCLR).
+
+Reference: Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for Contrastive Learning of Visual
+Representations", ICML 2020, arXiv:2002.05709.
+
+.. math::
+    \\ell_k = -\\frac{s_{k,pos(k)}}{\\tau} + \\operatorname{lse}_{l \\ne k} \\frac{s_{kl}}{\\tau},
+    \\qquad L = \\frac{1}{2B}\\sum_{k=1}^{2B} \\ell_k
+
+over the stacked batch ``z = [u; v]`` (2B anchors, ``2B - 2`` negatives each).
+
+Data: pairs of views ``(z_a, z_b)``, shapes ``(N, d)``. Minimum batch: 2 pairs.
+
+Example:
+    >>> import torch, losses
+    >>> loss_fn = losses.build("nt_xent", temperature=0.5)
+    >>> z_a, z_b = torch.randn(8, 16), torch.randn(8, 16)
+    >>> loss = loss_fn(z_a, z_b)
+    >>> sorted(loss_fn.diagnostics)[:3]
+    ['contrastive_acc', 'hardest_neg_cos_mean', 'n_anchors']
+"""
+
+from __future__ import annotations
+
+from losses.core import ContrastiveLoss
+from losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from losses.parts.temperature import TemperatureRule
+from losses.registry import register
+
+
+@register("nt_xent", paper="SimCLR, Chen et al. 2020 (arXiv:2002.05709)", inputs="pairs")
+class NTXentLoss(ContrastiveLoss):
+    def __init__(
+        self,
+        temperature: float | dict | TemperatureRule = 0.5,
+        layout: Layout | str | dict | None = None,
+        gather_distributed: bool = True,
+        diagnostics: bool = True,
+    ) -> None:
+        super().__init__(
+            as_layout(layout, TwoViewLayout),
+            temperature,
+            gather_distributed=gather_distributed,
+            diagnostics=diagnostics,
+        )

@@ -1,0 +1,213 @@
+"""Temperature rules: the ``tau`` that divides each logit, always computed from detached quantities.
+
+=============================  ==================================================================
+rule                           temperature
+=============================  ==================================================================
+:class:`FixedTemperature`      a constant ``tau > 0``
+:class:`AdaptiveTemperature`   MACL: one scalar per batch, ``tau0 * (1 + alpha * (A - A0))`` (or
+                               ``tau0 * alpha**A``), ``A`` the mean detached positive cosine
+:class:`DynamicTemperature`    DySTreSS: per entry, ``tau(sg(s))``, a cosine-shaped function of
+                               the similarity between ``tau_min`` and ``tau_max``
+=============================  ==================================================================
+
+A rule is passed as ``temperature=`` to any loss, so ``build("dhel", temperature=AdaptiveTemperature(0.3))``
+puts MACL's temperature on DHEL. A dict ``{"rule": "dystress", "tau_min": 0.07, "tau_max": 0.2}`` or a
+plain number builds the same objects from a config file.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from losses.checks import check_choice, check_positive
+
+
+class TemperatureRule(nn.Module):
+    """Base class. ``forward(sim, pair_cos)`` returns a 0-dim tensor or a tensor shaped like ``sim``."""
+
+    batch_stat_scope = "local"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.diagnostics: dict[str, Tensor] = {}
+        self.progress = 0.0
+
+    def forward(self, sim: Tensor, pair_cos: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def floor_logit(self, tau: Tensor) -> Tensor:
+        """The smallest possible logit, at cosine -1 (the debiased estimator's floor)."""
+        return -1.0 / tau
+
+
+class FixedTemperature(TemperatureRule):
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = check_positive("temperature", temperature)
+
+    def forward(self, sim: Tensor, pair_cos: Tensor) -> Tensor:
+        tau = torch.tensor(self.temperature, dtype=sim.dtype, device=sim.device)
+        self.diagnostics = {"tau": tau}
+        return tau
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+class AdaptiveTemperature(TemperatureRule):
+    """MACL's batch-adaptive temperature (Huang et al., ICML 2023).
+
+    .. math::
+        A = \\operatorname{mean}_i \\operatorname{sg}(u_i \\cdot v_i), \\qquad
+        \\tau = \\tau_0 (1 + \\alpha (A - A_0)) \\ \\text{(linear)} \\quad\\text{or}\\quad \\tau_0 \\alpha^{A}
+        \\ \\text{(exponential, MACLa)}
+
+    No gradient flows through ``A`` or ``tau``. A non-positive result is clamped to ``tau_floor``
+    (default ``1e-3 * tau0``) and reported as ``tau_clamped``, or raises with
+    ``on_nonpositive_tau="raise"``.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        alpha: float = 0.5,
+        A0: float = 0.0,
+        form: str = "linear",
+        batch_stat_scope: str = "local",
+        on_nonpositive_tau: str = "clamp",
+        tau_floor: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.temperature = check_positive("temperature", temperature)
+        self.alpha = float(alpha)
+        self.A0 = float(A0)
+        self.form = check_choice("temperature_form", form, ("linear", "exponential"))
+        if self.form == "exponential":
+            check_positive("alpha (exponential form)", self.alpha)
+        self.batch_stat_scope = check_choice("batch_stat_scope", batch_stat_scope, ("local", "global"))
+        self.on_nonpositive_tau = check_choice("on_nonpositive_tau", on_nonpositive_tau, ("clamp", "raise"))
+        self.tau_floor = check_positive("tau_floor", tau_floor if tau_floor is not None else 1e-3 * self.temperature)
+
+    def forward(self, sim: Tensor, pair_cos: Tensor) -> Tensor:
+        A = pair_cos.detach().mean().to(sim.dtype)
+        if self.form == "linear":
+            tau = self.temperature * (1 + self.alpha * (A - self.A0))
+        else:
+            tau = self.temperature * self.alpha**A
+        clamped = tau <= 0
+        if self.on_nonpositive_tau == "raise" and bool(clamped):
+            raise ValueError(
+                f"MACL temperature tau0*(1+alpha*(A-A0)) = {float(tau):.4g} <= 0 at alignment A = {float(A):.4f}; "
+                "lower alpha, lower A0, or use on_nonpositive_tau='clamp'"
+            )
+        tau = torch.where(clamped, torch.full_like(tau, self.tau_floor), tau)
+        self.diagnostics = {"alignment_A": A, "tau": tau, "tau_clamped": clamped.to(sim.dtype)}
+        return tau
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, alpha={self.alpha}, A0={self.A0}, form={self.form!r}"
+
+
+class DynamicTemperature(TemperatureRule):
+    """DySTreSS's per-entry temperature (Manna et al., IEEE TAI 2025), from the detached cosine ``s``.
+
+    Shapes, with :math:`\\Delta = \\tau_{max} - \\tau_{min}`:
+
+    * ``"cossin"``: :math:`\\tau(s) = \\tau_{min} + \\tfrac12\\Delta(1 - \\cos \\pi s)`;
+      :math:`\\tau(0) = \\tau_{min}`, :math:`\\tau(\\pm 1) = \\tau_{max}`.
+    * ``"shifted"``: :math:`\\tau_{min} + \\tfrac12\\Delta(1 + \\cos(\\pi (s + o)/c))` for
+      :math:`s \\le -o`, else :math:`\\tau_{max}` (``offset`` ``o = -0.4``, ``width`` ``c = 0.7``).
+    * ``"cosconst"``: the same with ``o = 0.2, c = 0.8`` (the CIFAR script's shape).
+    * ``"const"``: :math:`\\tau_{max}`.
+
+    ``tau_min_schedule="linear_to_max"`` raises ``tau_min`` linearly to ``tau_max`` over training
+    (``progress`` from 0 to 1, set by the trainer through ``loss.set_progress``).
+    """
+
+    SHAPES = ("cossin", "shifted", "cosconst", "const")
+    MONOTONE_KAPPA = (math.pi / 2 - 1) / 2
+
+    def __init__(
+        self,
+        tau_min: float = 0.07,
+        tau_max: float = 0.2,
+        shape: str = "cossin",
+        offset: float | None = None,
+        width: float | None = None,
+        detach_temperature: bool = True,
+        tau_min_schedule: str = "constant",
+    ) -> None:
+        super().__init__()
+        self.tau_min = check_positive("tau_min", tau_min)
+        self.tau_max = check_positive("tau_max", tau_max)
+        if self.tau_min > self.tau_max:
+            raise ValueError(f"DySTreSS needs 0 < tau_min <= tau_max, got tau_min={tau_min}, tau_max={tau_max}")
+        self.shape = check_choice("shape", shape, self.SHAPES)
+        default_offset, default_width = {"shifted": (-0.4, 0.7), "cosconst": (0.2, 0.8)}.get(shape, (0.0, 1.0))
+        self.offset = float(default_offset if offset is None else offset)
+        self.width = check_positive("width", default_width if width is None else width)
+        self.detach_temperature = bool(detach_temperature)
+        self.tau_min_schedule = check_choice("tau_min_schedule", tau_min_schedule, ("constant", "linear_to_max"))
+        if shape in ("cossin", "shifted", "cosconst") and self.tau_min <= self.MONOTONE_KAPPA * (
+            self.tau_max - self.tau_min
+        ):
+            warnings.warn(
+                f"DySTreSS with tau_min={tau_min}, tau_max={tau_max}: s/tau(s) is not increasing on [-1, 1] "
+                f"(needs tau_min > {self.MONOTONE_KAPPA:.4f}*(tau_max - tau_min)), so the logits can reorder "
+                "similarities within a row",
+                stacklevel=2,
+            )
+
+    def current_tau_min(self) -> float:
+        if self.tau_min_schedule == "linear_to_max":
+            return self.tau_min + min(max(self.progress, 0.0), 1.0) * (self.tau_max - self.tau_min)
+        return self.tau_min
+
+    def tau_of(self, s: Tensor) -> Tensor:
+        lo, hi = self.current_tau_min(), self.tau_max
+        half = 0.5 * (hi - lo)
+        if self.shape == "const":
+            return torch.full_like(s, hi)
+        if self.shape == "cossin":
+            return lo + half * (1 - torch.cos(math.pi * s))
+        bell = lo + half * (1 + torch.cos(math.pi * (s + self.offset) / self.width))
+        return torch.where(s <= -self.offset, bell, torch.full_like(s, hi))
+
+    def forward(self, sim: Tensor, pair_cos: Tensor) -> Tensor:
+        tau = self.tau_of(sim.detach() if self.detach_temperature else sim)
+        self.diagnostics = {
+            "tau_mean": tau.detach().mean(),
+            "tau_min": tau.detach().min(),
+            "tau_max": tau.detach().max(),
+        }
+        return tau
+
+    def floor_logit(self, tau: Tensor) -> Tensor:
+        return -1.0 / self.tau_of(torch.tensor(-1.0, dtype=tau.dtype, device=tau.device))
+
+    def extra_repr(self) -> str:
+        return f"tau_min={self.tau_min}, tau_max={self.tau_max}, shape={self.shape!r}"
+
+
+TEMPERATURE_RULES = {"fixed": FixedTemperature, "macl": AdaptiveTemperature, "dystress": DynamicTemperature}
+
+
+def as_temperature_rule(temperature: float | dict | TemperatureRule) -> TemperatureRule:
+    """A rule from a number (fixed), a ``{"rule": name, **options}`` dict (configs) or a rule object."""
+    if isinstance(temperature, TemperatureRule):
+        return temperature
+    if isinstance(temperature, dict):
+        options = dict(temperature)
+        name = options.pop("rule", None)
+        if name not in TEMPERATURE_RULES:
+            raise ValueError(f"temperature dict needs 'rule' set to one of {sorted(TEMPERATURE_RULES)}, got {name!r}")
+        return TEMPERATURE_RULES[name](**options)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(
+            f"temperature must be a number > 0, a TemperatureRule or a {{'rule': ...}} dict, got {temperature!r}"
+        )
+    return FixedTemperature(temperature)

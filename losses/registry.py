@@ -1,0 +1,88 @@
+"""Registry of named losses: ``build(name, **options)``, ``available()``, and the table of papers and inputs."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    name: str
+    cls: type
+    paper: str
+    inputs: str  # the data the loss needs: "pairs", "pairs + labels", "pairs (+ hard negatives)"
+    aliases: tuple[str, ...] = field(default=())
+
+
+_REGISTRY: dict[str, LossInfo] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(name: str, *, paper: str, inputs: str, aliases: tuple[str, ...] = ()):
+    """Class decorator adding a loss under ``name`` (and ``aliases``)."""
+
+    def wrap(cls: type) -> type:
+        if name in _REGISTRY or name in _ALIASES:
+            raise ValueError(f"loss {name!r} is registered twice")
+        _REGISTRY[name] = LossInfo(name, cls, paper, inputs, tuple(aliases))
+        for alias in aliases:
+            _ALIASES[alias] = name
+        cls.registry_name = name
+        return cls
+
+    return wrap
+
+
+def available() -> list[str]:
+    """Registered loss names (aliases not included), in registration order."""
+    return list(_REGISTRY)
+
+
+def info(name: str) -> LossInfo:
+    key = _ALIASES.get(name, name)
+    if key not in _REGISTRY:
+        names = ", ".join(available() + sorted(_ALIASES))
+        raise ValueError(f"unknown loss {name!r}; available: {names}")
+    return _REGISTRY[key]
+
+
+def options(name: str) -> dict[str, object]:
+    """The options ``build(name, ...)`` accepts, with their defaults."""
+    signature = inspect.signature(info(name).cls.__init__)
+    return {
+        p.name: (None if p.default is inspect.Parameter.empty else p.default)
+        for p in list(signature.parameters.values())[1:]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    """Build the registered loss ``name`` with ``kwargs`` overriding its defaults.
+
+    >>> import losses
+    >>> loss_fn = losses.build("nt_xent", temperature=0.2)
+    """
+    loss_info = info(name)
+    valid = options(name)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for loss {loss_info.name!r}; valid options: {sorted(valid)}")
+    return loss_info.cls(**kwargs)
+
+
+def table() -> list[LossInfo]:
+    return list(_REGISTRY.values())
+
+
+def format_table() -> str:
+    """Plain-text table of names, aliases, papers and required inputs (``mmcl losses``)."""
+    rows = [("name", "paper", "needs")] + [
+        (i.name + (f" (alias {', '.join(i.aliases)})" if i.aliases else ""), i.paper, i.inputs) for i in table()
+    ]
+    widths = [max(len(r[k]) for r in rows) for k in range(3)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""SCL and H-SCL: supervised contrastive learning with (hard) label-aware negatives.
+
+Reference: Jiang, Nguyen, Ishwar, Aeron, "Supervised Contrastive Learning with Hard Negative Samples",
+arXiv:2209.00078 (code: rjiang03/H-SCL, ``main/main.py``), implemented as that code computes it:
+
+.. math::
+    G_k^\\beta = N\\frac{\\sum_{l \\in Neg_y(k)} e^{(1+\\beta)s_{kl}/\\tau}}
+    {\\sum_{l \\in Neg_y(k)} e^{\\beta s_{kl}/\\tau}},
+    \\qquad \\ell_{k,p} = -\\log\\frac{e^{s_{kp}/\\tau}}{e^{s_{kp}/\\tau} + G_k^\\beta}
+
+with ``Neg_y(k)`` the rows of another class (both views), the nominal ``N = 2B - 2`` whatever their
+number, one term per (anchor, positive) pair (only that positive in its denominator) and the loss the
+mean over all pairs. SCL is ``beta = 0``. Positives: every other row of the anchor's class
+(``positives="labels"``, the training code) or the augmentation partner only (``"augmentation"``).
+Anchors whose batch holds no other class are left out (``n_valid_anchors``); a batch of one class raises.
+This is not SupCon's ``L_out``. The code fixes ``tau = 0.5``.
+
+Data: pairs ``(z_a, z_b)`` + ``labels`` ``(N,)``. Minimum batch: 2 pairs of at least 2 classes.
+
+Example:
+    >>> import torch, losses
+    >>> loss_fn = losses.build("h_scl", beta=1.0)
+    >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16), labels=torch.tensor([0, 1] * 4))
+"""
+
+from __future__ import annotations
+
+from losses.core import ContrastiveLoss
+from losses.parts.layouts import LabelLayout
+from losses.parts.negatives import NegativeWeighting
+from losses.parts.temperature import TemperatureRule
+from losses.registry import register
+
+
+@register("h_scl", paper="H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")
+class HSCLLoss(ContrastiveLoss):
+    def __init__(
+        self,
+        temperature: float | dict | TemperatureRule = 0.5,
+        beta: float = 0.5,
+        detach_weights: bool = False,
+        positives: str = "labels",
+        nominal_negatives: bool = True,
+        gather_distributed: bool = True,
+        diagnostics: bool = True,
+    ) -> None:
+        super().__init__(
+            LabelLayout(anchors="all", positives=positives, negatives="other_labels"),
+            temperature,
+            negatives=NegativeWeighting(
+                beta=beta, detach_weights=detach_weights, count="nominal" if nominal_negatives else "actual"
+            ),
+            reduction="pairs",
+            empty_negatives="skip",
+            gather_distributed=gather_distributed,
+            diagnostics=diagnostics,
+        )
+
+
+@register("scl", paper="SCL as coded in H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")
+class SCLLoss(HSCLLoss):
+    def __init__(
+        self,
+        temperature: float | dict | TemperatureRule = 0.5,
+        positives: str = "labels",
+        nominal_negatives: bool = True,
+        gather_distributed: bool = True,
+        diagnostics: bool = True,
+    ) -> None:
+        super().__init__(temperature, 0.0, False, positives, nominal_negatives, gather_distributed, diagnostics)

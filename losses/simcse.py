@@ -1,0 +1,51 @@
+"""SimCSE, unsupervised and supervised.
+
+Reference: Gao, Yao, Chen, "SimCSE: Simple Contrastive Learning of Sentence Embeddings", EMNLP 2021,
+arXiv:2104.08821 (code: princeton-nlp/SimCSE, ``cl_forward``).
+
+Unsupervised (the same sentence encoded twice, dropout as augmentation), one direction:
+
+.. math::
+    \\ell_i = -\\frac{\\cos(h_i, h_i^+)}{\\tau} + \\operatorname{lse}_j \\frac{\\cos(h_i, h_j^+)}{\\tau}
+
+Supervised (NLI triplets, ``negatives = h^-``): every row also holds all ``B`` hard negatives, the
+anchor's own one with the logit offset ``log alpha = hard_negative_weight``:
+
+.. math::
+    \\ell_i = -\\frac{\\cos(h_i, h_i^+)}{\\tau} + \\log \\sum_j \\Big(e^{\\cos(h_i,h_j^+)/\\tau}
+    + \\alpha^{1[j=i]} e^{\\cos(h_i,h_j^-)/\\tau}\\Big)
+
+Data: ``(z_a, z_b)`` = (sentence, dropout copy) or (premise, entailment); optional ``negatives`` =
+contradictions ``(N, d)``. Minimum batch: 2 pairs.
+
+Example:
+    >>> import torch, losses
+    >>> loss_fn = losses.build("simcse")
+    >>> premise, entail, contra = torch.randn(3, 8, 32).unbind(0)
+    >>> loss = loss_fn(premise, entail, negatives=contra)
+"""
+
+from __future__ import annotations
+
+from losses.core import ContrastiveLoss
+from losses.parts.layouts import CrossViewLayout
+from losses.parts.temperature import TemperatureRule
+from losses.registry import register
+
+
+@register("simcse", paper="SimCSE, Gao et al. 2021 (arXiv:2104.08821)", inputs="pairs (+ optional hard negatives)")
+class SimCSELoss(ContrastiveLoss):
+    def __init__(
+        self,
+        temperature: float | dict | TemperatureRule = 0.05,
+        hard_negative_weight: float = 0.0,
+        symmetric: bool = False,
+        gather_distributed: bool = True,
+        diagnostics: bool = True,
+    ) -> None:
+        super().__init__(
+            CrossViewLayout("symmetric" if symmetric else "u->v", hard_negative_weight),
+            temperature,
+            gather_distributed=gather_distributed,
+            diagnostics=diagnostics,
+        )

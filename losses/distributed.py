@@ -39,7 +39,7 @@ def gather(x: Tensor) -> Tensor:
     """All-gather without gradient (labels, detached keys), same rank order as :func:`gather_with_grad`."""
     if world_size() == 1:
         return x
-    return funcol.wait_tensor(funcol.all_gather_tensor(x.contiguous(), 0, dist.group.WORLD))
+    return funcol.wait_tensor(funcol.all_gather_single(x.detach().contiguous(), 0, dist.group.WORLD))
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:

@@ -1,0 +1,30 @@
+"""Two real processes (torchrun, gloo) against one process on the global batch, for every loss."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_two_processes_match_single_process_on_global_batch():
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(WORKER.parent.parent), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    report = result.stdout
+    assert result.returncode == 0, f"distributed worker failed:\n{report}\n{result.stderr[-3000:]}"
+    assert report.count("OK ") >= 27 and "FAIL" not in report, report

@@ -16,23 +16,12 @@ new combinations are one line, e.g. MACL's temperature on DHEL:
 ``losses.build("dhel", temperature={"rule": "macl", "temperature": 0.3})``.
 """
 
-from losses import (  # noqa: F401  (registration order is the table's order)
-    align_uniform,
-    dcl,
-    debiased,
-    dhel,
-    dystress,
-    graphcl,
-    hcl,
-    info_nce,
-    kcl,
-    macl,
-    margin,
-    nt_xent,
-    scl,
-    simcse,
-    supcon,
-)
+# isort: off
+# Registration order is the order of available() and of the README table: keep it.
+from losses import nt_xent, info_nce, simcse, graphcl, dcl, debiased, hcl, supcon, scl  # noqa: F401
+from losses import margin, macl, dystress, dhel, kcl, align_uniform  # noqa: F401
+
+# isort: on
 from losses.core import ContrastiveLoss, EmbeddingLoss, PositiveWeights
 from losses.distributed import gather, gather_with_grad
 from losses.registry import available, build, format_table, info, options

@@ -32,7 +32,6 @@ from losses.parts.temperature import TemperatureRule
 from losses.registry import register
 
 
-@register("h_scl", paper="H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")
 class HSCLLoss(ContrastiveLoss):
     def __init__(
         self,
@@ -57,7 +56,6 @@ class HSCLLoss(ContrastiveLoss):
         )
 
 
-@register("scl", paper="SCL as coded in H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")
 class SCLLoss(HSCLLoss):
     def __init__(
         self,
@@ -68,3 +66,8 @@ class SCLLoss(HSCLLoss):
         diagnostics: bool = True,
     ) -> None:
         super().__init__(temperature, 0.0, False, positives, nominal_negatives, gather_distributed, diagnostics)
+
+
+# SCL first: it is the base case (beta = 0) and reads first in the table.
+register("scl", paper="SCL as coded in H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")(SCLLoss)
+register("h_scl", paper="H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")(HSCLLoss)

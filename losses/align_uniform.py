@@ -62,10 +62,12 @@ class AlignUniformLoss(EmbeddingLoss):
         align = self.global_mean(distance.pow(self.alpha).sum(), count)
         unif_u, unif_v = uniformity(batch.U, self.t), uniformity(batch.V, self.t)
         if self.compute_diagnostics:
+            pos_cos = (batch.u * batch.v).sum(-1).detach()
             self.diagnostics = {
                 "align_term": align.detach(),
                 "uniformity_u": unif_u.detach(),
                 "uniformity_v": unif_v.detach(),
-                "pos_cos_mean": (batch.u * batch.v).sum(-1).detach().mean(),
+                "pos_cos_mean": pos_cos.mean(),
+                "pos_cos_min": pos_cos.min(),
             }
         return align + self.lam * (unif_u + unif_v) / 2

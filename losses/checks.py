@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -43,6 +46,8 @@ def check_negatives(negatives: Tensor, n: int, d: int) -> None:
 
 
 def check_positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
     value = float(value)
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
@@ -63,3 +68,15 @@ def compute_dtype(z: Tensor) -> torch.dtype:
 def normalise(z: Tensor, eps: float = 1e-12) -> Tensor:
     """Row-wise L2 normalisation in at least float32: ``z / max(||z||, eps)``."""
     return torch.nn.functional.normalize(z.to(compute_dtype(z)), dim=1, eps=eps)
+
+
+def construct(kind: str, cls: type, options: dict):
+    """``cls(**options)`` from a config dict, with a ValueError that lists the valid keys."""
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {kind} option(s) {unknown} for {cls.__name__}; valid: {valid}")
+    try:
+        return cls(**options)
+    except TypeError as error:
+        raise ValueError(f"{kind} {cls.__name__}: {error}; valid options: {valid}") from None

@@ -75,7 +75,7 @@ class EmbeddingLoss(nn.Module):
     ) -> Tensor:
         check_embeddings(z_a, z_b)
         n, d = z_a.shape
-        name = type(self).__name__
+        name = self.name
         if labels is not None and not self.accepts_labels:
             raise ValueError(f"{name} takes no labels; drop labels= or use a supervised loss (supcon, scl, h_scl)")
         if labels is None and positive_mask is None and self.requires_labels:
@@ -89,12 +89,21 @@ class EmbeddingLoss(nn.Module):
         if negatives is not None:
             check_negatives(negatives, n, d)
         batch = self._batch(z_a, z_b, labels, negatives, positive_mask)
+        self._zero_norm_rows = (z_a.detach().norm(dim=1) == 0).sum() + (z_b.detach().norm(dim=1) == 0).sum()
         if batch.U.shape[0] < self.min_global_batch:
             raise ValueError(
                 f"{name} needs at least {self.min_global_batch} pairs in the (global) batch, got {batch.U.shape[0]}: "
                 "with fewer an anchor has no negatives"
             )
-        return self.compute(batch)
+        loss = self.compute(batch)
+        if self.diagnostics:
+            self.diagnostics["zero_norm_rows"] = self._zero_norm_rows.to(loss.dtype)
+        return loss
+
+    @property
+    def name(self) -> str:
+        """The registry name (``nt_xent``), or the class name for an unregistered loss."""
+        return getattr(self, "registry_name", type(self).__name__)
 
     def _batch(self, z_a, z_b, labels, negatives, positive_mask) -> Batch:
         u, v = normalise(z_a), normalise(z_b)
@@ -158,6 +167,7 @@ class ContrastiveLoss(EmbeddingLoss):
         loss_scale: constant factor (SupCon's ``tau / tau_base``).
         reduction: ``"anchors"`` (mean over rows per direction) or ``"pairs"`` (mean over all pairs).
         direction_reduction: ``"mean"`` or ``"sum"`` over the layout's direction groups.
+        accepts_negatives: take extra hard negatives (the layout must support them).
         empty_negatives: ``"raise"`` for an anchor without negatives, ``"skip"`` such anchors (raise if
             none is left), or ``"allow"`` them (SupCon: the denominator still holds the positives).
         gather_distributed: use every process's embeddings as candidates under ``torch.distributed``.
@@ -181,10 +191,13 @@ class ContrastiveLoss(EmbeddingLoss):
         reduction: str = "anchors",
         direction_reduction: str = "mean",
         empty_negatives: str = "raise",
+        accepts_negatives: bool = False,
         gather_distributed: bool = True,
         diagnostics: bool = True,
     ) -> None:
         super().__init__(gather_distributed)
+        if accepts_negatives and not layout.accepts_negatives:
+            raise ValueError(f"{type(layout).__name__} does not take extra negatives")
         self.layout = layout
         self.temperature = as_temperature_rule(temperature)
         self.margin = margin
@@ -204,8 +217,11 @@ class ContrastiveLoss(EmbeddingLoss):
         self.compute_diagnostics = bool(diagnostics)
         self.accepts_labels = layout.accepts_labels
         self.requires_labels = layout.requires_labels
-        self.accepts_negatives = layout.accepts_negatives
+        self.accepts_negatives = bool(accepts_negatives)
         self._check_combination()
+
+    # The empty-negative-set check is the batch-size guard: a queue or hard negatives allow one pair.
+    min_global_batch = 1
 
     def _check_combination(self) -> None:
         weighting = self.negative_weighting
@@ -273,7 +289,12 @@ class ContrastiveLoss(EmbeddingLoss):
                 weight = row_weight[rows]
                 diagnostics["pos_weight_min"], diagnostics["pos_weight_max"] = row_weight.min(), row_weight.max()
             terms = -weight * pos_logit
-            row_loss = self._row_mean(terms, rows, R) + log_mass
+            align_rows = self._row_mean(terms, rows, R)
+            row_loss = align_rows + log_mass
+            if self.compute_diagnostics:
+                with torch.no_grad():
+                    diagnostics["align_term"] = self._reduce_rows(align_rows.detach(), table, valid_rows)
+                    diagnostics["energy_term"] = self._reduce_rows(log_mass.detach(), table, valid_rows)
 
         if self.reduction == "pairs":
             pair_valid = valid_rows[rows]
@@ -284,7 +305,7 @@ class ContrastiveLoss(EmbeddingLoss):
 
         if self.compute_diagnostics:
             self.diagnostics = self._diagnostics(
-                table, valid_rows, rows, cols, logits, pos_logit, pos_prob, diagnostics
+                table, valid_rows, rows, cols, logits, pos_logit, pos_prob, tau, diagnostics
             )
         return loss
 
@@ -359,16 +380,19 @@ class ContrastiveLoss(EmbeddingLoss):
         combined = torch.stack(parts).sum()
         return combined / len(parts) if self.direction_reduction == "mean" else combined
 
-    def _diagnostics(self, table, valid_rows, rows, cols, logits, pos_logit, pos_prob, extra) -> dict[str, Tensor]:
+    def _diagnostics(self, table, valid_rows, rows, cols, logits, pos_logit, pos_prob, tau, extra) -> dict[str, Tensor]:
         with torch.no_grad():
             sim, neg = table.sim.detach(), table.neg
             pos_cos = sim[rows, cols]
             out: dict[str, Tensor] = {
-                "n_anchors": torch.tensor(float(sim.shape[0])),
-                "n_valid_anchors": valid_rows.sum().float(),
-                "pos_per_row_mean": table.pos.sum(-1).float().mean(),
-                "neg_per_row_min": neg.sum(-1).min().float(),
+                "n_anchors": torch.tensor(float(sim.shape[0]), dtype=sim.dtype, device=sim.device),
+                "n_valid_anchors": valid_rows.sum().to(sim.dtype),
+                "pos_per_row_mean": table.pos.sum(-1).to(sim.dtype).mean(),
+                "neg_per_row_min": neg.sum(-1).min().to(sim.dtype),
             }
+            if tau.dim() > 0:
+                used = tau.detach()[table.pos | table.neg]
+                out.update(tau_mean=used.mean(), tau_min=used.min(), tau_max=used.max())
             if pos_cos.numel():
                 out["pos_cos_mean"], out["pos_cos_min"] = pos_cos.mean(), pos_cos.min()
             has_neg = neg.any(-1)

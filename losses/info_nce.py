@@ -46,6 +46,7 @@ class InfoNCELoss(ContrastiveLoss):
             CrossViewLayout(direction),
             temperature,
             direction_reduction=direction_reduction,
+            accepts_negatives=True,
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
         )

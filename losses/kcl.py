@@ -102,7 +102,8 @@ class KCLLoss(EmbeddingLoss):
         values = kernel(local @ candidates.T)
         B, G = values.shape
         own = torch.zeros_like(values, dtype=torch.bool)
-        own[torch.arange(B), torch.arange(B) + batch.start] = True
+        rows = torch.arange(B, device=values.device)
+        own[rows, rows + batch.start] = True
         total = values.masked_fill(own, 0).sum()
         return self.global_mean(total, torch.tensor(B * (G - 1), device=values.device))
 

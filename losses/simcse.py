@@ -46,6 +46,7 @@ class SimCSELoss(ContrastiveLoss):
         super().__init__(
             CrossViewLayout("symmetric" if symmetric else "u->v", hard_negative_weight),
             temperature,
+            accepts_negatives=True,
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
         )

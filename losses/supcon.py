@@ -31,6 +31,8 @@ from losses.registry import register
 
 @register("supcon", paper="SupCon, Khosla et al. 2020 (arXiv:2004.11362)", inputs="pairs + labels (optional)")
 class SupConLoss(ContrastiveLoss):
+    min_global_batch = 2  # with one pair the denominator holds only the positive
+
     def __init__(
         self,
         temperature: float | dict | TemperatureRule = 0.1,

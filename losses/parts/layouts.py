@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from losses.checks import check_choice
+from losses.checks import check_choice, construct
 
 U_VIEW, V_VIEW, EXTRA_VIEW = 0, 1, 2
 
@@ -270,14 +270,15 @@ class QueueLayout(Layout):
 
     The queue holds detached keys of earlier batches (gathered from every process); it is filled
     from empty, so the first calls use fewer negatives, and updated after each training-mode call.
+    With ``batch_negatives=False`` (MoCo proper) the very first call has no negatives and raises.
 
     Args:
         size: number of queued keys ``K``.
         dim: embedding dimension ``d``.
-        batch_negatives: also use the other keys of the current batch as negatives.
+        batch_negatives: also use the other keys of the current batch as negatives (default).
     """
 
-    def __init__(self, size: int = 4096, dim: int = 128, batch_negatives: bool = False) -> None:
+    def __init__(self, size: int = 4096, dim: int = 128, batch_negatives: bool = True) -> None:
         super().__init__()
         if int(size) < 1 or int(dim) < 1:
             raise ValueError(f"queue size and dim must be >= 1, got size={size}, dim={dim}")
@@ -331,7 +332,7 @@ def as_layout(layout: Layout | str | dict | None, default: type[Layout] = None) 
     name = options.pop("name", None)
     if name not in LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(LAYOUTS)} (or a Layout object), got {name!r}")
-    return LAYOUTS[name](**options)
+    return construct("layout", LAYOUTS[name], options)
 
 
 LAYOUTS = {

@@ -18,12 +18,13 @@ plain number builds the same objects from a config file.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 import torch
 from torch import Tensor, nn
 
-from losses.checks import check_choice, check_positive
+from losses.checks import check_choice, check_positive, construct
 
 
 class TemperatureRule(nn.Module):
@@ -178,13 +179,8 @@ class DynamicTemperature(TemperatureRule):
         return torch.where(s <= -self.offset, bell, torch.full_like(s, hi))
 
     def forward(self, sim: Tensor, pair_cos: Tensor) -> Tensor:
-        tau = self.tau_of(sim.detach() if self.detach_temperature else sim)
-        self.diagnostics = {
-            "tau_mean": tau.detach().mean(),
-            "tau_min": tau.detach().min(),
-            "tau_max": tau.detach().max(),
-        }
-        return tau
+        # Per-entry statistics are taken by the loss, over the entries it uses (not self-similarity).
+        return self.tau_of(sim.detach() if self.detach_temperature else sim)
 
     def floor_logit(self, tau: Tensor) -> Tensor:
         return -1.0 / self.tau_of(torch.tensor(-1.0, dtype=tau.dtype, device=tau.device))
@@ -205,8 +201,8 @@ def as_temperature_rule(temperature: float | dict | TemperatureRule) -> Temperat
         name = options.pop("rule", None)
         if name not in TEMPERATURE_RULES:
             raise ValueError(f"temperature dict needs 'rule' set to one of {sorted(TEMPERATURE_RULES)}, got {name!r}")
-        return TEMPERATURE_RULES[name](**options)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        return construct("temperature rule", TEMPERATURE_RULES[name], options)
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise ValueError(
             f"temperature must be a number > 0, a TemperatureRule or a {{'rule': ...}} dict, got {temperature!r}"
         )

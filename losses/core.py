@@ -352,15 +352,16 @@ class ContrastiveLoss(EmbeddingLoss):
             virtual = self.gradient_scaling.virtual_margin(pos_cos.detach()) / pos_tau
             plain = pos_cos.detach() / pos_tau
             base = pair_log_mass.detach()
-            ratio = (1 - torch.exp(virtual - torch.logaddexp(virtual, base))) / (
-                1 - torch.exp(plain - torch.logaddexp(plain, base))
-            )
+            # r = (1 - P^psi) / (1 - P^0) = Z^0 / Z^psi, in log space: finite when P^0 rounds to 1.
+            ratio = torch.exp(torch.logaddexp(plain, base) - torch.logaddexp(virtual, base))
             terms = straight_through_scale(terms, ratio)
             extra["margin_r_mean"] = ratio.mean()
         if self.margin is not None and not self.margin.is_identity:
             plain = pos_cos.detach() / pos_tau
-            plain_prob = torch.exp(plain - torch.logaddexp(plain, pair_log_mass.detach()))
-            extra["margin_r_mean"] = ((1 - pos_prob) / (1 - plain_prob)).mean()
+            base = pair_log_mass.detach()
+            extra["margin_r_mean"] = torch.exp(
+                torch.logaddexp(plain, base) - torch.logaddexp(pos_logit.detach(), base)
+            ).mean()
             extra["margin_g_mean"] = self.margin.angle_factor(pos_cos).mean()
         return terms, pos_prob, extra
 

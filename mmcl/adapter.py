@@ -1,0 +1,96 @@
+"""The contract between the modality-agnostic engine and a modality (images, text, graphs).
+
+The engine only ever talks to a :class:`ModalityAdapter`. An adapter provides
+
+* an **encoder**: an ``nn.Module`` whose ``forward(inputs)`` returns the projection-head embeddings
+  used by the loss ``(n, d)`` and whose ``features(inputs)`` returns the backbone features used for
+  evaluation ``(n, f)``;
+* the **pretraining data**: a ``Dataset`` whose items already hold ``n_views`` augmented views (the
+  adapter's view generator runs in ``__getitem__``, so data-loader workers do the work) and a
+  ``collate_train`` that batches items into one :class:`TrainBatch`;
+* the **evaluation data**: un-augmented labelled splits (``"train"``, ``"test"``) and
+  ``collate_eval`` returning ``(inputs, labels)``.
+
+All views of a batch travel as *one* input (view-major: the ``B`` first views, then the ``B``
+second views, then optional hard negatives), so the encoder runs once per step: batch-norm sees the
+whole batch, as in SimCLR, and DDP sees one forward per backward. Inputs are whatever the encoder
+takes (an image tensor, a tokenizer dict, a PyG ``Batch``); they must support ``.to(device)`` or be
+nested lists/dicts of tensors, so that Accelerate can place them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+
+@dataclass
+class TrainBatch:
+    """One pretraining batch of ``B`` instances."""
+
+    inputs: Any  # all views (and negatives) of the batch, view-major, as one encoder input
+    n_views: int  # V >= 2
+    labels: Tensor | None = None  # (B,) class ids where the dataset has them (supervised losses)
+    has_negatives: bool = False  # the last B rows of ``inputs`` are hard negatives (text NLI)
+
+    def to(self, device) -> TrainBatch:
+        inputs = self.inputs.to(device) if hasattr(self.inputs, "to") else self.inputs
+        labels = self.labels.to(device) if self.labels is not None else None
+        return TrainBatch(inputs, self.n_views, labels, self.has_negatives)
+
+
+class Encoder(nn.Module):
+    """Backbone plus projection head. ``forward`` gives the loss embeddings, ``features`` the backbone's."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def features(self, inputs: Any) -> Tensor:
+        return self.backbone(inputs)
+
+    def forward(self, inputs: Any) -> Tensor:
+        return self.head(self.features(inputs))
+
+
+class ModalityAdapter(ABC):
+    """Base class of modality adapters, registered by name in :mod:`modalities`.
+
+    ``model_options`` and ``data_options`` are the config's ``model`` and ``data`` sections; each
+    adapter declares their keys and defaults as dataclasses (``ModelConfig``, ``DataConfig``) so the
+    config loader can validate them.
+    """
+
+    name: ClassVar[str]
+    ModelConfig: ClassVar[type]
+    DataConfig: ClassVar[type]
+
+    def __init__(self, model: Any, data: Any) -> None:
+        self.model_config = model
+        self.data_config = data
+
+    @abstractmethod
+    def build_encoder(self) -> Encoder: ...
+
+    @abstractmethod
+    def train_dataset(self) -> Dataset: ...
+
+    @abstractmethod
+    def collate_train(self, items: list) -> TrainBatch: ...
+
+    @abstractmethod
+    def eval_datasets(self) -> dict[str, Dataset]:
+        """Un-augmented labelled splits, at least ``"train"`` and ``"test"``; items ``(input, label)``."""
+
+    @abstractmethod
+    def collate_eval(self, items: list) -> tuple[Any, Tensor]: ...
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the pretraining items carry class labels (for supervised losses)."""
+        return False

@@ -69,6 +69,7 @@ class ModalityAdapter(ABC):
     name: ClassVar[str]
     ModelConfig: ClassVar[type]
     DataConfig: ClassVar[type]
+    default_eval_tasks: ClassVar[tuple[str, ...]] = ("knn", "linear", "metrics")  # registered task names
 
     def __init__(self, model: Any, data: Any) -> None:
         self.model_config = model
@@ -85,7 +86,8 @@ class ModalityAdapter(ABC):
 
     @abstractmethod
     def eval_datasets(self) -> dict[str, Dataset]:
-        """Un-augmented labelled splits, at least ``"train"`` and ``"test"``; items ``(input, label)``."""
+        """Un-augmented labelled splits by name (``"train"``/``"test"`` for the classification tasks);
+        items ``(input, label)``."""
 
     @abstractmethod
     def collate_eval(self, items: list) -> tuple[Any, Tensor]: ...

@@ -1,9 +1,10 @@
-"""The ``mmcl`` command line."""
+"""The ``mmcl`` command line: ``pretrain``, ``evaluate``, ``quickstart``, ``losses``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _losses(args: argparse.Namespace) -> int:
@@ -19,15 +20,83 @@ def _losses(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from mmcl.config import load_config
+    from mmcl.trainer import default_run_dir, pretrain
+
+    target = Path(args.config)
+    if target.is_dir():  # a run folder: its saved config, continued in place
+        config = load_config(target / "config.yaml", args.overrides)
+        run_dir = target
+    else:
+        config = load_config(target, args.overrides)
+        run_dir = default_run_dir(config) if (args.resume or config.train.run_name) else None
+        if args.resume and not config.train.run_name:
+            raise ValueError("--resume with a config file needs train.run_name (or pass the run folder instead)")
+    try:
+        run_dir = pretrain(config, run_dir, resume=args.resume)
+    except KeyboardInterrupt as stop:
+        print(f"mmcl: {stop}", file=sys.stderr)
+        return 130
+    print(f"run folder: {run_dir}")
+    if args.evaluate:
+        return _evaluate(argparse.Namespace(target=str(run_dir), task=None, random_init=False, output=None))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mmcl.evaluate import evaluate_run, format_results
+
+    results = evaluate_run(args.target, tasks=args.task, random_init=args.random_init, output=args.output)
+    print(format_results(results))
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from mmcl.evaluate import quickstart
+
+    quickstart(args.output_dir, args.overrides)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcl", description="Multimodal contrastive representation learning.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    loss_parser = commands.add_parser(
-        "losses", help="list the contrastive losses: registry name, paper, required inputs",
+
+    p = commands.add_parser(
+        "pretrain",
+        help="pretrain an encoder from a YAML config",
+        description="Pretrain an encoder. Overrides look like loss.name=dhel train.epochs=5.",
+    )
+    p.add_argument("config", help="YAML config file, or a run folder (with --resume)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--evaluate", action="store_true", help="evaluate the final checkpoint afterwards")
+    p.set_defaults(run=_pretrain)
+
+    p = commands.add_parser(
+        "evaluate",
+        help="evaluate a run folder or checkpoint",
+        description="Embed the evaluation splits with the frozen encoder and run the tasks.",
+    )
+    p.add_argument("target", help="run folder (latest checkpoint) or checkpoint file")
+    p.add_argument("--task", action="append", help="task to run (repeatable); default: the config's eval.tasks")
+    p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised encoder instead")
+    p.add_argument("--output", help="JSON file for the results (default: RUN/eval.json)")
+    p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser("quickstart", help="pretrain and evaluate on the bundled digits images (about a minute)")
+    p.add_argument("--output-dir", default="runs", help="where the run folder goes")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.name=dhel")
+    p.set_defaults(run=_quickstart)
+
+    p = commands.add_parser(
+        "losses",
+        help="list the contrastive losses: registry name, paper, required inputs",
         description="List the registered losses, or show one loss's options and defaults.",
-    )  # fmt: skip
-    loss_parser.add_argument("name", nargs="?", help="a loss name: show its options and defaults")
-    loss_parser.set_defaults(run=_losses)
+    )
+    p.add_argument("name", nargs="?", help="a loss name: show its options and defaults")
+    p.set_defaults(run=_losses)
     return parser
 
 
@@ -35,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"mmcl: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,10 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import losses
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -27,3 +30,40 @@ def test_mmcl_losses_name_shows_options_and_unknown_name_fails_clearly():
 def test_mmcl_help():
     result = run("--help")
     assert result.returncode == 0 and "losses" in result.stdout
+
+
+def test_each_command_has_help():
+    for command in ("pretrain", "evaluate", "quickstart", "losses"):
+        result = run(command, "--help")
+        assert result.returncode == 0 and "usage: mmcl " + command in result.stdout, result.stderr
+
+
+def test_pretrain_config_errors_exit_2_with_the_message(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model: {backbone: small_cnn}\n")
+    result = run("pretrain", str(config), "train.epochs=many")
+    assert result.returncode == 2 and "train.epochs='many' must be of type int" in result.stderr
+    result = run("evaluate", str(tmp_path / "no_such_run"))
+    assert result.returncode == 2 and "no_such_run" in result.stderr
+
+
+def test_pretrain_then_evaluate_from_the_command_line(tmp_path):
+    result = run(
+        "pretrain",
+        str(ROOT / "mmcl" / "quickstart.yaml"),
+        f"train.output_dir={tmp_path}",
+        "train.run_name=cli",
+        "train.max_steps=3",
+        "train.progress_bar=false",
+        "data.train_subset=300",
+        "data.test_subset=100",
+        "eval.tasks=[knn]",
+        "--evaluate",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"run folder: {tmp_path / 'cli'}" in result.stdout and "knn top1" in result.stdout
+    assert (tmp_path / "cli" / "eval.json").exists() and (
+        tmp_path / "cli" / "checkpoints" / "step_00000003.pt"
+    ).exists()
+    resumed = run("pretrain", str(tmp_path / "cli"), "train.max_steps=4", "--resume")
+    assert resumed.returncode == 0 and "at step 3" in resumed.stdout, resumed.stderr[-2000:]

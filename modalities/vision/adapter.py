@@ -1,0 +1,169 @@
+"""The ``vision`` modality: torchvision backbones, SimCLR views and image datasets behind the adapter contract.
+
+Example config (``configs/vision/cifar10.yaml``)::
+
+    modality: vision
+    model: {backbone: resnet18, backbone_options: {cifar_stem: true}, head_layers: 2, head_dim: 128}
+    data: {dataset: cifar10, root: data, augment: auto}
+    loss: {name: nt_xent, temperature: 0.5}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mmcl.adapter import Encoder, ModalityAdapter, TrainBatch
+from modalities import register_adapter
+from modalities.vision.backbones import build_backbone, build_head
+from modalities.vision.datasets import ImageSource, load_source, seeded_subset
+from modalities.vision.transforms import eval_transform, simclr_view, view_settings
+
+
+@dataclass
+class VisionModelConfig:
+    backbone: str = "resnet18"  # small_cnn | resnet18 | resnet50 | vit_tiny | vit
+    backbone_options: dict = field(default_factory=dict)  # e.g. {cifar_stem: true}, {channels: [32, 64]}
+    head_layers: int = 2  # SimCLR: Linear-BN-ReLU-Linear; 0 = no head
+    head_hidden_dim: int | None = None  # default: the backbone's feature dimension (SimCLR)
+    head_dim: int = 128
+    head_batch_norm: bool = True
+
+
+@dataclass
+class VisionDataConfig:
+    dataset: str = "digits"  # digits | mnist | fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder
+    root: str = "data"
+    download: bool = False
+    cache_dir: str | None = None  # where .gz/.zip sources are unpacked (default ~/.cache/mmcl)
+    image_size: int | None = None  # ImageFolder view size (default 224; other datasets use their native size)
+    train_subset: int | None = None  # seeded subset sizes (quick runs)
+    test_subset: int | None = None
+    subset_seed: int = 0
+    n_views: int = 2
+    augment: str = "auto"  # a view preset (digits, 28, 32, 96, 224), none, or auto (by image size)
+    crop_min_scale: float | None = None  # overrides of the preset's entries
+    flip_prob: float | None = None
+    jitter_strength: float | None = None
+    jitter_prob: float | None = None
+    grayscale_prob: float | None = None
+    blur_prob: float | None = None
+
+
+class MultiView(Dataset):
+    """Items ``([view_1, ..., view_V], label)`` drawn from ``(image, label)`` items."""
+
+    def __init__(self, dataset: Dataset, transform, n_views: int) -> None:
+        self.dataset, self.transform, self.n_views = dataset, transform, n_views
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[list[Tensor], int]:
+        image, label = self.dataset[index]
+        return [self.transform(image) for _ in range(self.n_views)], label
+
+
+class Transformed(Dataset):
+    def __init__(self, dataset: Dataset, transform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
+@register_adapter
+class VisionAdapter(ModalityAdapter):
+    """Images: a torchvision backbone plus SimCLR head, SimCLR views, torchvision datasets."""
+
+    name = "vision"
+    ModelConfig = VisionModelConfig
+    DataConfig = VisionDataConfig
+
+    def __init__(self, model: VisionModelConfig, data: VisionDataConfig) -> None:
+        super().__init__(model, data)
+        if data.n_views != 2:
+            raise ValueError(f"data.n_views={data.n_views}: the loss core contrasts two views per instance; use 2")
+        self._source: ImageSource | None = None
+
+    @property
+    def source(self) -> ImageSource:
+        if self._source is None:
+            options = {"size": self.data_config.image_size or 224} if self.data_config.dataset == "imagefolder" else {}
+            self._source = load_source(
+                self.data_config.dataset,
+                self.data_config.root,
+                self.data_config.cache_dir,
+                self.data_config.download,
+                **options,
+            )
+        return self._source
+
+    @property
+    def has_labels(self) -> bool:
+        return self.source.labelled
+
+    def _preset(self) -> str:
+        augment = self.data_config.augment
+        if augment != "auto":
+            return augment
+        size = self.source.size
+        return "digits" if size <= 8 else min(("28", "32", "96", "224"), key=lambda p: abs(int(p) - size))
+
+    def build_encoder(self) -> Encoder:
+        cfg, source = self.model_config, self.source
+        options = dict(cfg.backbone_options)
+        if cfg.backbone.startswith("vit"):
+            options.setdefault("image_size", source.size)
+        if cfg.backbone.startswith("resnet"):
+            options.setdefault("cifar_stem", source.size <= 64)  # 7x7/2 conv + max-pool would erase small images
+        backbone, feature_dim = build_backbone(cfg.backbone, in_channels=source.channels, **options)
+        head = build_head(
+            feature_dim, cfg.head_hidden_dim or feature_dim, cfg.head_dim, cfg.head_layers, cfg.head_batch_norm
+        )
+        return Encoder(backbone, head)
+
+    def view_transform(self):
+        source, preset = self.source, self._preset()
+        if preset == "none":
+            return eval_transform(source.size, source.mean, source.std, resize=source.resize_for_eval)
+        d = self.data_config
+        settings = view_settings(
+            preset,
+            size=source.size if preset != "digits" else None,
+            crop_min_scale=d.crop_min_scale,
+            flip_prob=d.flip_prob,
+            jitter_strength=d.jitter_strength,
+            jitter_prob=d.jitter_prob,
+            grayscale_prob=d.grayscale_prob,
+            blur_prob=d.blur_prob,
+        )
+        return simclr_view(settings, source.channels, source.mean, source.std)
+
+    def train_dataset(self) -> Dataset:
+        d = self.data_config
+        data = seeded_subset(self.source.pretrain, d.train_subset, d.subset_seed)
+        return MultiView(data, self.view_transform(), d.n_views)
+
+    def collate_train(self, items: list) -> TrainBatch:
+        views = [torch.stack([item[0][v] for item in items]) for v in range(len(items[0][0]))]
+        labels = torch.tensor([item[1] for item in items])
+        return TrainBatch(torch.cat(views), n_views=len(views), labels=labels if self.has_labels else None)
+
+    def eval_datasets(self) -> dict[str, Dataset]:
+        d, source = self.data_config, self.source
+        transform = eval_transform(source.size, source.mean, source.std, resize=source.resize_for_eval)
+        return {
+            "train": Transformed(seeded_subset(source.eval_train, d.train_subset, d.subset_seed), transform),
+            "test": Transformed(seeded_subset(source.eval_test, d.test_subset, d.subset_seed), transform),
+        }
+
+    def collate_eval(self, items: list) -> tuple[Tensor, Tensor]:
+        return torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items])

@@ -1,0 +1,96 @@
+"""SimCLR views with torchvision transforms v2, and the deterministic evaluation transform.
+
+A view is ``RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(ColorJitter) -> RandomGrayscale ->
+RandomApply(GaussianBlur) -> float -> Normalize`` (SimCLR, Chen et al. 2020, arXiv:2002.05709, appendix
+A), with colour-jitter strength ``s`` giving brightness/contrast/saturation ``0.8 s`` and hue ``0.2 s``.
+Presets follow the published settings per resolution:
+
+========  =======  ==========  ====  ======  ====  ====  ================================================
+preset    crop     min scale   flip  jitter  gray  blur  used for
+========  =======  ==========  ====  ======  ====  ====  ================================================
+digits    8        0.5         0     0.5     0     0     scikit-learn digits (quickstart); no flip (digits)
+28        28       0.3         0.5   0.5     0     0     MNIST, Fashion-MNIST
+32        32       0.08        0.5   0.5     0.2   0     CIFAR (SimCLR's CIFAR setting, s = 0.5, no blur)
+96        96       0.08        0.5   1.0     0.2   0.5   STL-10
+224       224      0.08        0.5   1.0     0.2   0.5   ImageNet-sized ImageFolder data
+none      -        -           -     -       -     -     no augmentation: views equal (tests, ablations)
+========  =======  ==========  ====  ======  ====  ====  ================================================
+
+Every entry can be overridden from the config (``data.crop_min_scale=0.2`` ...). Single-channel images
+get brightness/contrast jitter only (saturation and hue do not exist for them) and no grayscale step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torchvision.transforms import v2
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    size: int
+    crop_min_scale: float
+    flip_prob: float
+    jitter_strength: float
+    jitter_prob: float
+    grayscale_prob: float
+    blur_prob: float
+
+
+VIEW_PRESETS: dict[str, ViewSettings] = {
+    "digits": ViewSettings(8, 0.5, 0.0, 0.5, 0.8, 0.0, 0.0),
+    "28": ViewSettings(28, 0.3, 0.5, 0.5, 0.8, 0.0, 0.0),
+    "32": ViewSettings(32, 0.08, 0.5, 0.5, 0.8, 0.2, 0.0),
+    "96": ViewSettings(96, 0.08, 0.5, 1.0, 0.8, 0.2, 0.5),
+    "224": ViewSettings(224, 0.08, 0.5, 1.0, 0.8, 0.2, 0.5),
+}
+
+
+def view_settings(preset: str, **overrides: float | None) -> ViewSettings:
+    """A preset's settings with the non-``None`` overrides applied (and checked)."""
+    if preset not in VIEW_PRESETS:
+        raise ValueError(f"data.augment={preset!r} is not a view preset; choose one of {[*VIEW_PRESETS, 'none']}")
+    settings = replace(VIEW_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    for name in ("crop_min_scale", "flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
+        value = getattr(settings, name)
+        if not 0 <= value <= 1 or (name == "crop_min_scale" and value == 0):
+            raise ValueError(f"data.{name}={value} must be in {'(0, 1]' if name == 'crop_min_scale' else '[0, 1]'}")
+    if settings.jitter_strength < 0 or settings.size < 1:
+        raise ValueError(f"data.jitter_strength must be >= 0 and the view size >= 1, got {settings}")
+    return settings
+
+
+def _normalise(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+
+
+def simclr_view(settings: ViewSettings, channels: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    """One random view ``(C, H, W) uint8 image or PIL -> (C, size, size) float``, normalised."""
+    s = settings.jitter_strength
+    colour = dict(brightness=0.8 * s, contrast=0.8 * s)
+    if channels == 3:
+        colour.update(saturation=0.8 * s, hue=min(0.2 * s, 0.5))
+    steps: list[v2.Transform] = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(settings.size, scale=(settings.crop_min_scale, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(settings.flip_prob),
+    ]
+    if s > 0 and settings.jitter_prob > 0:
+        steps.append(v2.RandomApply([v2.ColorJitter(**colour)], p=settings.jitter_prob))
+    if channels == 3 and settings.grayscale_prob > 0:
+        steps.append(v2.RandomGrayscale(settings.grayscale_prob))
+    if settings.blur_prob > 0:
+        kernel = max(3, int(0.1 * settings.size) // 2 * 2 + 1)  # about 10% of the image side, odd (SimCLR)
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=settings.blur_prob))
+    return v2.Compose(steps + _normalise(mean, std))
+
+
+def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...], resize: bool) -> v2.Compose:
+    """Deterministic transform: normalise (after resizing the short side to ``size / 0.875`` and a centre crop
+    when ``resize``)."""
+    steps: list[v2.Transform] = [v2.ToImage()]
+    if resize:
+        steps += [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
+    return v2.Compose(steps + _normalise(mean, std))

@@ -1,0 +1,97 @@
+"""Engine-facing classification tasks on frozen backbone features: ``knn``, ``linear`` and ``metrics``.
+
+``knn`` and ``linear`` fit on the adapter's ``"train"`` evaluation split and score its ``"test"`` split
+(no augmentation; evaluation spec, sections 1-2). ``metrics`` reports alignment, uniformity and effective
+rank (spec, sections 5-8) of the backbone features and of the projection head, on two augmented views of
+up to ``pairs`` training items drawn with the run's seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from tasks.knn import knn_accuracy
+from tasks.linear_probe import linear_probe
+from tasks.metrics import representation_metrics
+from tasks.registry import EvalContext, register_task
+
+
+@dataclass
+class KNNOptions:
+    k: int = 200
+    temperature: float = 0.1
+
+
+@dataclass
+class LinearOptions:
+    method: Literal["torch", "logreg"] = "torch"
+    preset: str = "hcl"
+    epochs: int | None = None  # the preset's (100 for hcl) when None
+    standardize: bool = False
+
+
+@dataclass
+class MetricsOptions:
+    pairs: int = 2048
+
+
+def _splits(context: EvalContext) -> tuple[dict, dict, int]:
+    train, test = context.embed("train"), context.embed("test")
+    num_classes = int(max(train["labels"].max(), test["labels"].max())) + 1
+    return train, test, num_classes
+
+
+@register_task("knn", KNNOptions, headline=("top1",))
+def knn(context: EvalContext, options: KNNOptions) -> dict:
+    train, test, num_classes = _splits(context)
+    return knn_accuracy(
+        train["features"],
+        train["labels"],
+        test["features"],
+        test["labels"],
+        num_classes,
+        k=options.k,
+        temperature=options.temperature,
+    )
+
+
+@register_task("linear", LinearOptions, headline=("top1",))
+def linear(context: EvalContext, options: LinearOptions) -> dict:
+    train, test, num_classes = _splits(context)
+    settings = {"method": options.method, "seed": context.seed, "standardize": options.standardize}
+    if options.method == "torch":
+        settings.update(preset=options.preset, epochs=options.epochs)
+    return linear_probe(train["features"], train["labels"], test["features"], test["labels"], num_classes, **settings)
+
+
+@register_task(
+    "metrics", MetricsOptions, headline=("backbone.alignment", "backbone.uniformity", "backbone.effective_rank")
+)
+def metrics(context: EvalContext, options: MetricsOptions) -> dict:
+    pairs = embed_view_pairs(context, options.pairs)
+    return {
+        layer: representation_metrics(pairs[f"{layer}_a"], pairs[f"{layer}_b"], seed=context.seed)
+        for layer in ("backbone", "head")
+    }
+
+
+@torch.no_grad()
+def embed_view_pairs(context: EvalContext, count: int) -> dict[str, torch.Tensor]:
+    """Two augmented views of the first ``count`` training items: ``{backbone,head}_{a,b}`` of shape (n, *)."""
+    from mmcl.trainer import SeededViews
+
+    encoder, adapter = context.encoder.eval(), context.adapter
+    data = SeededViews(adapter.train_dataset(), context.seed)
+    subset = Subset(data, range(min(count, len(data))))
+    out: dict[str, list] = {"backbone_a": [], "backbone_b": [], "head_a": [], "head_b": []}
+    for batch in DataLoader(subset, batch_size=context.batch_size, shuffle=False, collate_fn=adapter.collate_train):
+        feature = encoder.features(batch.to(context.device).inputs)
+        for layer, value in (("backbone", feature), ("head", encoder.head(feature))):
+            first, second = value.float().cpu().chunk(batch.n_views + int(batch.has_negatives))[:2]
+            out[f"{layer}_a"].append(first)
+            out[f"{layer}_b"].append(second)
+    return {key: torch.cat(value) for key, value in out.items()}

@@ -1,0 +1,110 @@
+"""Registry of evaluation tasks that run on a frozen encoder, as named in a config's ``eval.tasks``.
+
+A task is a function ``run(context, options) -> dict`` registered with an options dataclass, so that
+``mmcl evaluate`` and the config loader can validate ``eval.<task>.<option>`` keys::
+
+    @register_task("knn", KNNOptions, headline=("top1",))
+    def knn(context: EvalContext, options: KNNOptions) -> dict: ...
+
+The :class:`EvalContext` gives the frozen encoder, its adapter and cached embeddings of the adapter's
+evaluation splits, so that tasks sharing a split embed it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from mmcl.adapter import Encoder, ModalityAdapter
+
+
+@dataclass
+class EvalContext:
+    """What a task sees: the frozen encoder (eval mode), its adapter, the device and the shared settings."""
+
+    encoder: Encoder
+    adapter: ModalityAdapter
+    device: torch.device
+    batch_size: int = 512
+    seed: int = 0
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @torch.no_grad()
+    def embed(self, split: str) -> dict[str, torch.Tensor]:
+        """``{"features" (n, f) backbone, "head" (n, d) projection, "labels" (n,)}`` of an evaluation split."""
+        if split not in self._cache:
+            splits = self.adapter.eval_datasets()
+            if split not in splits:
+                raise ValueError(
+                    f"evaluation split {split!r} not provided by the {self.adapter.name!r} adapter; "
+                    f"it has {sorted(splits)}"
+                )
+            self._cache[split] = embed_dataset(
+                self.encoder, splits[split], self.adapter.collate_eval, self.batch_size, self.device
+            )
+        return self._cache[split]
+
+
+@torch.no_grad()
+def embed_dataset(encoder: Encoder, dataset, collate, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Backbone features, head embeddings and labels of a whole dataset, in order (encoder in eval mode)."""
+    encoder.eval()
+    features, heads, labels = [], [], []
+    for inputs, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        feature = encoder.features(inputs.to(device))
+        features.append(feature.float().cpu())
+        heads.append(encoder.head(feature).float().cpu())
+        labels.append(targets.cpu())
+    return {"features": torch.cat(features), "head": torch.cat(heads), "labels": torch.cat(labels)}
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    name: str
+    options: type  # a dataclass: the task's ``eval.<name>`` keys and defaults
+    run: Callable[[EvalContext, Any], dict]
+    headline: tuple[str, ...]  # result keys printed in the summary table (dotted for nested dicts)
+
+
+_TASKS: dict[str, EvalTask] = {}
+
+
+def register_task(name: str, options: type, headline: tuple[str, ...] = ()) -> Callable:
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"task {name!r}: options must be a dataclass")
+
+    def decorate(run: Callable[[EvalContext, Any], dict]) -> Callable[[EvalContext, Any], dict]:
+        if name in _TASKS:
+            raise ValueError(f"evaluation task {name!r} is registered twice")
+        _TASKS[name] = EvalTask(name, options, run, headline)
+        return run
+
+    return decorate
+
+
+def get_task(name: str) -> EvalTask:
+    _import_builtin()
+    if name not in _TASKS:
+        raise ValueError(f"unknown evaluation task {name!r}; available: {available_tasks()}")
+    return _TASKS[name]
+
+
+def available_tasks() -> list[str]:
+    _import_builtin()
+    return sorted(_TASKS)
+
+
+def _import_builtin() -> None:
+    import importlib
+
+    for module in BUILTIN_TASK_MODULES:
+        importlib.import_module(module)
+
+
+#: Modules whose import registers the built-in tasks (each may pull in heavy libraries, hence lazily).
+BUILTIN_TASK_MODULES = ("tasks.classification",)

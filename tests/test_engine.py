@@ -1,0 +1,275 @@
+"""The training engine: configs, runs, resume, crash recovery, signals, 2-process equality, evaluation."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmcl import checkpoint
+from mmcl.config import load_config
+from mmcl.evaluate import evaluate_run, load_encoder
+from mmcl.trainer import pretrain
+
+WORKER = Path(__file__).with_name("train_worker.py")
+ROOT = WORKER.parent.parent
+
+# A tiny model without batch-dependent layers (so several processes can equal one), digits views.
+TINY = {
+    "modality": "vision",
+    "model": {
+        "backbone": "small_cnn",
+        "backbone_options": {"channels": [8, 16], "batch_norm": False},
+        "head_dim": 16,
+        "head_batch_norm": False,
+    },
+    "data": {"dataset": "digits", "train_subset": 96, "test_subset": 60},
+    "loss": {"name": "nt_xent", "temperature": 0.5},
+    "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+    "train": {"max_steps": 6, "batch_size": 32, "cpu": True, "progress_bar": False, "log_every": 1, "seed": 3},
+    "eval": {"tasks": ["knn", "linear"], "linear": {"method": "logreg"}},
+}
+
+
+def tiny(**sections) -> dict:
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in TINY.items()}
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return raw
+
+
+def weights(run_dir: Path, step: int | None = None) -> dict[str, torch.Tensor]:
+    path = checkpoint.checkpoint_path(run_dir, step) if step else checkpoint.latest_checkpoint(run_dir)
+    return checkpoint.load_checkpoint(path)["model"]
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def run_worker(
+    config: dict, run_dir: Path, *flags: str, nproc: int = 1, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    config_file = run_dir.with_suffix(".yaml")
+    config_file.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        command = [sys.executable, str(WORKER)]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            str(WORKER),
+        ]
+    return subprocess.run(
+        [*command, str(config_file), str(run_dir), *flags], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """An uninterrupted 6-step run (3 steps per epoch) that the other runs must reproduce."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    pretrain(load_config(raw=tiny(train={"checkpoint_every": 2, "keep_checkpoints": 5})), run_dir)
+    return run_dir
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.widht=3"], "unknown key(s) ['widht'] in config section 'model'; valid keys: ['backbone',"),
+        (["train.batch_size=abc"], "train.batch_size='abc' must be of type int"),
+        (["train.precision=fp8"], "train.precision='fp8' is not one of ['no', 'fp16', 'bf16']"),
+        (["optimizer.lr=1"], "unknown section 'optimizer'; valid sections: ['modality', 'model'"),
+        (["loss.name=ntxent"], "ntxent"),
+        (["loss.temprature=0.1"], "unknown option(s) ['temprature'] for loss 'nt_xent'"),
+        (["loss.temperature=0"], "temperature"),
+        (["modality=audio"], "unknown modality 'audio'; available: ["),
+        (["eval.tasks=[knn, sts_b]"], "unknown evaluation task 'sts_b'; available: ["),
+        (["eval.knn.kk=3"], "unknown key(s) ['kk'] in config section 'eval.knn'; valid keys: ['k', 'temperature']"),
+        (["eval.svm.C=1"], "unknown key(s) ['svm'] in config section 'eval'"),
+        (["train.batch_size"], "must look like section.key=value"),
+    ],
+)
+def test_config_errors_name_the_key_and_the_fix(overrides, message):
+    with pytest.raises(ValueError) as error:
+        load_config(raw=tiny(), overrides=overrides)
+    assert message in str(error.value)
+
+
+def test_config_files_are_read_with_a_safe_loader(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("train: !!python/object/apply:os.system ['echo owned']\n")
+    with pytest.raises(yaml.constructor.ConstructorError):
+        load_config(evil)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_overrides_parse_yaml_values_and_nested_keys():
+    raw = tiny()
+    config = load_config(
+        raw=raw,
+        overrides=[
+            "loss.name=dhel",
+            "loss.temperature=0.3",
+            "train.grad_clip=1",
+            "model.backbone_options.channels=[4, 8]",
+            "eval.knn.k=5",
+        ],
+    )
+    assert config.loss == {"name": "dhel", "temperature": 0.3}
+    assert config.train.grad_clip == 1.0 and config.model.backbone_options["channels"] == [4, 8]
+    assert config.eval.options["knn"].k == 5 and config.eval.options["knn"].temperature == 0.1
+    assert raw == tiny(), "overrides must not edit the caller's dict"
+
+
+def test_run_folder_holds_the_resolved_config_metrics_and_checkpoints(reference_run):
+    saved = load_config(reference_run / "config.yaml")
+    assert saved.to_dict() == load_config(raw=tiny(train={"checkpoint_every": 2, "keep_checkpoints": 5})).to_dict()
+    assert [int(p.stem.split("_")[1]) for p in checkpoint.list_checkpoints(reference_run)] == [2, 4, 6]
+    records = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6] and [r["epoch"] for r in records] == [0, 0, 0, 1, 1, 1]
+    assert {"loss", "lr", "pos_cos_mean", "neg_cos_mean", "tau"} <= records[0].keys()
+    assert records[-1]["lr"] == 0.0  # cosine schedule ends at min_lr_ratio * lr
+    assert any((reference_run / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_training_changes_weights_and_is_deterministic(reference_run, tmp_path):
+    again = tmp_path / "again"
+    pretrain(load_config(raw=tiny()), again)
+    assert max_difference(weights(again), weights(reference_run)) == 0.0
+    assert max_difference(weights(reference_run, 6), weights(reference_run, 2)) > 1e-3
+
+
+# ---------------------------------------------------------------- resume and crashes
+
+
+@pytest.mark.parametrize("resume_from", [4, 3])  # mid-epoch and at an epoch boundary
+def test_resume_equals_an_uninterrupted_run(reference_run, tmp_path, resume_from):
+    run_dir = tmp_path / "run"
+    config = load_config(raw=tiny(train={"checkpoint_every": resume_from}))
+    pretrain(config, run_dir)
+    checkpoint.checkpoint_path(run_dir, 6).unlink()  # as if the run had stopped after step `resume_from`
+    assert checkpoint.load_checkpoint(checkpoint.latest_checkpoint(run_dir))["step"] == resume_from
+    pretrain(config, run_dir, resume=True)
+    assert max_difference(weights(run_dir), weights(reference_run)) < 1e-6
+
+
+def test_a_run_killed_while_saving_resumes_from_the_previous_checkpoint(reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+    config = tiny(train={"checkpoint_every": 2})
+    crashed = run_worker(config, run_dir, "--crash-on-save", "2")  # dies half-way through writing step 4
+    assert crashed.returncode == 9, crashed.stderr[-2000:]
+    assert [p.name for p in checkpoint.list_checkpoints(run_dir)] == ["step_00000002.pt"]
+    assert list((run_dir / "checkpoints").glob("*.tmp")), "the half-written file should be left as .tmp"
+    resumed = run_worker(config, run_dir, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout and "step_00000002.pt" in resumed.stdout
+    assert max_difference(weights(run_dir), weights(reference_run)) < 1e-6
+    assert not list((run_dir / "checkpoints").glob("*.tmp")), "stale temporary files are cleaned up"
+
+
+def test_sigint_saves_a_checkpoint_before_exiting(tmp_path):
+    run_dir = tmp_path / "run"
+    config = tiny(train={"max_steps": 100000, "log_every": 1})
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(WORKER), str(config_file), str(run_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    saved = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(run_dir))
+    assert saved["step"] >= 3 and f"stopped by signal at step {saved['step']}" in out
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        pretrain(load_config(raw=tiny()), tmp_path / "empty", resume=True)
+
+
+# ---------------------------------------------------------------- several processes
+
+
+@pytest.mark.distributed
+def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
+    """2 gloo processes with batch B each take the same steps as 1 process with batch 2B."""
+    steps = {"max_steps": 4}
+    two = tmp_path / "two"
+    result = run_worker(tiny(train={**steps, "batch_size": 16}), two, nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = tmp_path / "one"
+    pretrain(load_config(raw=tiny(train={**steps, "batch_size": 32})), one)
+    assert max_difference(weights(two), weights(one)) < 1e-5
+    assert max_difference(weights(one), weights(one, None)) == 0.0
+    logged = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    single = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in logged] == pytest.approx([r["loss"] for r in single], abs=1e-5)
+    assert logged[0]["n_anchors"] == single[0]["n_anchors"] == 64
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_evaluate_writes_json_and_beats_a_random_encoder_after_training(tmp_path):
+    run_dir = tmp_path / "run"
+    config = tiny(
+        data={"train_subset": None, "test_subset": None},
+        optim={"name": "adamw", "lr": 3e-3},
+        train={"max_steps": 30, "batch_size": 128},
+    )
+    pretrain(load_config(raw=config), run_dir)
+    trained = evaluate_run(run_dir)
+    random_init = evaluate_run(run_dir, random_init=True)
+    assert json.loads((run_dir / "eval.json").read_text())["knn"]["top1"] == trained["knn"]["top1"]
+    assert (run_dir / "eval_random_init.json").exists()
+    scores = {
+        name: (r["knn"]["top1"], r["linear"]["top1"]) for name, r in (("trained", trained), ("random", random_init))
+    }
+    assert trained["linear"]["top1"] > random_init["linear"]["top1"] + 3, scores
+    assert trained["knn"]["n_test"] == 360 and trained["knn"]["k"] == 200
+
+
+def test_bf16_autocast_and_gradient_clipping(reference_run, tmp_path):
+    clipped = tmp_path / "clipped"
+    config = load_config(raw=tiny(train={"max_steps": 2, "precision": "bf16", "grad_clip": 1e-5}))
+    pretrain(config, clipped)
+    records = [json.loads(line) for line in (clipped / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
+    initial = load_encoder(config, None)[0].state_dict()
+    # SGD (lr <= 0.5, momentum 0.9) on gradients of norm <= 1e-5 moves the weights by at most 0.5e-5 * (1 + 1.9)
+    assert 0 < max_difference(weights(clipped), initial) <= 1.45e-5
+    assert max_difference(weights(reference_run, 2), initial) > 1e-3

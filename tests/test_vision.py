@@ -1,0 +1,184 @@
+"""The vision modality: backbones, SimCLR views, datasets from local files, and the adapter contract."""
+
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mmcl.adapter import TrainBatch
+from modalities import adapter_class
+from modalities.vision import VIEW_PRESETS, build_backbone, build_head, load_source, simclr_view
+from modalities.vision.adapter import VisionAdapter, VisionDataConfig, VisionModelConfig
+from modalities.vision.transforms import view_settings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
+
+
+@pytest.mark.parametrize(
+    "name, channels, size, options, dim",
+    [
+        ("small_cnn", 1, 8, {"channels": [4, 8]}, 8),
+        ("resnet18", 1, 32, {"cifar_stem": True}, 512),
+        ("resnet18", 3, 64, {}, 512),
+        ("vit_tiny", 3, 32, {"image_size": 32, "num_layers": 2}, 192),
+        ("vit_tiny", 1, 28, {"image_size": 28, "num_layers": 1, "hidden_dim": 24, "num_heads": 2, "mlp_dim": 32}, 24),
+    ],
+)
+def test_backbones_map_images_to_features(name, channels, size, options, dim):
+    backbone, feature_dim = build_backbone(name, in_channels=channels, **options)
+    assert feature_dim == dim
+    assert backbone(torch.randn(2, channels, size, size)).shape == (2, dim)
+
+
+def test_cifar_stem_keeps_small_images_spatial():
+    stem, _ = build_backbone("resnet18", in_channels=3, cifar_stem=True)
+    assert (
+        stem.conv1.kernel_size == (3, 3) and stem.conv1.stride == (1, 1) and isinstance(stem.maxpool, torch.nn.Identity)
+    )
+    default, _ = build_backbone("resnet18")
+    assert default.conv1.kernel_size == (7, 7)
+
+
+def test_projection_head_is_simclr_mlp():
+    head = build_head(512, 512, 128)
+    assert [type(m).__name__ for m in head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert head(torch.randn(4, 512)).shape == (4, 128)
+    assert isinstance(build_head(512, 512, 128, num_layers=0), torch.nn.Identity)
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("resnet34", {}, "unknown backbone 'resnet34'; available: ["),
+        ("resnet18", {"widht": 3}, "unknown option(s) ['widht'] for backbone 'resnet18'; valid: ['cifar_stem']"),
+        ("vit_tiny", {}, "needs image_size"),
+        ("vit_tiny", {"image_size": 30, "patch_size": 4}, "must divide image_size=30"),
+    ],
+)
+def test_backbone_errors(name, options, message):
+    with pytest.raises(ValueError) as error:
+        build_backbone(name, **options)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("preset", sorted(VIEW_PRESETS))
+def test_views_have_the_preset_size_and_are_seeded(preset):
+    settings = VIEW_PRESETS[preset]
+    image = torch.randint(0, 256, (3, settings.size + 4, settings.size + 4), dtype=torch.uint8)
+    view = simclr_view(settings, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    torch.manual_seed(0)
+    first = view(image)
+    torch.manual_seed(0)
+    assert first.dtype == torch.float32 and first.shape == (3, settings.size, settings.size)
+    assert torch.equal(view(image), first)
+    assert not torch.equal(view(image), first)
+
+
+def test_grayscale_views_skip_colour_only_steps():
+    view = simclr_view(VIEW_PRESETS["32"], 1, (0.5,), (0.25,))
+    names = [type(t).__name__ for t in view.transforms]
+    assert "RandomGrayscale" not in names
+    assert view(torch.randint(0, 256, (1, 32, 32), dtype=torch.uint8)).shape == (1, 32, 32)
+
+
+def test_view_overrides_are_checked():
+    assert view_settings("32", crop_min_scale=0.2).crop_min_scale == 0.2
+    with pytest.raises(ValueError, match="data.flip_prob=2"):
+        view_settings("32", flip_prob=2)
+    with pytest.raises(ValueError, match="choose one of"):
+        view_settings("31")
+
+
+def adapter(**data) -> VisionAdapter:
+    return VisionAdapter(
+        VisionModelConfig(backbone="small_cnn", backbone_options={"channels": [4, 8]}, head_dim=8),
+        VisionDataConfig(**data),
+    )
+
+
+def test_digits_adapter_contract():
+    vision = adapter(train_subset=20, test_subset=10)
+    assert adapter_class("vision") is VisionAdapter and vision.has_labels
+    train = vision.train_dataset()
+    items = [train[i] for i in range(4)]
+    batch = vision.collate_train(items)
+    assert isinstance(batch, TrainBatch) and batch.n_views == 2 and not batch.has_negatives
+    assert batch.inputs.shape == (8, 1, 8, 8) and batch.labels.tolist() == [item[1] for item in items]
+    # view-major: the B first views, then the B second views
+    assert torch.equal(batch.inputs[1], items[1][0][0]) and torch.equal(batch.inputs[5], items[1][0][1])
+    encoder = vision.build_encoder()
+    assert encoder(batch.inputs).shape == (8, 8) and encoder.features(batch.inputs).shape == (8, 8)
+    splits = vision.eval_datasets()
+    assert (len(splits["train"]), len(splits["test"])) == (20, 10)
+    inputs, labels = vision.collate_eval([splits["test"][i] for i in range(3)])
+    assert inputs.shape == (3, 1, 8, 8) and labels.dtype == torch.int64
+
+
+def test_augment_none_gives_equal_views_and_equals_the_eval_transform():
+    vision = adapter(augment="none", train_subset=5)
+    views, label = vision.train_dataset()[0]
+    evaluated, same_label = vision.eval_datasets()["train"][0]
+    assert torch.equal(views[0], views[1]) and torch.equal(views[0], evaluated) and label == same_label
+
+
+def test_digits_source_is_the_stratified_sklearn_split():
+    source = load_source("digits", root="unused")
+    assert (len(source.eval_train), len(source.eval_test)) == (1437, 360)
+    image, label = source.eval_test[0]
+    assert image.dtype == torch.uint8 and image.shape == (1, 8, 8) and 0 <= label < 10
+    assert torch.bincount(source.eval_test.labels).min() >= 35
+
+
+def test_dataset_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="unknown image dataset data.dataset='imagenet'"):
+        load_source("imagenet", root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="set data.root"):
+        load_source("mnist", root=str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="set data.root"):
+        load_source("imagefolder", root=str(tmp_path))
+    with pytest.raises(ValueError, match="n_views=3"):
+        adapter(n_views=3)
+
+
+def test_image_folder_from_zip_archives_is_unpacked_into_the_cache(tmp_path):
+    source_dir = tmp_path / "source"
+    source_dir.mkdir()
+    colours = {"red": (255, 0, 0), "blue": (0, 0, 255)}
+    for split in ("train", "test"):
+        with zipfile.ZipFile(source_dir / f"toy_{split}.zip", "w") as archive:
+            for name, colour in colours.items():
+                for i in range(3):
+                    path = tmp_path / f"{split}_{name}_{i}.png"
+                    Image.new("RGB", (12, 10), colour).save(path)
+                    archive.write(path, f"toy/{split}/{name}/{i}.png")
+    vision = VisionAdapter(
+        VisionModelConfig(backbone="small_cnn", backbone_options={"channels": [4]}),
+        VisionDataConfig(dataset="imagefolder", root=str(source_dir), cache_dir=str(tmp_path / "cache"), image_size=8),
+    )
+    splits = vision.eval_datasets()
+    image, label = splits["test"][0]
+    assert (
+        image.shape == (3, 8, 8)
+        and len(splits["train"]) == 6
+        and sorted({splits["train"][i][1] for i in range(6)}) == [0, 1]
+    )
+    assert sorted(p.name for p in source_dir.iterdir()) == ["toy_test.zip", "toy_train.zip"]  # source untouched
+    batch = vision.collate_train([vision.train_dataset()[i] for i in range(2)])
+    assert batch.inputs.shape == (4, 3, 8, 8)
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_like_datasets_read_gzip_files_without_writing_next_to_them(name, folder, tmp_path):
+    if not (SHARED / folder / "raw").is_dir():
+        pytest.skip(f"{SHARED / folder} is absent (the team's shared benchmark data)")
+    before = sorted(p.name for p in (SHARED / folder / "raw").iterdir())
+    source = load_source(name, root=str(SHARED), cache_dir=str(tmp_path))
+    assert (len(source.eval_train), len(source.eval_test)) == (60000, 10000)
+    assert torch.bincount(source.eval_test.labels).tolist() == (
+        [1000] * 10 if name == "fashion_mnist" else [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    )
+    mean = source.eval_train.images.float().mean().item() / 255
+    assert mean == pytest.approx(source.mean[0], abs=1e-3)
+    assert sorted(p.name for p in (SHARED / folder / "raw").iterdir()) == before

@@ -46,6 +46,7 @@ class TrainConfig:
     precision: Literal["no", "fp16", "bf16"] = "no"
     grad_clip: float | None = None
     grad_accumulation: int = 1  # accumulates gradients; does NOT add negatives to the loss
+    grad_cache_chunk: int | None = None  # GradCache: encode the batch in chunks of this many rows (no batch norm)
     log_every: int = 10
     checkpoint_every: int | None = None  # steps; a checkpoint is always written at the end
     keep_checkpoints: int = 2

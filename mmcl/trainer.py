@@ -30,6 +30,7 @@ import losses
 from mmcl import checkpoint
 from mmcl.adapter import ModalityAdapter, TrainBatch
 from mmcl.config import Config
+from mmcl.gradcache import batch_dependent_layers, cached_step, split_inputs
 from mmcl.optim import build_optimizer, build_scheduler
 
 _MIX = 0x9E3779B97F4A7C15
@@ -159,6 +160,11 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
     )
     if len(loader) == 0:
         raise ValueError(f"train.batch_size={train.batch_size} is larger than the dataset ({len(data)} items)")
+    if train.grad_cache_chunk and batch_dependent_layers(encoder):
+        raise ValueError(
+            f"train.grad_cache_chunk needs an encoder without batch-dependent layers; this one has batch norm in "
+            f"{batch_dependent_layers(encoder)[:3]}... (turn it off, e.g. model.head_batch_norm=false)"
+        )
     optimizer = build_optimizer(encoder, config.optim)
     encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
     steps_per_epoch = max(1, len(loader) // train.grad_accumulation)
@@ -219,11 +225,23 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
                 torch.manual_seed(derived_seed(train.seed, step, micro, accelerator.process_index))
                 micro += 1
                 with accelerator.accumulate(encoder):
-                    output = encoder(batch.inputs)
-                    loss = loss_fn(
-                        **embeddings_for_loss(output, batch), labels=batch.labels if loss_fn.accepts_labels else None
-                    )
-                    accelerator.backward(loss)
+                    labels = batch.labels if loss_fn.accepts_labels else None
+
+                    def loss_of(output: torch.Tensor, batch: TrainBatch = batch, labels=labels) -> torch.Tensor:
+                        return loss_fn(**embeddings_for_loss(output, batch), labels=labels)
+
+                    if train.grad_cache_chunk:
+                        chunks = split_inputs(batch.inputs, train.grad_cache_chunk)
+                        loss, _ = cached_step(
+                            encoder,
+                            chunks,
+                            loss_of,
+                            backward=accelerator.backward,
+                            no_sync=lambda: accelerator.no_sync(encoder),
+                        )
+                    else:
+                        loss = loss_of(encoder(batch.inputs))
+                        accelerator.backward(loss)
                     if accelerator.sync_gradients and train.grad_clip:
                         accelerator.clip_grad_norm_(encoder.parameters(), train.grad_clip)
                     optimizer.step()

@@ -273,3 +273,11 @@ def test_bf16_autocast_and_gradient_clipping(reference_run, tmp_path):
     # SGD (lr <= 0.5, momentum 0.9) on gradients of norm <= 1e-5 moves the weights by at most 0.5e-5 * (1 + 1.9)
     assert 0 < max_difference(weights(clipped), initial) <= 1.45e-5
     assert max_difference(weights(reference_run, 2), initial) > 1e-3
+
+
+def test_gradient_caching_takes_the_same_steps(reference_run, tmp_path):
+    cached = tmp_path / "cached"
+    pretrain(load_config(raw=tiny(train={"grad_cache_chunk": 20})), cached)  # 64 rows: chunks of 20, 20, 20, 4
+    assert max_difference(weights(cached), weights(reference_run)) < 1e-6
+    with pytest.raises(ValueError, match="grad_cache_chunk needs an encoder without batch-dependent layers"):
+        pretrain(load_config(raw=tiny(model={"head_batch_norm": True}, train={"grad_cache_chunk": 20})), tmp_path / "bn")

@@ -1,0 +1,151 @@
+"""The ``graph`` modality: GNN encoders, GraphCL's augmentations and TU datasets behind the adapter contract.
+
+GraphCL's unsupervised TU setting (You et al. 2020, arXiv:2010.13902; ``configs/graph/mutag.yaml``)::
+
+    modality: graph
+    model: {encoder: gin, hidden_dim: 32, num_layers: 3, pooling: sum}
+    data: {dataset: MUTAG, root: data/tu, augmentations: [node_drop, subgraph], first_view_unaugmented: true}
+    loss: {name: graphcl}
+    optim: {name: adam, lr: 0.01, weight_decay: 0.0, schedule: constant}
+    train: {epochs: 20, batch_size: 128}
+
+Pretraining items are ``([view_1, view_2], label)`` with two :class:`~torch_geometric.data.Data` views
+(view 1 is the graph itself when ``first_view_unaugmented``, as in GraphCL's TU code); a batch is one PyG
+``Batch`` of the ``B`` first views then the ``B`` second views. The evaluation split ``"all"`` is the
+whole un-augmented dataset, items ``(Data, label)``, for the ``graph_classification`` task (10-fold
+cross-validation over all graphs, as GraphCL evaluates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torch_geometric.data import Batch, Data
+
+from mmcl.adapter import Encoder, ModalityAdapter, TrainBatch
+from modalities import register_adapter
+from modalities.graph.augment import GRAPHCL_TU_STRENGTHS, Identity, build_augmentation
+from modalities.graph.datasets import TUGraphs, load_tu
+from modalities.graph.encoders import GraphBackbone, projection_head, xavier_init_
+
+
+@dataclass
+class GraphModelConfig:
+    encoder: Literal["gin", "gcn", "sage"] = "gin"
+    hidden_dim: int = 32
+    num_layers: int = 3
+    pooling: Literal["sum", "mean", "max"] = "sum"
+    jumping_knowledge: Literal["cat", "last"] = "cat"  # cat: every layer's pooled output, concatenated (GraphCL)
+    batch_norm: bool = True
+    head_layers: int = 2  # GraphCL: Linear-ReLU-Linear; 0 = no head
+    head_hidden_dim: int | None = None  # default: the embedding width (GraphCL: 96)
+    head_dim: int | None = None  # default: the embedding width (GraphCL: 96)
+    xavier_init: bool = True  # Xavier-uniform Linear weights, zero biases (GraphCL's init_emb)
+
+
+@dataclass
+class GraphDataConfig:
+    dataset: str = "MUTAG"  # a TU dataset name: MUTAG, PROTEINS, NCI1, ENZYMES, ...
+    root: str = "data/tu"  # holds <dataset>/raw/ in the TU format; read only (e.g. ../shared/data/tu)
+    cache_dir: str | None = None  # where torch-geometric's processed files go (default ~/.cache/mmcl)
+    download: bool = False  # fetch from the TU server into cache_dir when root lacks the dataset
+    node_features: Literal["auto", "labels", "attributes", "labels_and_attributes", "degree", "constant"] = "auto"
+    max_degree: int | None = None  # node_features=degree: clip (default: the dataset's maximum degree)
+    edge_attributes: bool = False  # keep TU edge labels/attributes as edge_attr (the built-in encoders ignore it)
+    augmentations: list[str] = field(default_factory=lambda: ["node_drop", "subgraph"])  # one drawn per view
+    first_view_unaugmented: bool = True  # GraphCL's TU code contrasts the graph with one augmented view
+    node_drop_ratio: float = GRAPHCL_TU_STRENGTHS["node_drop"]
+    edge_perturb_ratio: float = GRAPHCL_TU_STRENGTHS["edge_perturb"]
+    edge_add_ratio: float = 0.0
+    attr_mask_ratio: float = GRAPHCL_TU_STRENGTHS["attr_mask"]
+    subgraph_keep_ratio: float = GRAPHCL_TU_STRENGTHS["subgraph"]
+    subgraph_frontier: Literal["grow", "start"] = "grow"  # start: GraphCL's TU code (start node's neighbours only)
+
+
+class GraphViews(Dataset):
+    """Items ``([view_1, view_2], label)``: two views of each graph drawn with torch's global RNG."""
+
+    def __init__(self, source: TUGraphs, first, second) -> None:
+        self.source, self.first, self.second = source, first, second
+
+    def __len__(self) -> int:
+        return len(self.source.graphs)
+
+    def __getitem__(self, index: int) -> tuple[list[Data], int]:
+        graph = self.source.graphs[index]
+        return [self.first(graph), self.second(graph)], int(self.source.labels[index])
+
+
+class LabelledGraphs(Dataset):
+    """Items ``(graph, label)`` of the un-augmented dataset."""
+
+    def __init__(self, source: TUGraphs) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source.graphs)
+
+    def __getitem__(self, index: int) -> tuple[Data, int]:
+        return self.source.graphs[index], int(self.source.labels[index])
+
+
+@register_adapter
+class GraphAdapter(ModalityAdapter):
+    """Graphs: GIN/GCN/GraphSAGE with per-layer sum pooling, GraphCL's augmentations, TU datasets."""
+
+    name = "graph"
+    ModelConfig = GraphModelConfig
+    DataConfig = GraphDataConfig
+    default_eval_tasks = ("graph_classification",)
+
+    def __init__(self, model: GraphModelConfig, data: GraphDataConfig) -> None:
+        super().__init__(model, data)
+        self.augmentation = build_augmentation(
+            data.augmentations, node_drop_ratio=data.node_drop_ratio, edge_perturb_ratio=data.edge_perturb_ratio,
+            edge_add_ratio=data.edge_add_ratio, attr_mask_ratio=data.attr_mask_ratio,
+            subgraph_keep_ratio=data.subgraph_keep_ratio, subgraph_frontier=data.subgraph_frontier,
+        )  # fmt: skip  (validates names and strengths before any data is read)
+        if model.num_layers < 1 or model.hidden_dim < 1:
+            raise ValueError(f"model.num_layers and model.hidden_dim must be >= 1, "
+                             f"got {model.num_layers}, {model.hidden_dim}")  # fmt: skip
+        self._source: TUGraphs | None = None
+
+    @property
+    def source(self) -> TUGraphs:
+        if self._source is None:
+            d = self.data_config
+            self._source = load_tu(d.dataset, d.root, d.cache_dir, d.download, d.node_features, d.edge_attributes,
+                                   d.max_degree)  # fmt: skip
+        return self._source
+
+    @property
+    def has_labels(self) -> bool:
+        return True  # every TU graph has a class label (used only by supervised losses)
+
+    def build_encoder(self) -> Encoder:
+        cfg = self.model_config
+        backbone = GraphBackbone(self.source.num_features, cfg.hidden_dim, cfg.num_layers, cfg.encoder, cfg.pooling,
+                                 cfg.jumping_knowledge, cfg.batch_norm)  # fmt: skip
+        width = backbone.out_dim
+        head = projection_head(width, cfg.head_hidden_dim or width, cfg.head_dim or width, cfg.head_layers)
+        encoder = Encoder(backbone, head)
+        return xavier_init_(encoder) if cfg.xavier_init else encoder
+
+    def train_dataset(self) -> Dataset:
+        first = Identity() if self.data_config.first_view_unaugmented else self.augmentation
+        return GraphViews(self.source, first, self.augmentation)
+
+    def collate_train(self, items: list) -> TrainBatch:
+        views = [item[0][v] for v in range(len(items[0][0])) for item in items]  # view-major
+        labels = torch.tensor([item[1] for item in items])
+        return TrainBatch(Batch.from_data_list(views), n_views=len(items[0][0]), labels=labels)
+
+    def eval_datasets(self) -> dict[str, Dataset]:
+        return {"all": LabelledGraphs(self.source)}
+
+    def collate_eval(self, items: list) -> tuple[Batch, Tensor]:
+        return Batch.from_data_list([item[0] for item in items]), torch.tensor([item[1] for item in items])

@@ -1,0 +1,242 @@
+"""Graph modality: GraphCL's augmentations, encoders, TU loading, the adapter and a tiny MUTAG run."""
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import erdos_renyi_graph, is_undirected, to_undirected
+
+from mmcl.adapter import Encoder, TrainBatch
+from mmcl.config import load_config
+from modalities.graph import (
+    AttrMask,
+    EdgePerturb,
+    GraphAdapter,
+    GraphBackbone,
+    GraphDataConfig,
+    GraphModelConfig,
+    Identity,
+    NodeDrop,
+    Subgraph,
+    build_augmentation,
+    check_graph,
+    load_tu,
+)
+
+TU_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tu"
+HAS_MUTAG = (TU_ROOT / "MUTAG" / "raw" / "MUTAG_A.txt").is_file()
+needs_mutag = pytest.mark.skipif(not HAS_MUTAG, reason=f"TU data not found at {TU_ROOT}/MUTAG/raw (shared data absent)")
+
+
+def random_graph(n: int, p: float, seed: int, features: int = 5, edge_dim: int | None = None) -> Data:
+    torch.manual_seed(seed)
+    edge_index = to_undirected(erdos_renyi_graph(n, p), num_nodes=n) if n > 1 else torch.empty(2, 0, dtype=torch.long)
+    data = Data(x=torch.randn(n, features), edge_index=edge_index)
+    if edge_dim is not None:
+        data.edge_attr = torch.randn(edge_index.size(1), edge_dim)
+    return data
+
+
+# sizes from one node to 60, sparse and dense, with isolated nodes, with and without edge features
+SIZES = [(1, 0.0), (2, 1.0), (3, 0.0), (7, 0.3), (12, 0.15), (25, 0.1), (60, 0.05), (30, 0.6)]
+GRAPHS = [random_graph(n, p, seed=i, edge_dim=3 if i % 2 else None) for i, (n, p) in enumerate(SIZES)]
+AUGMENTATIONS = {
+    "node_drop": NodeDrop(0.1),
+    "node_drop_heavy": NodeDrop(0.9),
+    "edge_perturb": EdgePerturb(0.1),
+    "edge_perturb_add": EdgePerturb(0.3, add_ratio=0.3),
+    "attr_mask": AttrMask(0.1),
+    "subgraph": Subgraph(0.2),
+    "subgraph_tiny": Subgraph(0.0),
+    "subgraph_graphcl_code": Subgraph(0.2, frontier="start"),
+    "random4": build_augmentation(["node_drop", "edge_perturb", "attr_mask", "subgraph"]),
+}
+
+
+@pytest.mark.parametrize("name", AUGMENTATIONS)
+def test_augmentations_keep_graphs_valid(name):
+    augment = AUGMENTATIONS[name]
+    for graph in GRAPHS:
+        before = graph.clone()
+        for draw in range(5):
+            torch.manual_seed(draw)
+            view = augment(graph)
+            check_graph(view)  # edge indices in range, x rows = nodes, edge_attr rows = edges
+            assert 1 <= view.num_nodes <= graph.num_nodes or name == "edge_perturb_add"
+            assert view.x.shape[1:] == graph.x.shape[1:] and view.x.dtype == graph.x.dtype
+            assert (view.edge_attr is None) == (graph.edge_attr is None)
+            if graph.edge_attr is not None:
+                assert view.edge_attr.shape[1:] == graph.edge_attr.shape[1:]
+            assert is_undirected(view.edge_index, num_nodes=view.num_nodes)
+        assert torch.equal(graph.x, before.x) and torch.equal(graph.edge_index, before.edge_index)  # input untouched
+
+
+def test_augmentation_strengths_match_graphcl():
+    graph = random_graph(40, 0.2, seed=3, edge_dim=2)  # connected at this density
+    pairs = graph.num_edges // 2
+    torch.manual_seed(0)
+    assert NodeDrop(0.1)(graph).num_nodes == 36
+    assert Subgraph(0.2)(graph).num_nodes == 8
+    assert EdgePerturb(0.1)(graph).num_edges == 2 * (pairs - int(0.1 * pairs))
+    assert EdgePerturb(0.1, add_ratio=0.1)(graph).num_edges == 2 * pairs
+    masked = AttrMask(0.1)(graph)
+    assert (masked.x != graph.x).any(dim=1).sum() == 4 and torch.equal(masked.edge_index, graph.edge_index)
+    assert torch.equal(Identity()(graph).x, graph.x)
+
+
+def test_subgraph_is_connected_and_node_drop_keeps_induced_edges():
+    ring = torch.arange(30)
+    graph = Data(x=torch.arange(30.0)[:, None], edge_index=to_undirected(torch.stack([ring, (ring + 1) % 30])))
+    for seed in range(10):
+        torch.manual_seed(seed)
+        nodes = Subgraph(0.2)(graph).x.squeeze(1).long().sort().values  # a path of 6 consecutive ring nodes
+        gaps = (nodes.roll(-1) - nodes) % 30
+        assert len(nodes) == 6 and int((gaps != 1).sum()) == 1
+        star = Subgraph(0.2, frontier="start")(graph).x.squeeze(1).long()  # GraphCL's code: start node + neighbours
+        assert len(star) == 3 and int(((star.roll(-1) - star) % 30 != 1).sum()) == 1
+        view = NodeDrop(0.1)(graph)
+        kept = view.x.squeeze(1).long()
+        ends = kept[view.edge_index]
+        assert bool((((ends[0] - ends[1]) % 30 == 1) | ((ends[1] - ends[0]) % 30 == 1)).all())
+        assert view.num_edges == 2 * sum(int((a + 1) % 30 in set(kept.tolist())) for a in kept.tolist())
+
+
+def test_augmentations_are_deterministic_under_torch_seed_only():
+    augment = build_augmentation(["node_drop", "edge_perturb", "attr_mask", "subgraph"], edge_add_ratio=0.2)
+    graph = GRAPHS[-1]
+
+    def views(python_seed: int) -> list[Data]:
+        random.seed(python_seed)
+        np.random.seed(python_seed)
+        torch.manual_seed(1234)
+        return [augment(graph) for _ in range(8)]
+
+    first, second = views(0), views(99)
+    for a, b in zip(first, second):
+        assert torch.equal(a.x, b.x) and torch.equal(a.edge_index, b.edge_index)
+    assert len({(v.num_nodes, v.num_edges) for v in first}) > 1  # the draws do differ between calls
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda: build_augmentation(["drop_nodes"]), "unknown graph augmentation"),
+    (lambda: build_augmentation([]), "non-empty list"),
+    (lambda: build_augmentation("node_drop"), "non-empty list"),
+    (lambda: NodeDrop(1.5), "node_drop ratio"),
+    (lambda: EdgePerturb(0.1, add_ratio=-0.1), "add_ratio"),
+    (lambda: Subgraph(True), "keep_ratio"),
+    (lambda: Subgraph(0.2, frontier="bfs"), "frontier"),
+    (lambda: AttrMask(0.1)(Data(edge_index=torch.empty(2, 0, dtype=torch.long), num_nodes=3)), "needs node features"),
+])  # fmt: skip
+def test_augmentation_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        bad()
+
+
+def test_check_graph_rejects_invalid_graphs():
+    with pytest.raises(ValueError, match="outside"):
+        check_graph(Data(x=torch.ones(2, 1), edge_index=torch.tensor([[0], [2]])))
+    with pytest.raises(ValueError, match="edge_attr"):
+        check_graph(Data(x=torch.ones(2, 1), edge_index=torch.tensor([[0], [1]]), edge_attr=torch.ones(2, 1)))
+
+
+@pytest.mark.parametrize("encoder", ["gin", "gcn", "sage"])
+@pytest.mark.parametrize("pooling, jk, width", [("sum", "cat", 96), ("mean", "last", 32), ("max", "cat", 96)])
+def test_encoder_shapes(encoder, pooling, jk, width):
+    torch.manual_seed(0)
+    batch = Batch.from_data_list(GRAPHS)
+    backbone = GraphBackbone(5, 32, 3, encoder, pooling, jk)
+    out = backbone(batch)
+    assert out.shape == (len(GRAPHS), width) == (len(GRAPHS), backbone.out_dim) and torch.isfinite(out).all()
+    out.sum().backward()
+
+
+def test_adapter_encoder_and_batches_without_files():
+    model = GraphModelConfig(encoder="gin", hidden_dim=16, num_layers=2)
+    adapter = GraphAdapter(model, GraphDataConfig(dataset="SYNTH"))
+    from modalities.graph.datasets import TUGraphs
+
+    graphs = tuple(replace_x(g) for g in GRAPHS)
+    adapter._source = TUGraphs("SYNTH", graphs, torch.tensor([0, 1] * 4), 5, 2, "attributes")
+    encoder = adapter.build_encoder()
+    assert isinstance(encoder, Encoder)
+    assert [m.out_features for m in encoder.head if hasattr(m, "out_features")] == [32, 32]
+    data = adapter.train_dataset()
+    torch.manual_seed(0)
+    items = [data[i] for i in range(len(data))]
+    assert all(torch.equal(views[0].x, graphs[i].x) for i, (views, _) in enumerate(items))  # first view unaugmented
+    batch = adapter.collate_train(items)
+    assert isinstance(batch, TrainBatch) and batch.n_views == 2 and batch.inputs.num_graphs == 2 * len(graphs)
+    assert torch.equal(batch.labels, torch.tensor([0, 1] * 4))
+    assert batch.inputs[3].num_nodes == graphs[3].num_nodes  # view-major: row i of the first half is graph i
+    out = encoder(batch.to("cpu").inputs)
+    assert out.shape == (16, 32)
+    inputs, labels = adapter.collate_eval([adapter.eval_datasets()["all"][i] for i in range(3)])
+    assert encoder.features(inputs).shape == (3, 32) and labels.tolist() == [0, 1, 0]
+
+
+def replace_x(graph: Data) -> Data:
+    return Data(x=graph.x, edge_index=graph.edge_index)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("model.encoder=gat", "model.encoder='gat' is not one of"),
+    ("model.depth=3", "unknown key"),
+    ("data.node_features=random", "data.node_features='random' is not one of"),
+    ("data.augmentations=[node_drop,flip]", "unknown graph augmentation"),
+    ("data.subgraph_keep_ratio=2.0", "keep_ratio"),
+    ("eval.graph_classification.method=knn", "is not one of"),
+    ("eval.graph_classification.kernel=rbf", "unknown key"),
+])  # fmt: skip
+def test_config_errors(override, match):
+    with pytest.raises(ValueError, match=match):
+        config = load_config("configs/graph/mutag.yaml", [override])
+        GraphAdapter(config.model, config.data)
+
+
+def test_missing_dataset_names_the_fix(tmp_path):
+    data = GraphDataConfig(dataset="MUTAG", root=str(tmp_path), cache_dir=str(tmp_path))
+    adapter = GraphAdapter(GraphModelConfig(), data)
+    with pytest.raises(FileNotFoundError, match="data.root=../shared/data/tu"):
+        adapter.build_encoder()
+
+
+@needs_mutag
+def test_tu_loading_never_writes_into_the_source(tmp_path):
+    root = tmp_path / "tu"
+    shutil.copytree(TU_ROOT / "MUTAG", root / "MUTAG")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    graphs = load_tu("MUTAG", str(root), str(tmp_path / "cache"))
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert (len(graphs.graphs), graphs.num_features, graphs.num_classes, graphs.node_features) == (188, 7, 2, "labels")
+    assert torch.bincount(graphs.labels).tolist() == [63, 125]
+    for graph in graphs.graphs[:20]:
+        check_graph(graph)
+    degree = load_tu("MUTAG", str(root), str(tmp_path / "cache"), node_features="degree")
+    assert degree.num_features == 5 and bool((degree.graphs[0].x.sum(1) == 1).all())
+    constant = load_tu("MUTAG", str(root), str(tmp_path / "cache"), node_features="constant", edge_attributes=True)
+    assert constant.num_features == 1 and constant.graphs[0].edge_attr.shape == (38, 4)
+    with pytest.raises(ValueError, match="and 0 node attribute"):
+        load_tu("MUTAG", str(root), str(tmp_path / "cache"), node_features="attributes")
+
+
+@needs_mutag
+def test_tiny_pretrain_and_evaluate_on_mutag(tmp_path):
+    from mmcl.evaluate import evaluate_run
+    from mmcl.trainer import pretrain
+
+    overrides = [f"data.root={TU_ROOT}", f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2",
+                 "train.batch_size=64", "train.progress_bar=false", "train.log_every=1",
+                 "eval.graph_classification.folds=5", "eval.graph_classification.inner_folds=3",
+                 "eval.graph_classification.C=[0.1,10]"]  # fmt: skip
+    config = load_config("configs/graph/mutag.yaml", overrides)
+    run = pretrain(config, tmp_path / "run")
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4  # 188 // 64 = 2 steps per epoch
+    results = evaluate_run(run)["graph_classification"]
+    assert (results["n"], results["embedding_dim"], len(results["per_seed"][0]["fold_accuracies"])) == (188, 96, 5)
+    assert 60.0 <= results["accuracy"] <= 100.0  # MUTAG's majority class is 66.5%
+    again = evaluate_run(run)["graph_classification"]
+    assert again["accuracy"] == results["accuracy"]  # the encoder is frozen and the split seeded

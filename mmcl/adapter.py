@@ -9,7 +9,9 @@ The engine only ever talks to a :class:`ModalityAdapter`. An adapter provides
   adapter's view generator runs in ``__getitem__``, so data-loader workers do the work) and a
   ``collate_train`` that batches items into one :class:`TrainBatch`;
 * the **evaluation data**: un-augmented labelled splits (``"train"``, ``"test"``) and
-  ``collate_eval`` returning ``(inputs, labels)``.
+  ``collate_eval`` returning ``(inputs, labels)``;
+* optionally, ``validate`` (a score for checkpoint selection, with ``selection_metric`` naming the key to
+  maximise) and ``export`` (the trained encoder in its ecosystem's format, e.g. ``save_pretrained``).
 
 All views of a batch travel as *one* input (view-major: the ``B`` first views, then the ``B``
 second views, then optional hard negatives), so the encoder runs once per step: batch-norm sees the
@@ -22,8 +24,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -70,6 +74,8 @@ class ModalityAdapter(ABC):
     ModelConfig: ClassVar[type]
     DataConfig: ClassVar[type]
     default_eval_tasks: ClassVar[tuple[str, ...]] = ("knn", "linear", "metrics")  # registered task names
+    #: The key of :meth:`validate`'s result that ``train.validate_every`` maximises; None: no validation.
+    selection_metric: ClassVar[str | None] = None
 
     def __init__(self, model: Any, data: Any) -> None:
         self.model_config = model
@@ -91,6 +97,14 @@ class ModalityAdapter(ABC):
 
     @abstractmethod
     def collate_eval(self, items: list) -> tuple[Any, Tensor]: ...
+
+    def validate(self, encoder: Encoder, device: torch.device | str = "cpu") -> dict[str, float]:
+        """Scores for checkpoint selection during training (higher is better for ``selection_metric``)."""
+        raise NotImplementedError(f"the {self.name} modality has no validation metric")
+
+    def export(self, encoder: Encoder, folder: Path) -> Path | None:
+        """Write the trained encoder in its ecosystem's own format at the end of a run (None: nothing to write)."""
+        return None
 
     @property
     def has_labels(self) -> bool:

@@ -1,6 +1,7 @@
 """Atomic checkpoints: written to a temporary file, then renamed; loaded with ``weights_only=True``.
 
-A run folder holds ``config.yaml``, ``metrics.jsonl``, TensorBoard logs and ``checkpoints/step_NNNNNNNN.pt``.
+A run folder holds ``config.yaml``, ``metrics.jsonl``, TensorBoard logs and ``checkpoints/step_NNNNNNNN.pt``;
+with ``train.validate_every`` also ``checkpoints/best.pt`` (the encoder weights with the best validation score).
 A process killed while saving leaves only a ``.tmp`` file, so the previous checkpoint stays the latest.
 """
 
@@ -19,8 +20,23 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:08d}.pt"
 
 
+def best_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / "best.pt"
+
+
 def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 2) -> Path:
-    path = checkpoint_path(run_dir, step)
+    path = _save_atomically(state, checkpoint_path(run_dir, step))
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def save_best(state: dict, run_dir: Path) -> Path:
+    """``checkpoints/best.pt``: ``{"model", "step", "metric", "value"}`` of the best validation so far."""
+    return _save_atomically(state, best_path(run_dir))
+
+
+def _save_atomically(state: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
@@ -30,8 +46,6 @@ def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 2) -> Pat
     os.replace(tmp, path)
     for stale in path.parent.glob("*.tmp"):  # left by a process killed while saving; only rank 0 saves
         stale.unlink(missing_ok=True)
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
     return path
 
 
@@ -51,12 +65,15 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 
 def resolve(run_or_checkpoint: str | Path) -> tuple[Path, Path]:
-    """(run folder, checkpoint file) from either; a run folder means its latest checkpoint."""
+    """(run folder, checkpoint file) from either; a run folder means its best checkpoint when it selected one
+    on validation (``train.validate_every``), else its latest."""
     target = Path(run_or_checkpoint)
     if target.is_file():
         run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
         return run_dir, target
     if target.is_dir():
+        if best_path(target).is_file():
+            return target, best_path(target)
         latest = latest_checkpoint(target)
         if latest is None:
             raise FileNotFoundError(f"run folder {target} has no checkpoints/step_*.pt")

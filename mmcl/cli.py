@@ -40,14 +40,16 @@ def _pretrain(args: argparse.Namespace) -> int:
         return 130
     print(f"run folder: {run_dir}")
     if args.evaluate:
-        return _evaluate(argparse.Namespace(target=str(run_dir), task=None, random_init=False, output=None))
+        return _evaluate(
+            argparse.Namespace(target=str(run_dir), task=None, random_init=False, output=None, overrides=[])
+        )
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mmcl.evaluate import evaluate_run, format_results
 
-    results = evaluate_run(args.target, tasks=args.task, random_init=args.random_init, output=args.output)
+    results = evaluate_run(args.target, args.task, args.random_init, args.output, args.overrides)
     print(format_results(results))
     return 0
 
@@ -76,13 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "evaluate",
-        help="evaluate a run folder or checkpoint",
+        help="evaluate a run folder, a checkpoint, or a config's encoder as built (e.g. a published model)",
         description="Embed the evaluation splits with the frozen encoder and run the tasks.",
     )
-    p.add_argument("target", help="run folder (latest checkpoint) or checkpoint file")
+    p.add_argument("target", help="run folder (best, else latest checkpoint), checkpoint file, or YAML config")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for a YAML config target")
     p.add_argument("--task", action="append", help="task to run (repeatable); default: the config's eval.tasks")
     p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised encoder instead")
-    p.add_argument("--output", help="JSON file for the results (default: RUN/eval.json)")
+    p.add_argument("--output", help="JSON file for the results (default: RUN/eval.json; none for a config)")
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser("quickstart", help="pretrain and evaluate on the bundled digits images (about a minute)")

@@ -31,7 +31,7 @@ class OptimConfig:
     momentum: float = 0.9
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.0
     lars_trust_coefficient: float = 0.001
     exclude_bias_and_norm: bool = True  # from weight decay and the LARS adaptation
@@ -49,6 +49,7 @@ class TrainConfig:
     grad_cache_chunk: int | None = None  # GradCache: encode the batch in chunks of this many rows (no batch norm)
     log_every: int = 10
     checkpoint_every: int | None = None  # steps; a checkpoint is always written at the end
+    validate_every: int | None = None  # steps; keep checkpoints/best.pt by the adapter's selection metric
     keep_checkpoints: int = 2
     num_workers: int = 0
     output_dir: str = "runs"

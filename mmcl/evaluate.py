@@ -43,22 +43,43 @@ def load_encoder(config: Config, checkpoint_file: Path | None) -> tuple[Encoder,
     return encoder, adapter
 
 
-def evaluate_run(target: str | Path, tasks=None, random_init: bool = False, output: str | Path | None = None) -> dict:
-    """Evaluate a run folder's latest checkpoint (or a checkpoint file) and write the results as JSON."""
-    run_dir, checkpoint_file = checkpoint.resolve(target)
-    config = load_config(run_dir / "config.yaml")
-    encoder, adapter = load_encoder(config, None if random_init else checkpoint_file)
+def evaluate_run(
+    target: str | Path,
+    tasks=None,
+    random_init: bool = False,
+    output: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> dict:
+    """Evaluate a run folder (its best, else latest, checkpoint), a checkpoint file, or a config file's encoder
+    as the adapter builds it (e.g. a published text model); write the results as JSON.
+
+    Results go to ``output``, else to ``RUN/eval.json`` for a run (nowhere for a config file). ``overrides``
+    (dotted ``section.key=value``) apply to a config file only.
+    """
+    target = Path(target)
+    if target.suffix in (".yaml", ".yml") and target.is_file():
+        config, checkpoint_file, run_dir = load_config(target, overrides), None, None
+    elif overrides:
+        raise ValueError(f"overrides {overrides} apply to a config file only, not to the run {target}")
+    else:
+        run_dir, checkpoint_file = checkpoint.resolve(target)
+        config = load_config(run_dir / "config.yaml")
+    if random_init:
+        checkpoint_file = None
+    encoder, adapter = load_encoder(config, checkpoint_file)
     device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
     started = time.perf_counter()
     results = evaluate_encoder(encoder, adapter, config.eval, tasks, device)
     results.update(
-        checkpoint=None if random_init else str(checkpoint_file),
-        encoder="random_init" if random_init else "pretrained",
+        checkpoint=None if checkpoint_file is None else str(checkpoint_file),
+        encoder="random_init" if random_init else "pretrained" if checkpoint_file else "as_built",
         loss=config.loss["name"],
         seconds=round(time.perf_counter() - started, 2),
     )
-    output = Path(output) if output else run_dir / ("eval_random_init.json" if random_init else "eval.json")
-    output.write_text(json.dumps(results, indent=2))
+    if output is None and run_dir is not None:
+        output = run_dir / ("eval_random_init.json" if random_init else "eval.json")
+    if output is not None:
+        Path(output).write_text(json.dumps(results, indent=2))
     return results
 
 

@@ -84,7 +84,7 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int):
-    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr`` (or constant)."""
+    """Linear warmup over ``warmup_steps``, then cosine or linear decay to ``min_lr_ratio * lr`` (or constant)."""
 
     def factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -92,6 +92,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total
         if config.schedule == "constant":
             return 1.0
         progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+        if config.schedule == "linear":  # transformers' default, which SimCSE uses
+            return config.min_lr_ratio + (1 - config.min_lr_ratio) * (1 - progress)
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -165,6 +165,8 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
             f"train.grad_cache_chunk needs an encoder without batch-dependent layers; this one has batch norm in "
             f"{batch_dependent_layers(encoder)[:3]}... (turn it off, e.g. model.head_batch_norm=false)"
         )
+    if train.validate_every and adapter.selection_metric is None:
+        raise ValueError(f"train.validate_every: the {adapter.name} modality has no validation metric; unset it")
     optimizer = build_optimizer(encoder, config.optim)
     encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
     steps_per_epoch = max(1, len(loader) // train.grad_accumulation)
@@ -172,6 +174,7 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
     scheduler = build_scheduler(optimizer, config.optim, total_steps)  # stepped once per optimiser step
 
     step = 0
+    best: dict = {}  # the best validation so far: {"step", "metric", "value"}
     if resume:
         latest = checkpoint.latest_checkpoint(run_dir)
         if latest is None:
@@ -182,6 +185,7 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
         scheduler.load_state_dict(state["scheduler"])
         loss_fn.load_state_dict(state["loss"])
         step = int(state["step"])
+        best = state.get("best", best)
         if accelerator.is_main_process:
             print(f"resumed from {latest} at step {step}")
     if _tensorboard():
@@ -197,9 +201,27 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
                 "loss": loss_fn.state_dict(),
                 "step": at_step,
                 "total_steps": total_steps,
+                "best": best,
             }
             checkpoint.save_checkpoint(state, run_dir, at_step, keep=train.keep_checkpoints)
         accelerator.wait_for_everyone()
+
+    def validate(at_step: int) -> dict[str, float]:
+        """Score the encoder on the main process; keep ``checkpoints/best.pt`` when it improves."""
+        scores: dict[str, float] = {}
+        if accelerator.is_main_process:
+            model = accelerator.unwrap_model(encoder)
+            model.eval()
+            with torch.no_grad():
+                scores = adapter.validate(model, accelerator.device)
+            model.train()
+            metric = adapter.selection_metric
+            if not best or scores[metric] > best["value"]:
+                best.update(step=at_step, metric=metric, value=scores[metric])
+                checkpoint.save_best({"model": model.state_dict(), **best}, run_dir)
+            scores = {f"val_{k}": v for k, v in scores.items()} | {"best_step": best["step"]}
+        accelerator.wait_for_everyone()
+        return scores
 
     metrics_file = (run_dir / "metrics.jsonl").open("a") if accelerator.is_main_process else None
     bar = tqdm(
@@ -252,9 +274,12 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
                 step += 1
                 micro = 0
                 loss_fn.set_progress(step / total_steps)
-                if step % train.log_every == 0 or step == total_steps:
+                validated = train.validate_every and (step % train.validate_every == 0 or step == total_steps)
+                if validated or step % train.log_every == 0 or step == total_steps:
                     record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
                     record.update(_global_metrics(accelerator, {"loss": loss.detach(), **loss_fn.diagnostics}))
+                    if validated:
+                        record.update(validate(step))
                     accelerator.log(record, step=step)
                     if metrics_file:
                         metrics_file.write(json.dumps(record) + "\n")
@@ -274,6 +299,7 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
     bar.close()
     if not stopped:
         save(step)
+        export(accelerator, adapter, encoder, run_dir)
     if metrics_file:
         metrics_file.close()
     accelerator.end_training()
@@ -282,6 +308,19 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
             f"stopped by signal at step {step}; resume with --resume (checkpoint saved in {run_dir})"
         )
     return run_dir
+
+
+def export(accelerator: Accelerator, adapter: ModalityAdapter, encoder: torch.nn.Module, run_dir: Path) -> None:
+    """``RUN/model``: the adapter's own format (e.g. ``save_pretrained``) of the best weights, else the last."""
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(encoder)
+        best = checkpoint.best_path(run_dir)
+        if best.is_file():
+            model.load_state_dict(checkpoint.load_checkpoint(best, map_location=accelerator.device)["model"])
+        folder = adapter.export(model, run_dir / "model")
+        if folder is not None:
+            print(f"exported {'best' if best.is_file() else 'final'} encoder to {folder}")
+    accelerator.wait_for_everyone()
 
 
 def _global_metrics(accelerator: Accelerator, values: dict) -> dict[str, float]:

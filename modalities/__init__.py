@@ -35,5 +35,5 @@ def _import_builtin() -> None:
     # Imported lazily: each modality pulls in heavy libraries (torchvision, transformers, PyG).
     import importlib
 
-    for module in ("modalities.vision", "modalities.graph"):
+    for module in ("modalities.vision", "modalities.graph", "modalities.text"):
         importlib.import_module(module)

@@ -107,4 +107,4 @@ def _import_builtin() -> None:
 
 
 #: Modules whose import registers the built-in tasks (each may pull in heavy libraries, hence lazily).
-BUILTIN_TASK_MODULES = ("tasks.classification", "tasks.graph_classification")
+BUILTIN_TASK_MODULES = ("tasks.classification", "tasks.graph_classification", "tasks.sts")

@@ -73,3 +73,14 @@ def test_warmup_then_cosine_schedule():
         assert rates[step] == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))))
     constant = build_scheduler(torch.optim.SGD([parameter], lr=1.0), OptimConfig(schedule="constant"), 10)
     assert constant.get_last_lr() == [1.0]
+
+
+def test_linear_decay_schedule():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=3.0)
+    scheduler = build_scheduler(optimizer, OptimConfig(lr=3.0, schedule="linear", warmup_steps=2), total_steps=8)
+    rates = []
+    for _ in range(8):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([1.5, 3.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5])

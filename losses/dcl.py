@@ -41,6 +41,8 @@ class DCLLoss(ContrastiveLoss):
         layout: Layout | str | dict | None = None,
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         split = check_choice("negative_sum", negative_sum, ("joint", "split")) == "split"
         super().__init__(
@@ -51,6 +53,8 @@ class DCLLoss(ContrastiveLoss):
             direction_reduction=direction_reduction,
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
+            blockwise=blockwise,
+            block_size=block_size,
         )
 
 
@@ -66,6 +70,17 @@ class DCLWLoss(DCLLoss):
         layout: Layout | str | dict | None = None,
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
-        super().__init__(temperature, negative_sum, direction_reduction, layout, gather_distributed, diagnostics)
+        super().__init__(
+            temperature,
+            negative_sum,
+            direction_reduction,
+            layout,
+            gather_distributed,
+            diagnostics,
+            blockwise,
+            block_size,
+        )
         self.positive_weights = PositiveWeights(sigma, batch_stat_scope)

@@ -37,6 +37,8 @@ class DebiasedLoss(ContrastiveLoss):
         layout: Layout | str | dict | None = None,
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(
             as_layout(layout, TwoViewLayout),
@@ -44,4 +46,6 @@ class DebiasedLoss(ContrastiveLoss):
             negatives=NegativeWeighting(tau_plus=tau_plus, floor=floor),
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
+            blockwise=blockwise,
+            block_size=block_size,
         )

@@ -34,6 +34,8 @@ class DHELLoss(ContrastiveLoss):
         include_augs: bool = True,
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(
             WithinViewLayout(include_second_view=include_augs),
@@ -42,4 +44,6 @@ class DHELLoss(ContrastiveLoss):
             direction_reduction="sum",
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
+            blockwise=blockwise,
+            block_size=block_size,
         )

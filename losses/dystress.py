@@ -43,10 +43,14 @@ class DySTreSSLoss(ContrastiveLoss):
         layout: Layout | str | dict | None = None,
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(
             as_layout(layout, TwoViewLayout),
             DynamicTemperature(tau_min, tau_max, shape, offset, width, detach_temperature, tau_min_schedule),
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
+            blockwise=blockwise,
+            block_size=block_size,
         )

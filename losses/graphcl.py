@@ -33,6 +33,8 @@ class GraphCLLoss(ContrastiveLoss):
         temperature: float | dict | TemperatureRule = 0.2,
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(
             CrossViewLayout("u->v"),
@@ -40,4 +42,6 @@ class GraphCLLoss(ContrastiveLoss):
             objective="decoupled",
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
+            blockwise=blockwise,
+            block_size=block_size,
         )

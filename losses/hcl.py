@@ -44,6 +44,8 @@ class HCLLoss(ContrastiveLoss):
         layout: Layout | str | dict | None = None,
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(
             as_layout(layout, TwoViewLayout),
@@ -53,4 +55,6 @@ class HCLLoss(ContrastiveLoss):
             ),
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
+            blockwise=blockwise,
+            block_size=block_size,
         )

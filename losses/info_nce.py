@@ -41,6 +41,8 @@ class InfoNCELoss(ContrastiveLoss):
         direction_reduction: str = "mean",
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(
             CrossViewLayout(direction),
@@ -49,4 +51,6 @@ class InfoNCELoss(ContrastiveLoss):
             accepts_negatives=True,
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
+            blockwise=blockwise,
+            block_size=block_size,
         )

@@ -49,6 +49,8 @@ class MACLLoss(ContrastiveLoss):
         direction_reduction: str = "mean",
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(
             as_layout(layout, TwoViewLayout),
@@ -60,4 +62,6 @@ class MACLLoss(ContrastiveLoss):
             direction_reduction=direction_reduction,
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
+            blockwise=blockwise,
+            block_size=block_size,
         )

@@ -49,6 +49,8 @@ class MarginLoss(ContrastiveLoss):
         layout: Layout | str | dict | None = None,
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         check_choice("mode", mode, ("margin", "gradient_only"))
         margin = PositiveMargin(m1, m2, m3, clamp_eps, easy_margin_guard)
@@ -68,4 +70,6 @@ class MarginLoss(ContrastiveLoss):
             gradient_scaling=scaling if mode == "gradient_only" else None,
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
+            blockwise=blockwise,
+            block_size=block_size,
         )

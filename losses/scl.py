@@ -42,6 +42,8 @@ class HSCLLoss(ContrastiveLoss):
         nominal_negatives: bool = True,
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(
             LabelLayout(anchors="all", positives=positives, negatives="other_labels"),
@@ -53,6 +55,8 @@ class HSCLLoss(ContrastiveLoss):
             empty_negatives="skip",
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
+            blockwise=blockwise,
+            block_size=block_size,
         )
 
 
@@ -64,8 +68,20 @@ class SCLLoss(HSCLLoss):
         nominal_negatives: bool = True,
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
-        super().__init__(temperature, 0.0, False, positives, nominal_negatives, gather_distributed, diagnostics)
+        super().__init__(
+            temperature,
+            0.0,
+            False,
+            positives,
+            nominal_negatives,
+            gather_distributed,
+            diagnostics,
+            blockwise,
+            block_size,
+        )
 
 
 # SCL first: it is the base case (beta = 0) and reads first in the table.

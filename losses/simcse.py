@@ -42,6 +42,8 @@ class SimCSELoss(ContrastiveLoss):
         symmetric: bool = False,
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(
             CrossViewLayout("symmetric" if symmetric else "u->v", hard_negative_weight),
@@ -49,4 +51,6 @@ class SimCSELoss(ContrastiveLoss):
             accepts_negatives=True,
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
+            blockwise=blockwise,
+            block_size=block_size,
         )

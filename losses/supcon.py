@@ -40,6 +40,8 @@ class SupConLoss(ContrastiveLoss):
         contrast_mode: str = "all",
         gather_distributed: bool = True,
         diagnostics: bool = True,
+        blockwise: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
         rule = as_temperature_rule(temperature)
         scale = 1.0
@@ -57,4 +59,6 @@ class SupConLoss(ContrastiveLoss):
             empty_negatives="allow",
             gather_distributed=gather_distributed,
             diagnostics=diagnostics,
+            blockwise=blockwise,
+            block_size=block_size,
         )

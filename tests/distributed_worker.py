@@ -5,6 +5,7 @@ from both ranks, back-propagates through a small model wrapped in DistributedDat
 averages gradients), and compares with one process computing the loss on the whole global batch:
 the mean of the ranks' losses must equal the single-process loss and the DDP-averaged gradients must
 equal its gradients. Batch statistics (MACL's alignment, DCLW's weights) use the global batch.
+With ``--blockwise`` the ranks force the blockwise path (blocks of 3 rows) and the reference is dense.
 Prints one ``OK name`` / ``FAIL name ...`` line per case on rank 0 and exits non-zero on any failure.
 """
 
@@ -84,7 +85,8 @@ def loss_and_grads(model, loss_fn, inputs, rows, extras):
     return loss.detach(), [p.grad.detach().clone() for p in module.parameters()]
 
 
-def main() -> int:
+def main(blockwise: bool) -> int:
+    """``blockwise``: the distributed side forces the blockwise path (blocks of 3 rows), the reference is dense."""
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     inputs = global_inputs()
@@ -93,15 +95,19 @@ def main() -> int:
     failures = 0
     for name, options, extras in CASES:
         label = f"{name} {options}"
+        if blockwise and "blockwise" not in losses.options(name):
+            continue
+        path = {"blockwise": False} if blockwise else {}
         reference_loss, reference_grads = loss_and_grads(
             make_model(),
-            losses.build(name, gather_distributed=False, **options),
+            losses.build(name, gather_distributed=False, **path, **options),
             inputs,
             slice(0, GLOBAL_BATCH),
             extras,
         )
         model = DistributedDataParallel(make_model())
-        local_loss, grads = loss_and_grads(model, losses.build(name, **options), inputs, local_rows, extras)
+        path = {"blockwise": True, "block_size": 3} if blockwise else {}
+        local_loss, grads = loss_and_grads(model, losses.build(name, **path, **options), inputs, local_rows, extras)
         losses_of_ranks = [torch.zeros((), dtype=torch.float64) for _ in range(world)]
         dist.all_gather(losses_of_ranks, local_loss)
         mean_loss = torch.stack(losses_of_ranks).mean()
@@ -119,7 +125,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    code = main(blockwise="--blockwise" in sys.argv)
     sys.stdout.flush()
     # Skip interpreter teardown: gloo's background threads can abort in static destructors at exit.
     os._exit(code)

@@ -18,13 +18,15 @@ def _free_port() -> int:
 
 
 @pytest.mark.distributed
-def test_two_processes_match_single_process_on_global_batch():
+@pytest.mark.parametrize(("path", "cases"), [("default", 27), ("blockwise", 24)])
+def test_two_processes_match_single_process_on_global_batch(path, cases):
+    """Every loss; with ``blockwise``, every loss that has the blockwise path, forced on against dense."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER),
-    ]  # fmt: skip
+    ] + (["--blockwise"] if path == "blockwise" else [])  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(WORKER.parent.parent), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     report = result.stdout
     assert result.returncode == 0, f"distributed worker failed:\n{report}\n{result.stderr[-3000:]}"
-    assert report.count("OK ") >= 27 and "FAIL" not in report, report
+    assert report.count("OK ") >= cases and "FAIL" not in report, report

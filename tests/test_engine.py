@@ -280,7 +280,8 @@ def test_gradient_caching_takes_the_same_steps(reference_run, tmp_path):
     pretrain(load_config(raw=tiny(train={"grad_cache_chunk": 20})), cached)  # 64 rows: chunks of 20, 20, 20, 4
     assert max_difference(weights(cached), weights(reference_run)) < 1e-6
     with pytest.raises(ValueError, match="grad_cache_chunk needs an encoder without batch-dependent layers"):
-        pretrain(load_config(raw=tiny(model={"head_batch_norm": True}, train={"grad_cache_chunk": 20})), tmp_path / "bn")
+        batch_norm = tiny(model={"head_batch_norm": True}, train={"grad_cache_chunk": 20})
+        pretrain(load_config(raw=batch_norm), tmp_path / "bn")
 
 
 def test_validate_every_needs_a_modality_with_a_validation_metric(tmp_path):

@@ -262,7 +262,14 @@ def test_tiny_pretrain_then_evaluate(tiny_model, tmp_path):
         "data": {"mode": "unsup", "path": str(text), "stsb_dev": str(sts_root / "stsb" / "sts-dev.csv")},
         "loss": {"name": "simcse", "temperature": 0.05},
         "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
-        "train": {"batch_size": 8, "max_steps": 3, "cpu": True, "progress_bar": False, "log_every": 1, "validate_every": 2},
+        "train": {
+            "batch_size": 8,
+            "max_steps": 3,
+            "cpu": True,
+            "progress_bar": False,
+            "log_every": 1,
+            "validate_every": 2,
+        },  # fmt: skip
         "eval": {"tasks": ["sts"], "batch_size": 16, "sts": {"root": str(sts_root)}},
     }
     run_dir = pretrain(load_config(raw=raw), tmp_path / "run")

@@ -168,15 +168,20 @@ class DynamicTemperature(TemperatureRule):
             return self.tau_min + min(max(self.progress, 0.0), 1.0) * (self.tau_max - self.tau_min)
         return self.tau_min
 
-    def tau_of(self, s: Tensor) -> Tensor:
+    def tau_of(self, s: Tensor, out: Tensor | None = None) -> Tensor:
+        """``tau(s)`` entrywise; ``out`` (shaped like ``s``) receives the result (the blockwise path reuses
+        one buffer per block)."""
         lo, hi = self.current_tau_min(), self.tau_max
         half = 0.5 * (hi - lo)
         if self.shape == "const":
-            return torch.full_like(s, hi)
+            return torch.full_like(s, hi) if out is None else out.fill_(hi)
         if self.shape == "cossin":
-            return lo + half * (1 - torch.cos(math.pi * s))
+            if out is None:
+                return lo + half * (1 - torch.cos(math.pi * s))
+            # The same operations in the same order, in place: the values are bitwise those above.
+            return torch.mul(s, math.pi, out=out).cos_().neg_().add_(1).mul_(half).add_(lo)
         bell = lo + half * (1 + torch.cos(math.pi * (s + self.offset) / self.width))
-        return torch.where(s <= -self.offset, bell, torch.full_like(s, hi))
+        return torch.where(s <= -self.offset, bell, torch.full_like(s, hi), out=out)
 
     def forward(self, sim: Tensor, pair_cos: Tensor) -> Tensor:
         # Per-entry statistics are taken by the loss, over the entries it uses (not self-similarity).

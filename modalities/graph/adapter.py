@@ -105,9 +105,13 @@ class GraphAdapter(ModalityAdapter):
     def __init__(self, model: GraphModelConfig, data: GraphDataConfig) -> None:
         super().__init__(model, data)
         self.augmentation = build_augmentation(
-            data.augmentations, node_drop_ratio=data.node_drop_ratio, edge_perturb_ratio=data.edge_perturb_ratio,
-            edge_add_ratio=data.edge_add_ratio, attr_mask_ratio=data.attr_mask_ratio,
-            subgraph_keep_ratio=data.subgraph_keep_ratio, subgraph_frontier=data.subgraph_frontier,
+            data.augmentations,
+            node_drop_ratio=data.node_drop_ratio,
+            edge_perturb_ratio=data.edge_perturb_ratio,
+            edge_add_ratio=data.edge_add_ratio,
+            attr_mask_ratio=data.attr_mask_ratio,
+            subgraph_keep_ratio=data.subgraph_keep_ratio,
+            subgraph_frontier=data.subgraph_frontier,
         )  # fmt: skip  (validates names and strengths before any data is read)
         if model.num_layers < 1 or model.hidden_dim < 1:
             raise ValueError(f"model.num_layers and model.hidden_dim must be >= 1, "

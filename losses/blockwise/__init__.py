@@ -1,0 +1,34 @@
+"""Blockwise path of the loss core: the similarity table computed and consumed in blocks of anchor rows.
+
+The dense path (:meth:`losses.ContrastiveLoss.compute`) builds the ``(R, C)`` cosine table of the
+``R`` anchors against the ``C`` candidates, boolean masks of the same size and several logit
+matrices, and lets autograd keep them for the backward pass. The blockwise path computes the same
+loss, gradients and diagnostics walking blocks of ``b`` anchor rows: for each block it forms
+``S = q K^T / tau`` (``b x C``), the row losses and, right away, ``G = d loss / d S``, and
+accumulates ``dq = G K / tau`` and ``dK += G^T q / tau``. Peak memory is ``O((R + C) d + b C)``,
+linear in the batch for a fixed block, and each block stays in cache between its forward and its
+gradient.
+
+Shapes: ``R`` anchor rows (``2B`` for NT-Xent), ``C`` candidates (``2G``), ``d`` the embedding
+dimension, ``b`` the block rows (``block_size``; by default ``engine.BLOCK_ENTRIES / C``).
+
+Use: every softmax-family loss takes ``blockwise`` (``None``: automatic, when the table has at least
+``losses.blockwise.engine.MIN_ENTRIES`` entries; ``True``: always; ``False``: never) and ``block_size``
+(rows per block).
+Results equal the dense path's to rounding (tested to 1e-6 in float64 with ragged blocks).
+
+Dense only (the loss falls back, and warns once when ``blockwise=True``): custom layouts and
+temperature rules, ``positive_mask``, ``QueueLayout(batch_negatives=False)``,
+``DynamicTemperature(detach_temperature=False)``, split negative sums with a tilt or the nominal count,
+a tilt together with hard-negative logit offsets, SupCon's ``positives_in_denominator`` with parts
+other than plain negatives, the decoupled objective with ``reduction="pairs"``, the coupled objective on
+the within-view layout and gradient scaling with several positives per anchor.
+
+Limits: the gradient is formed in the forward pass, so double backward (``create_graph=True``) raises;
+under ``torch.no_grad()`` (or when no input requires grad) no gradient is formed.
+"""
+
+from losses.blockwise.engine import compute, select, unsupported
+from losses.blockwise.function import DOUBLE_BACKWARD
+
+__all__ = ["DOUBLE_BACKWARD", "compute", "select", "unsupported"]

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,17 @@ def test_pretrain_then_evaluate_from_the_command_line(tmp_path):
     ).exists()
     resumed = run("pretrain", str(tmp_path / "cli"), "train.max_steps=4", "--resume")
     assert resumed.returncode == 0 and "at step 3" in resumed.stdout, resumed.stderr[-2000:]
+    # a config file is evaluated as built, with overrides; overrides on a run folder are refused
+    as_built = run(
+        "evaluate",
+        str(ROOT / "mmcl" / "quickstart.yaml"),
+        "data.train_subset=300",
+        "data.test_subset=100",
+        "eval.tasks=[knn]",
+        "--output",
+        str(tmp_path / "as_built.json"),
+    )
+    assert as_built.returncode == 0 and "as_built" in as_built.stdout, as_built.stderr[-2000:]
+    assert json.loads((tmp_path / "as_built.json").read_text())["checkpoint"] is None
+    refused = run("evaluate", str(tmp_path / "cli"), "eval.tasks=[knn]")
+    assert refused.returncode == 2 and "apply to a config file only" in refused.stderr

@@ -14,6 +14,7 @@ import torch
 import losses
 import losses.blockwise.engine as engine
 from losses.blockwise.function import BlockRunner
+from losses.blockwise.symmetric import SymmetricRunner
 
 DT = torch.float64
 N, D = 7, 5
@@ -139,6 +140,7 @@ def test_blockwise_equals_dense(name, options, extras, block_size):
 )
 def test_blockwise_equals_dense_larger_batch_default_blocks(name, options, extras, monkeypatch):
     monkeypatch.setattr(engine, "BLOCK_ENTRIES", 600)  # several blocks of about 600 / 80 rows
+    monkeypatch.setattr(engine, "TILE_ROWS", 24)  # several tiles of the self-similarity path
     z_a, z_b = _inputs(n=40, d=9, seed=3)
     dense = _run(losses.build(name, blockwise=False, **options), z_a, z_b, extras)
     blocked = _run(losses.build(name, blockwise=True, **options), z_a, z_b, extras)
@@ -158,6 +160,20 @@ def test_float32_small_temperature_matches_dense():
             torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [0.05, 0.026])  # 2 / 0.026 is just inside float32's one-shift range
+def test_float32_symmetric_runner_matches_the_float64_loss(temperature):
+    z_a, z_b = _inputs(n=64, d=16, seed=4)
+    reference = _run(losses.build("nt_xent", blockwise=False, temperature=temperature), z_a, z_b, {})
+    with _count_blockwise_calls() as calls:
+        fn = losses.build("nt_xent", blockwise=True, block_size=7, temperature=temperature)
+        value, grads, _ = _run(fn, z_a.float(), z_b.float(), {})
+    assert calls.runners == ["SymmetricRunner"]
+    torch.testing.assert_close(value.double(), reference[0], rtol=1e-6, atol=1e-6)
+    scale = max(g.abs().max() for g in reference[1])
+    for a, b in zip(reference[1], grads):
+        torch.testing.assert_close(b.double(), a, rtol=0, atol=1e-4 * float(scale))
+
+
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs_give_the_float32_loss(half):
     z_a, z_b = (z.to(half) for z in _inputs(n=16, d=8, seed=5))
@@ -174,22 +190,55 @@ def test_half_precision_inputs_give_the_float32_loss(half):
 # Selection and options
 
 
+class _Calls(list):
+    """Whether each call of the blockwise engine formed gradients; ``runners``: which runner it took."""
+
+    def __init__(self):
+        super().__init__()
+        self.runners = []
+
+
 class _count_blockwise_calls:
-    """Records, for each call of the blockwise engine, whether it formed gradients."""
+    """Records each call of the blockwise engine (either runner)."""
 
     def __enter__(self):
-        self.calls = []
-        self.original = BlockRunner.run
+        self.calls = _Calls()
+        self.originals = {cls: cls.run for cls in (BlockRunner, SymmetricRunner)}
+        for cls, original in self.originals.items():
 
-        def run(runner, tensors, need):
-            self.calls.append(any(need))
-            return self.original(runner, tensors, need)
+            def run(runner, tensors, need, original=original):
+                self.calls.append(any(need))
+                self.calls.runners.append(type(runner).__name__)
+                return original(runner, tensors, need)
 
-        BlockRunner.run = run
+            cls.run = run
         return self.calls
 
     def __exit__(self, *exc):
-        BlockRunner.run = self.original
+        for cls, original in self.originals.items():
+            cls.run = original
+
+
+@pytest.mark.parametrize(
+    "name,options,extras,dtype,runner",
+    [
+        ("nt_xent", {}, {}, DT, "SymmetricRunner"),
+        ("macl", {}, {}, DT, "SymmetricRunner"),
+        ("supcon", {}, {}, DT, "SymmetricRunner"),  # no labels: NT-Xent's table
+        ("supcon", {}, {"labels": LABELS}, DT, "BlockRunner"),
+        ("hcl", {}, {}, DT, "BlockRunner"),
+        ("info_nce", {}, {}, DT, "BlockRunner"),  # u against v: not a self-similarity table
+        ("nt_xent", {"temperature": 0.05}, {}, torch.float32, "SymmetricRunner"),
+        # one shift for the table would underflow float32: 2 / 0.01 > 0.9 * 87.3
+        ("nt_xent", {"temperature": 0.01}, {}, torch.float32, "BlockRunner"),
+        ("nt_xent", {"temperature": 0.01}, {}, DT, "SymmetricRunner"),
+    ],
+)
+def test_self_similarity_tables_take_the_symmetric_runner(name, options, extras, dtype, runner):
+    z_a, z_b = _inputs(dtype=dtype)
+    with _count_blockwise_calls() as calls:
+        _run(losses.build(name, blockwise=True, block_size=3, **options), z_a, z_b, extras)
+    assert calls.runners == [runner]
 
 
 def test_automatic_selection_above_the_threshold(monkeypatch):

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from losses import distributed
+from losses.blockwise import symmetric
 from losses.blockwise.function import BlockRunner, BlockwiseLoss
 from losses.blockwise.kernel import GroupState, Kernel
 from losses.blockwise.plan import Plan, RowGroup, build_plan
@@ -33,6 +34,8 @@ MIN_ENTRIES = 1 << 16
 # Default block: this many table entries (4 MiB of float32), so that a block stays in the L2/L3 cache.
 BLOCK_ENTRIES = 1 << 20
 MIN_BLOCK_ROWS = 8
+# Tile side of the self-similarity path (:mod:`losses.blockwise.symmetric`): square tiles of BLOCK_ENTRIES.
+TILE_ROWS = 1 << 10
 
 
 def table_entries(batch: Batch) -> int:
@@ -155,8 +158,12 @@ def compute(loss, batch: Batch) -> Tensor:
     if loss.objective == "decoupled":
         value = _decoupled_positive_term(loss, batch, plan, rows, pair_cos_rows, kernel, extra)
     states = [_group_state(g, plan, rows, diagnostics) for g in plan.groups]
-    block_rows = loss.block_size or max(MIN_BLOCK_ROWS, BLOCK_ENTRIES // max(s.columns for s in states))
-    runner = BlockRunner(plan, kernel, states, block_rows)
+    z_index = symmetric.self_similar_tensor(plan, kernel)
+    if z_index is not None and symmetric.fits_one_shift(plan.tensors[z_index], kernel.tau_value):
+        runner = symmetric.SymmetricRunner(plan, kernel, z_index, loss.block_size or TILE_ROWS)
+    else:
+        block_rows = loss.block_size or max(MIN_BLOCK_ROWS, BLOCK_ENTRIES // max(s.columns for s in states))
+        runner = BlockRunner(plan, kernel, states, block_rows)
     value = value + BlockwiseLoss.apply(runner, *plan.tensors)
     loss_value = loss.loss_scale * value
     if diagnostics:

@@ -255,25 +255,15 @@ class Kernel:
         S.sub_(shift[:, None]).exp_()
         total = S.sum(1)
         lse = total.log() + shift
-        coef = self.valid_coef[rows]
         if single:
-            terms = lse - pos_logit
-            pos_prob = torch.exp(-terms)
-            if self.loss.reweight == "macl":
-                weights = 1.0 / (1.0 - pos_prob + self.loss.reweight_eps)
-                terms = weights * terms
-                coef = coef * weights
-                if diag:
-                    stats.add("row_weight_mean", weights.sum())
-                    stats.high("row_weight_max", weights.max())
-            value = self._weighted_sum(terms, rows)
+            value, coef = self.single_positive_rows(rows, lse, pos_logit)
         else:
+            coef = self.valid_coef[rows]
             has_pos = n_pos > 0
             row_loss = torch.where(has_pos, lse - pos_sum / n_pos.clamp(min=1), 0)
             value = self._weighted_sum(row_loss, rows)
         if diag:
             if single:
-                stats.add("pos_prob", pos_prob.sum())
                 best_pos = pos_logit
             else:
                 stats.add("pos_prob", (_reduce_ranges(S, blocks, "sum") / total).sum())
@@ -296,6 +286,24 @@ class Kernel:
                     S[r0:r1, a:b] -= share[r0:r1]
             S.scatter_(1, self_idx, 0.0)  # the own column lies in the class range but is no positive
         return value, self._finish_gradient(S, T)
+
+    def single_positive_rows(self, rows: slice, lse: Tensor, pos_logit: Tensor) -> tuple[Tensor, Tensor]:
+        """Rows with one positive, from their log-sum-exp over every column but their own: the loss and each
+        row's gradient coefficient (reduction weight, times MACL's detached weight); records the
+        positive-probability and MACL diagnostics."""
+        coef = self.valid_coef[rows]
+        terms = lse - pos_logit
+        pos_prob = torch.exp(-terms)
+        if self.loss.reweight == "macl":
+            weights = 1.0 / (1.0 - pos_prob + self.loss.reweight_eps)
+            terms = weights * terms
+            coef = coef * weights
+            if self.diagnostics:
+                self.stats.add("row_weight_mean", weights.sum())
+                self.stats.high("row_weight_max", weights.max())
+        if self.diagnostics:
+            self.stats.add("pos_prob", pos_prob.sum())
+        return self._weighted_sum(terms, rows), coef
 
     # ---------------------------------------------------------------------------------------------
     def _general(self, st, j0, S, T, r, self_idx, rows) -> tuple[Tensor, float]:

@@ -226,7 +226,13 @@ class _count_blockwise_calls:
         ("macl", {}, {}, DT, "SymmetricRunner"),
         ("supcon", {}, {}, DT, "SymmetricRunner"),  # no labels: NT-Xent's table
         ("supcon", {}, {"labels": LABELS}, DT, "BlockRunner"),
-        ("hcl", {}, {}, DT, "BlockRunner"),
+        ("hcl", {}, {}, DT, "SymmetricRunner"),
+        ("dcl", {}, {}, DT, "SymmetricRunner"),
+        ("hcl", {"beta": 3.0}, {}, DT, "BlockRunner"),  # a tilt other than 1 needs two exponentials
+        ("dcl", {"negative_sum": "split"}, {}, DT, "BlockRunner"),
+        ("hcl", {}, {}, torch.float32, "SymmetricRunner"),
+        # the tilt squares e: 4 / 0.05 > 0.9 * 87.3 in float32
+        ("hcl", {"temperature": 0.05}, {}, torch.float32, "BlockRunner"),
         ("info_nce", {}, {}, DT, "BlockRunner"),  # u against v: not a self-similarity table
         ("nt_xent", {"temperature": 0.05}, {}, torch.float32, "SymmetricRunner"),
         # one shift for the table would underflow float32: 2 / 0.01 > 0.9 * 87.3

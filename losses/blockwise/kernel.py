@@ -32,6 +32,7 @@ passes; sums over negative cosines use ``q . sum_c k_c`` (one matrix-vector prod
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -340,48 +341,51 @@ class Kernel:
                 hardest_cos = S.amax(1) * self.tau_value
         if g.offset_col is not None:
             S[r, g.offset_col + j0 + r] += loss.layout.hard_negative_weight
-        log_mass, hardest = self._log_mass(st, S, rows)
+        log_mass, hardest, gradient = self._log_mass(st, S, rows)
         if diag and T is None and g.offset_col is None:
             hardest_cos = hardest * self.tau_value
-        if self.coupled:
-            value, grad_mass, grad_pair, pos_logit = self._pairs(pair_rows, pair_cos, pair_tau, log_mass, rows, n)
-        else:
-            usable = self.valid[rows] & torch.isfinite(log_mass)
-            value = (torch.where(usable, log_mass, 0) * self.row_coef[rows]).sum()
-            grad_mass = self.valid_coef[rows]
-            if diag:
-                stats.add("energy_term", value)
+        value, grad_mass, grad_pair, best_pos = self.mass_rows(rows, n, log_mass, pair_rows, pair_cos, pair_tau)
         if diag:
-            best_pos = None
             if pair_rows is not None and not single:
                 stats.add("pos_cos", pair_cos.sum())
                 if pair_cos.numel():
                     stats.low("pos_cos_min", pair_cos.min())
-            if self.coupled:
-                best_pos = torch.full((n,), NEG_INF, dtype=S.dtype, device=S.device)
-                best_pos = best_pos.scatter_reduce(0, pair_rows, pos_logit, "amax")
             self._row_stats(rows, hardest_cos, hardest, best_pos)
         if not self.need_grad:
             return value, 1.0
-        S.mul_(grad_mass[:, None])
+        gradient(grad_mass)
         scale = self._finish_gradient(S, T)
         if pair_rows is not None and self.coupled:
             to_entry = grad_pair if T is not None else grad_pair * self.tau_value
             S.index_put_((pair_rows, pair_cols), to_entry, accumulate=True)
         return value, scale
 
-    def _log_mass(self, st: GroupState, S: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
+    def mass_rows(self, rows: slice, n: int, log_mass: Tensor, pair_rows, pair_cos, pair_tau):
+        """From each row's negative log mass to the loss: the coupled objective's per-pair stage, or the
+        decoupled objective's sum. Returns the value, ``d loss / d log M`` (n,), ``d loss / d s_p`` per pair
+        (coupled) and the best positive logit of each row (coupled, for diagnostics)."""
+        if not self.coupled:
+            usable = self.valid[rows] & torch.isfinite(log_mass)
+            value = (torch.where(usable, log_mass, 0) * self.row_coef[rows]).sum()
+            if self.diagnostics:
+                self.stats.add("energy_term", value)
+            return value, self.valid_coef[rows], None, None
+        value, grad_mass, grad_pair, pos_logit = self._pairs(pair_rows, pair_cos, pair_tau, log_mass, rows, n)
+        best_pos = None
+        if self.diagnostics:
+            best_pos = torch.full((n,), NEG_INF, dtype=log_mass.dtype, device=log_mass.device)
+            best_pos = best_pos.scatter_reduce(0, pair_rows, pos_logit, "amax")
+        return value, grad_mass, grad_pair, best_pos
+
+    def _log_mass(self, st: GroupState, S: Tensor, rows: slice) -> tuple[Tensor, Tensor, Callable[[Tensor], None]]:
         """``log M_j`` of each row (``-inf`` without negatives) from the negatives' logits in ``S`` (other
-        entries ``-inf``); ``S`` becomes ``d log M_j / d l_j``. Returns ``log M`` and the hardest
-        negative logit of each row."""
-        weighting = self.loss.negative_weighting
+        entries ``-inf``), the hardest negative logit of each row, and ``gradient(g)``, which turns ``S``
+        into ``g_j * d log M_j / d l_j`` (``g = d loss / d log M``, known only after the pair stage)."""
         beta = self.beta
-        if weighting.split_views:
-            ranges = st.view_ranges
-        else:
-            ranges = [(0, S.shape[1])]
+        ranges = st.view_ranges if self.loss.negative_weighting.split_views else [(0, S.shape[1])]
         log_mass = torch.zeros(S.shape[0], dtype=S.dtype, device=S.device)
         hardest = torch.full_like(log_mass, NEG_INF)
+        finishers = []
         for c0, c1 in ranges:
             part = S[:, c0:c1] if len(ranges) > 1 else S
             top = part.amax(1)
@@ -389,41 +393,73 @@ class Kernel:
             shift = torch.where(torch.isfinite(top), top, 0)
             part.sub_(shift[:, None])
             if beta == 0.0:
-                part.exp_()
-                total = part.sum(1)
-                view_mass = total.log() + shift
-                part.mul_((1.0 / torch.where(total > 0, total, 1))[:, None])
+                tilt = part.exp_()
+                tilt_total = mass = tilt.sum(1)
+                tilt_norm = None
+            elif beta == 1.0:  # HCL's default: the tilt weights are the exponentials themselves
+                tilt = part.exp_()
+                tilt_total, tilt_norm = tilt.sum(1), torch.linalg.vector_norm(tilt, dim=1)
+                mass = tilt_norm.square()
             else:
-                tilt = self._scratch("_w_buffer", part)
-                if beta == 1.0:  # HCL's default: the tilt weights are the exponentials themselves
-                    tilt.copy_(part.exp_())
-                else:
-                    torch.mul(part, beta, out=tilt).exp_()
-                    part.exp_()
-                part.mul_(tilt)
+                tilt = torch.mul(part, beta, out=self._scratch("_w_buffer", part)).exp_()
+                part.exp_().mul_(tilt)
                 mass, tilt_total = part.sum(1), tilt.sum(1)
-                present = tilt_total > 0
-                if weighting.count == "nominal":
-                    log_n = math.log(self.nominal)
-                else:
-                    log_n = self.n_neg[rows].to(S.dtype).log()
-                view_mass = torch.where(present, log_n + mass.log() - tilt_total.log() + shift, NEG_INF)
-                if self.diagnostics and bool(present.any()):
-                    ess = (tilt_total / torch.linalg.vector_norm(tilt, dim=1)).square()
-                    self.stats.add("is_ess", ess[present].sum())
-                    self.stats.add("is_ess_rows", present.sum())
-                safe_mass = torch.where(present, mass, 1)
-                if weighting.detach_weights:
-                    part.mul_((1.0 / safe_mass)[:, None])
-                else:
-                    part.mul_(((1.0 + beta) / safe_mass)[:, None])
-                    part.sub_(tilt.mul_((beta / torch.where(present, tilt_total, 1))[:, None]))
-            if beta == 0.0 and weighting.count == "nominal":
-                view_mass = view_mass + math.log(self.nominal) - self.n_neg[rows].clamp(min=1).to(S.dtype).log()
+                tilt_norm = torch.linalg.vector_norm(tilt, dim=1) if self.diagnostics else None
+            view_mass, inv_mass, inv_tilt = self.view_mass(rows, shift, mass, tilt_total, tilt_norm)
+            finishers.append(self._mass_gradient(part, tilt, inv_mass, inv_tilt))
             if len(ranges) > 1:
                 view_mass = torch.where(torch.isfinite(top), view_mass, 0)
             log_mass = log_mass + view_mass
-        return log_mass, hardest
+
+        def gradient(grad_mass: Tensor) -> None:
+            for finish in finishers:
+                finish(grad_mass)
+
+        return log_mass, hardest, gradient
+
+    def view_mass(self, rows: slice, shift, mass: Tensor, tilt_total: Tensor, tilt_norm: Tensor | None):
+        """One view's ``log M_j`` from sums over the negatives of ``e = exp(l - shift)``: ``mass = sum e`` for
+        plain negatives (``beta = 0``, ``tilt_total`` the same), else ``mass = sum e^(1 + beta)``,
+        ``tilt_total = sum e^beta`` and its 2-norm (importance-sampling diagnostics). Returns ``log M`` and
+        the reciprocal sums the gradient uses."""
+        weighting = self.loss.negative_weighting
+        if self.beta == 0.0:
+            view_mass = mass.log() + shift
+            if weighting.count == "nominal":
+                view_mass = view_mass + math.log(self.nominal) - self.n_neg[rows].clamp(min=1).to(mass.dtype).log()
+            inv_mass = 1.0 / torch.where(mass > 0, mass, 1)
+            return view_mass, inv_mass, inv_mass
+        present = tilt_total > 0
+        if weighting.count == "nominal":
+            log_n = math.log(self.nominal)
+        else:
+            log_n = self.n_neg[rows].to(mass.dtype).log()
+        view_mass = torch.where(present, log_n + mass.log() - tilt_total.log() + shift, NEG_INF)
+        if self.diagnostics and bool(present.any()):
+            self.stats.add("is_ess", (tilt_total / tilt_norm).square()[present].sum())
+            self.stats.add("is_ess_rows", present.sum())
+        return view_mass, 1.0 / torch.where(present, mass, 1), 1.0 / torch.where(present, tilt_total, 1)
+
+    def _mass_gradient(self, part, tilt, inv_mass, inv_tilt) -> Callable[[Tensor], None]:
+        """``g * d log M / d l`` in place of ``part``: ``e / sum e`` (``beta = 0``), ``(1 + beta) e w / M - beta
+        w / W`` with ``w = e^beta``, ``W = sum w``, or ``e w / M`` with detached weights; ``part`` holds
+        ``e w`` (``e`` when ``beta`` is 0 or 1, with ``tilt`` the same tensor)."""
+        beta, detached = self.beta, self.loss.negative_weighting.detach_weights
+
+        def finish(grad_mass: Tensor) -> None:
+            a = (grad_mass * inv_mass)[:, None]
+            if beta == 0.0:
+                part.mul_(a)
+            elif detached:
+                (part.square_() if beta == 1.0 else part).mul_(a)
+            elif beta == 1.0:  # e (2a e - b): one pass for the bracket, one for the product
+                bracket = self._scratch("_w_buffer", part)
+                torch.addcmul(-(grad_mass * inv_tilt)[:, None], part, 2.0 * a, out=bracket)
+                part.mul_(bracket)
+            else:
+                part.mul_((1.0 + beta) * a).sub_(tilt.mul_((beta * grad_mass * inv_tilt)[:, None]))
+
+        return finish
 
     def _pairs(self, pair_rows, pair_cos, pair_tau, log_mass, rows, n):
         """The per-pair stage with autograd on vectors: value, d/d log M (n,), d/d s_p (P,), pair logits."""
@@ -526,9 +562,10 @@ class Kernel:
         excluded = T.gather(1, self_idx)
         self.stats.add("tau_sum", T.sum() - excluded.sum())
         self.stats.add("tau_count", torch.tensor(T.shape[0] * (T.shape[1] - 1), device=T.device))
-        hidden = T.clone()
-        self.stats.low("tau_min", hidden.scatter_(1, self_idx, math.inf).amin())
-        self.stats.high("tau_max", hidden.scatter_(1, self_idx, NEG_INF).amax())
+        # The own entries hidden in place (no copy of the block), then restored.
+        self.stats.low("tau_min", T.scatter_(1, self_idx, math.inf).amin())
+        self.stats.high("tau_max", T.scatter_(1, self_idx, NEG_INF).amax())
+        T.scatter_(1, self_idx, excluded)
 
     def _tau_stats_masked(self, T: Tensor, mask: Tensor) -> None:
         if not bool(mask.any()):

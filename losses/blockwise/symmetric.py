@@ -1,28 +1,33 @@
 """Self-similarity tables: each tile of NT-Xent's ``Z Z^T`` computed for its rows and its columns at once.
 
-When one process scores the stacked views against themselves (NT-Xent, MACL, SupCon without labels:
-``Z = [u; v]``, ``2B x d``), the logit table ``S = Z Z^T / tau`` is symmetric and the loss's gradient is
+When one process scores the stacked views against themselves (``Z = [u; v]``, ``2B x d``: NT-Xent, MACL,
+SupCon without labels, DCL, the debiased loss, HCL, the margin losses), the logit table
+``S = Z Z^T / tau`` is symmetric and the loss's gradient is
 
 .. math::
-    \\frac{\\partial L}{\\partial Z} = \\tfrac{1}{\\tau} (G + G^\\top) Z, \\qquad
-    G_{ij} = c_i \\big(\\operatorname{softmax}_{j \\ne i}(S_i)_j - [j = p(i)]\\big)
+    \frac{\partial L}{\partial Z} = \tfrac{1}{\tau} (G + G^\top) Z, \qquad G = \frac{\partial L}{\partial S}.
 
-(``c_i`` the row's coefficient, ``p(i) = i \\pm B`` its positive). With ``E = exp(S - M)`` and
-``alpha_i = c_i / sum_{j != i} E_ij``, the softmax part of ``G + G^T`` is ``E * (alpha_i + alpha_j)``,
-again symmetric, so only the tiles ``I <= J`` of the table are visited, in two passes:
+Every supported form writes ``G`` through ``e = exp(S - M)`` and per-row coefficients, so that the
+symmetric part ``G + G^T`` is again a function of one tile:
 
-1. denominators: ``E_IJ`` summed along its rows (rows ``I``) and its columns (rows ``J``), with the own
-   and positive entries left out (the positive's mass comes from the row-wise dot products); with
-   diagnostics, the hardest negative of each row from the same tile.
-2. gradient: ``W = E_IJ * (alpha_I + alpha_J^T)``, ``dZ_I += W Z_J``, ``dZ_J += W^T Z_I``; the positive
-   targets ``-(c_i + c_{p(i)}) z_{p(i)}`` are a row-wise term.
+* fused softmax (``c_i`` the row's coefficient, ``p(i) = i +- B`` its positive):
+  ``G_ij = c_i (e_ij / total_i - [j = p(i)])``, so ``(G + G^T)_ij = e_ij (a_i + a_j)`` with
+  ``a = c / total``, plus the positive targets ``-(c_i + c_p(i))`` as a row-wise term;
+* negatives in one sum (``beta = 0``): ``e_ij (a_i + a_j)`` with ``a = g / sum e`` (``g = d loss / d log M``
+  from the kernel's pair stage, whose positive gradients are again a row-wise term);
+* HCL's tilt (``beta = 1``): ``G_ij = g_i (2 e_ij^2 / sum e^2 - e_ij / sum e)``, so
+  ``(G + G^T)_ij = e_ij (e_ij (a_i + a_j) - b_i - b_j)``; ``e_ij^2 (a_i + a_j)`` with detached weights.
 
-Matrix products: half the table twice for the logits and once for each of the two gradient products,
-about 2/3 of the row-block path's (:mod:`losses.blockwise.function`) and of the dense backward's.
-Both passes need the same shift for rows and columns, so ``M = max_i |z_i|^2 / tau`` (no logit
-exceeds it) for the whole table; no entry underflows when ``2M`` stays below :data:`MAX_LOG_RANGE`
-of the dtype's exponent range (float32 with unit vectors: ``tau >= 0.025``). Otherwise, and for
-every other table, the row-block path runs.
+Only the tiles ``I <= J`` are visited, in two passes: (1) the sums of ``e`` (and ``e^2``) along a tile's
+rows (for rows ``I``) and columns (for rows ``J``), own and positive entries left out, and with
+diagnostics the hardest negatives; (2) the tile of ``G + G^T``, then ``dZ_I += W Z_J`` and
+``dZ_J += W^T Z_I``. Matrix products: half the table twice for the logits and once for each of the two
+gradient products, about 2/3 of the row-block path's (:mod:`losses.blockwise.function`).
+
+Rows and columns need the same shift, so ``M = max_i |z_i|^2 / tau`` (no logit exceeds it) serves the
+whole table; no entry underflows when ``2M`` (``4M`` when ``e`` is squared) stays below
+:data:`MAX_LOG_RANGE` of the dtype's exponent range (float32 with unit vectors: ``tau >= 0.025``, or
+``0.051`` for HCL). Otherwise, and for every other table, the row-block path runs.
 """
 
 from __future__ import annotations
@@ -41,9 +46,14 @@ MAX_LOG_RANGE = 0.9
 
 
 def self_similar_tensor(plan: Plan, kernel: Kernel) -> int | None:
-    """Index of ``Z`` when the plan's table is the fused single-positive ``Z Z^T / tau`` with
-    ``Z = [u; v]`` of one process and a scalar temperature; None otherwise."""
-    if not kernel.fused or kernel.tau_value is None or len(plan.groups) != 2:
+    """Index of ``Z`` when the plan's table is ``Z Z^T / tau`` with ``Z = [u; v]`` of one process, a scalar
+    temperature, one positive per row (the other view) and every other column a negative, and the loss
+    is the fused softmax or has untilted (``beta = 0``) or HCL-tilted (``beta = 1``) negatives in one sum;
+    None otherwise."""
+    if kernel.tau_value is None or len(plan.groups) != 2:
+        return None
+    weighting = kernel.loss.negative_weighting
+    if not kernel.fused and (kernel.beta not in (0.0, 1.0) or weighting.split_views):
         return None
     z = plan.groups[0].tensor
     B = plan.groups[0].rows
@@ -61,15 +71,17 @@ def self_similar_tensor(plan: Plan, kernel: Kernel) -> int | None:
             or g.row_order is not None
             or g.offset_col is not None
             or g.labels is not None
+            or g.negatives != "others"
         ):
             return None
     return z
 
 
-def fits_one_shift(z: Tensor, tau: float) -> bool:
-    """Whether ``exp(S - M)`` with one shift ``M = max |z_i|^2 / tau`` cannot underflow."""
-    shift = float((z.detach() * z.detach()).sum(1).max()) / tau
-    return 2 * shift <= MAX_LOG_RANGE * -math.log(torch.finfo(z.dtype).tiny)
+def fits_one_shift(z: Tensor, kernel: Kernel) -> bool:
+    """Whether ``exp(S - M)`` (squared for the tilt) with one shift ``M = max |z_i|^2 / tau`` cannot underflow."""
+    shift = float((z.detach() * z.detach()).sum(1).max()) / kernel.tau_value
+    power = 2 if not kernel.fused and kernel.beta == 1.0 else 1
+    return 2 * power * shift <= MAX_LOG_RANGE * -math.log(torch.finfo(z.dtype).tiny)
 
 
 class SymmetricRunner:
@@ -83,59 +95,102 @@ class SymmetricRunner:
         kernel.need_grad = any(need)
         Z = tensors[self.z_index]
         R, B = Z.shape[0], Z.shape[0] // 2
-        inv_tau = 1.0 / kernel.tau_value
+        tau = kernel.tau_value
+        squares = not kernel.fused and kernel.beta == 1.0
         with torch.autocast(Z.device.type, enabled=False):
-            Zs = Z * inv_tau
+            Zs = Z * (1.0 / tau)
             partner = torch.cat([Z[B:], Z[:B]])
-            pos_logit = (Zs * partner).sum(1)
-            shift = float((Z * Z).sum(1).max()) * inv_tau
+            pos_cos = (Z * partner).sum(1)
+            shift = float((Z * Z).sum(1).max()) / tau
             tiles = [(i, min(i + self.tile, R)) for i in range(0, R, self.tile)]
             pairs = [(I, J) for k, I in enumerate(tiles) for J in tiles[k:]]
             buffer = Z.new_empty(min(self.tile, R) ** 2)
 
-            def exp_tile(I, J, mask_positives: bool) -> Tensor:
+            def exp_tile(I, J, mask_positives: bool, hardest: Tensor | None = None) -> Tensor:
+                """``exp(S_IJ - M)`` in the buffer, own (and positive) entries 0."""
                 (i0, i1), (j0, j1) = I, J
                 S = buffer[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
                 torch.mm(Zs[i0:i1], Z[j0:j1].T, out=S)
                 # Entry (r, c) is (i0 + r, j0 + c): own column on the diagonal i0 - j0, positives B away.
                 for offset in (0, B, -B) if mask_positives else (0,):
                     S.diagonal(i0 - j0 + offset).fill_(NEG_INF)
-                return S
-
-            negatives = Z.new_zeros(R)
-            hardest = torch.full_like(negatives, NEG_INF)
-            for I, J in pairs:
-                S = exp_tile(I, J, mask_positives=True)
-                if kernel.diagnostics:
-                    _maximum_(hardest[I[0] : I[1]], S.amax(1))
+                if hardest is not None:
+                    _maximum_(hardest[i0:i1], S.amax(1))
                     if I != J:
-                        _maximum_(hardest[J[0] : J[1]], S.amax(0))
-                S.sub_(shift).exp_()
-                negatives[I[0] : I[1]] += S.sum(1)
-                if I != J:
-                    negatives[J[0] : J[1]] += S.sum(0)
-            total = negatives + torch.exp(pos_logit - shift)
+                        _maximum_(hardest[j0:j1], S.amax(0))
+                return S.sub_(shift).exp_()
+
+            # Pass 1: sums of e (and e^2) over each row's negatives, from both sides of each tile.
+            sums = Z.new_zeros(R)
+            square_sums = Z.new_zeros(R) if squares else None
+            hardest = torch.full_like(sums, NEG_INF) if kernel.diagnostics else None
+            for I, J in pairs:
+                E = exp_tile(I, J, mask_positives=True, hardest=hardest)
+                _add_both_sides(sums, E.sum(1), E.sum(0), I, J)
+                if squares:
+                    norms = (torch.linalg.vector_norm(E, dim=d).square() for d in (1, 0))
+                    _add_both_sides(square_sums, *norms, I, J)
             rows = slice(0, R)
-            value, coef = kernel.single_positive_rows(rows, total.log() + shift, pos_logit)
+            if kernel.fused:
+                value, coef, pair_grad, best_pos = self._fused_rows(rows, sums, pos_cos / tau, shift)
+                weights, offsets = coef, None
+            else:
+                value, weights, offsets, pair_grad, best_pos = self._mass_rows(rows, sums, square_sums, pos_cos, shift)
             if kernel.diagnostics:
-                kernel._row_stats(rows, hardest * kernel.tau_value, hardest, pos_logit)
+                kernel._row_stats(rows, hardest * tau, hardest, best_pos)
             if not kernel.need_grad:
                 return value, [None] * len(tensors)
-            alpha = coef / total
-            pair_coef = coef + torch.cat([coef[B:], coef[:B]])
-            grad = partner * -pair_coef[:, None]
-            weights = Z.new_empty(buffer.numel())
+            # Pass 2: the tiles of G + G^T; dZ = ((G + G^T) Z + the positives' row-wise terms) / tau.
+            grad = partner * (pair_grad + torch.cat([pair_grad[B:], pair_grad[:B]]))[:, None]
+            scratch = Z.new_empty(buffer.numel())
             for I, J in pairs:
                 (i0, i1), (j0, j1) = I, J
-                S = exp_tile(I, J, mask_positives=False).sub_(shift).exp_()
-                W = weights[: S.numel()].view(S.shape)
-                torch.add(alpha[i0:i1, None], alpha[None, j0:j1], out=W)
-                S.mul_(W)
-                grad[i0:i1].addmm_(S, Z[j0:j1])
+                E = exp_tile(I, J, mask_positives=not kernel.fused)
+                W = scratch[: E.numel()].view(E.shape)
+                torch.add(weights[i0:i1, None], weights[None, j0:j1], out=W)
+                if offsets is not None:  # e (e (a_i + a_j) - b_i - b_j)
+                    W.mul_(E).sub_(offsets[i0:i1, None]).sub_(offsets[None, j0:j1])
+                elif squares:  # detached tilt: e^2 (a_i + a_j)
+                    W.mul_(E)
+                E.mul_(W)
+                grad[i0:i1].addmm_(E, Z[j0:j1])
                 if I != J:
-                    grad[j0:j1].addmm_(S.T, Z[i0:i1])
-            grad.mul_(inv_tau)
+                    grad[j0:j1].addmm_(E.T, Z[i0:i1])
+            grad.mul_(1.0 / tau)
         return value, [grad if k == self.z_index and need[k] else None for k in range(len(tensors))]
+
+    def _fused_rows(self, rows: slice, negatives: Tensor, pos_logit: Tensor, shift: float):
+        """Softmax over every column but the own: ``G_ij = c_i (e_ij / total_i - [j = p(i)])``."""
+        total = negatives + torch.exp(pos_logit - shift)
+        value, coef = self.kernel.single_positive_rows(rows, total.log() + shift, pos_logit)
+        return value, coef / total, -coef, pos_logit
+
+    def _mass_rows(self, rows: slice, sums: Tensor, square_sums: Tensor | None, pos_cos: Tensor, shift: float):
+        """Negatives in one (optionally tilted) sum, then the kernel's pair stage; the tile weights of
+        :meth:`Kernel._mass_gradient` (``e`` times ``a_i + a_j``, minus ``b_i + b_j`` for the tilt)."""
+        kernel = self.kernel
+        R = sums.shape[0]
+        M = torch.full_like(sums, shift)
+        if square_sums is None:
+            log_mass, inv_mass, inv_tilt = kernel.view_mass(rows, M, sums, sums, None)
+        else:
+            log_mass, inv_mass, inv_tilt = kernel.view_mass(rows, M, square_sums, sums, square_sums.sqrt())
+        pair_rows = torch.arange(R, device=sums.device)
+        value, grad_mass, grad_pair, best_pos = kernel.mass_rows(rows, R, log_mass, pair_rows, pos_cos, kernel.tau)
+        if not kernel.need_grad:
+            return value, None, None, None, best_pos
+        # d loss / d cos of the pairs, in the logit units of the tiles (the runner divides by tau at the end)
+        pair_grad = grad_pair * kernel.tau_value if grad_pair is not None else torch.zeros_like(sums)
+        if square_sums is None or kernel.loss.negative_weighting.detach_weights:
+            return value, grad_mass * inv_mass, None, pair_grad, best_pos
+        return value, 2.0 * grad_mass * inv_mass, grad_mass * inv_tilt, pair_grad, best_pos
+
+
+def _add_both_sides(out: Tensor, row_values: Tensor, col_values: Tensor, I, J) -> None:
+    """Row sums of tile ``(I, J)`` go to rows ``I``; its column sums, to rows ``J`` (once on the diagonal)."""
+    out[I[0] : I[1]] += row_values
+    if I != J:
+        out[J[0] : J[1]] += col_values
 
 
 def _maximum_(out: Tensor, values: Tensor) -> None:

@@ -229,6 +229,8 @@ class _count_blockwise_calls:
         ("hcl", {}, {}, DT, "SymmetricRunner"),
         ("dcl", {}, {}, DT, "SymmetricRunner"),
         ("hcl", {"beta": 3.0}, {}, DT, "BlockRunner"),  # a tilt other than 1 needs two exponentials
+        ("dystress", {}, {}, DT, "SymmetricRunner"),
+        ("hcl", {"temperature": DYSTRESS}, {}, DT, "BlockRunner"),  # per-entry temperatures: fused form only
         ("dcl", {"negative_sum": "split"}, {}, DT, "BlockRunner"),
         ("hcl", {}, {}, torch.float32, "SymmetricRunner"),
         # the tilt squares e: 4 / 0.05 > 0.9 * 87.3 in float32

@@ -9,8 +9,8 @@ accumulates ``dq = G K / tau`` and ``dK += G^T q / tau``. Peak memory is ``O((R 
 linear in the batch for a fixed block, and each block stays in cache between its forward and its
 gradient.
 
-When one process scores the stacked views against themselves (NT-Xent, MACL, SupCon without labels,
-DCL, the debiased loss, HCL with ``beta`` 0 or 1, the margin losses) the table is symmetric, and
+When one process scores the stacked views against themselves (NT-Xent, MACL, DySTreSS, SupCon without
+labels, DCL, the debiased loss, HCL with ``beta`` 0 or 1, the margin losses) the table is symmetric, and
 :mod:`losses.blockwise.symmetric` visits only its upper-triangular tiles, each for its rows and its
 columns: about 2/3 of the matrix products.
 

@@ -1,18 +1,20 @@
 """Self-similarity tables: each tile of NT-Xent's ``Z Z^T`` computed for its rows and its columns at once.
 
 When one process scores the stacked views against themselves (``Z = [u; v]``, ``2B x d``: NT-Xent, MACL,
-SupCon without labels, DCL, the debiased loss, HCL, the margin losses), the logit table
+DySTreSS, SupCon without labels, DCL, the debiased loss, HCL, the margin losses), the logit table
 ``S = Z Z^T / tau`` is symmetric and the loss's gradient is
 
 .. math::
-    \frac{\partial L}{\partial Z} = \tfrac{1}{\tau} (G + G^\top) Z, \qquad G = \frac{\partial L}{\partial S}.
+    \\frac{\\partial L}{\\partial Z} = \\tfrac{1}{\\tau} (G + G^\\top) Z, \\qquad G = \\frac{\\partial L}{\\partial S}.
 
 Every supported form writes ``G`` through ``e = exp(S - M)`` and per-row coefficients, so that the
 symmetric part ``G + G^T`` is again a function of one tile:
 
 * fused softmax (``c_i`` the row's coefficient, ``p(i) = i +- B`` its positive):
   ``G_ij = c_i (e_ij / total_i - [j = p(i)])``, so ``(G + G^T)_ij = e_ij (a_i + a_j)`` with
-  ``a = c / total``, plus the positive targets ``-(c_i + c_p(i))`` as a row-wise term;
+  ``a = c / total``, plus the positive targets ``-(c_i + c_p(i))`` as a row-wise term; with DySTreSS's
+  per-entry temperatures (``l_ij = s_ij / tau(s_ij)``, symmetric too, the temperature detached) both
+  are divided by ``tau(s_ij)``;
 * negatives in one sum (``beta = 0``): ``e_ij (a_i + a_j)`` with ``a = g / sum e`` (``g = d loss / d log M``
   from the kernel's pair stage, whose positive gradients are again a row-wise term);
 * HCL's tilt (``beta = 1``): ``G_ij = g_i (2 e_ij^2 / sum e^2 - e_ij / sum e)``, so
@@ -24,10 +26,11 @@ diagnostics the hardest negatives; (2) the tile of ``G + G^T``, then ``dZ_I += W
 ``dZ_J += W^T Z_I``. Matrix products: half the table twice for the logits and once for each of the two
 gradient products, about 2/3 of the row-block path's (:mod:`losses.blockwise.function`).
 
-Rows and columns need the same shift, so ``M = max_i |z_i|^2 / tau`` (no logit exceeds it) serves the
-whole table; no entry underflows when ``2M`` (``4M`` when ``e`` is squared) stays below
-:data:`MAX_LOG_RANGE` of the dtype's exponent range (float32 with unit vectors: ``tau >= 0.025``, or
-``0.051`` for HCL). Otherwise, and for every other table, the row-block path runs.
+Rows and columns need the same shift, so ``M = max_i |z_i|^2 / tau`` (no logit exceeds it; with
+per-entry temperatures, their lower bound) serves the whole table; no entry underflows when ``2M``
+(``4M`` when ``e`` is squared) stays below :data:`MAX_LOG_RANGE` of the dtype's exponent range (float32
+with unit vectors: ``tau >= 0.025``, or ``0.051`` for HCL). Otherwise, and for every other table, the
+row-block path runs.
 """
 
 from __future__ import annotations
@@ -50,10 +53,10 @@ def self_similar_tensor(plan: Plan, kernel: Kernel) -> int | None:
     temperature, one positive per row (the other view) and every other column a negative, and the loss
     is the fused softmax or has untilted (``beta = 0``) or HCL-tilted (``beta = 1``) negatives in one sum;
     None otherwise."""
-    if kernel.tau_value is None or len(plan.groups) != 2:
+    if len(plan.groups) != 2:
         return None
     weighting = kernel.loss.negative_weighting
-    if not kernel.fused and (kernel.beta not in (0.0, 1.0) or weighting.split_views):
+    if not kernel.fused and (kernel.rule is not None or kernel.beta not in (0.0, 1.0) or weighting.split_views):
         return None
     z = plan.groups[0].tensor
     B = plan.groups[0].rows
@@ -78,10 +81,15 @@ def self_similar_tensor(plan: Plan, kernel: Kernel) -> int | None:
 
 
 def fits_one_shift(z: Tensor, kernel: Kernel) -> bool:
-    """Whether ``exp(S - M)`` (squared for the tilt) with one shift ``M = max |z_i|^2 / tau`` cannot underflow."""
-    shift = float((z.detach() * z.detach()).sum(1).max()) / kernel.tau_value
+    """Whether ``exp(S - M)`` (squared for the tilt) with one shift ``M`` cannot underflow."""
     power = 2 if not kernel.fused and kernel.beta == 1.0 else 1
-    return 2 * power * shift <= MAX_LOG_RANGE * -math.log(torch.finfo(z.dtype).tiny)
+    return 2 * power * _shift(z.detach(), kernel) <= MAX_LOG_RANGE * -math.log(torch.finfo(z.dtype).tiny)
+
+
+def _shift(z: Tensor, kernel: Kernel) -> float:
+    """``M = max_i |z_i|^2 / tau`` (per-entry temperatures: their lower bound): no logit exceeds it."""
+    floor = kernel.tau_value if kernel.rule is None else kernel.rule.current_tau_min()
+    return float((z * z).sum(1).max()) / floor
 
 
 class SymmetricRunner:
@@ -93,59 +101,83 @@ class SymmetricRunner:
     def run(self, tensors: tuple[Tensor, ...], need: tuple[bool, ...]) -> tuple[Tensor, list[Tensor | None]]:
         kernel = self.kernel
         kernel.need_grad = any(need)
+        diagnostics, rule = kernel.diagnostics, kernel.rule
         Z = tensors[self.z_index]
         R, B = Z.shape[0], Z.shape[0] // 2
-        tau = kernel.tau_value
         squares = not kernel.fused and kernel.beta == 1.0
+        # Scalar temperature: folded into the anchors. Per-entry temperatures: S holds cosines, divided below.
+        scale = 1.0 / kernel.tau_value if rule is None else 1.0
         with torch.autocast(Z.device.type, enabled=False):
-            Zs = Z * (1.0 / tau)
+            Zs = Z * scale
             partner = torch.cat([Z[B:], Z[:B]])
             pos_cos = (Z * partner).sum(1)
-            shift = float((Z * Z).sum(1).max()) / tau
+            pos_tau = kernel.tau if rule is None else rule.tau_of(pos_cos)
+            shift = _shift(Z, kernel)
             tiles = [(i, min(i + self.tile, R)) for i in range(0, R, self.tile)]
             pairs = [(I, J) for k, I in enumerate(tiles) for J in tiles[k:]]
-            buffer = Z.new_empty(min(self.tile, R) ** 2)
+            side = min(self.tile, R)
+            buffer = Z.new_empty(side * side)
+            temperatures = Z.new_empty(side * side) if rule is not None else None
 
-            def exp_tile(I, J, mask_positives: bool, hardest: Tensor | None = None) -> Tensor:
-                """``exp(S_IJ - M)`` in the buffer, own (and positive) entries 0."""
+            def exp_tile(I, J, mask_positives: bool, stats: dict | None = None) -> tuple[Tensor, Tensor | None]:
+                """``exp(l_IJ - M)`` in the buffer (own and, if asked, positive entries 0) and the tile's
+                temperatures; ``stats`` collects the hardest negatives and the temperature statistics."""
                 (i0, i1), (j0, j1) = I, J
                 S = buffer[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
                 torch.mm(Zs[i0:i1], Z[j0:j1].T, out=S)
+                T = None
+                if rule is not None:
+                    T = rule.tau_of(S, out=temperatures[: S.numel()].view(S.shape))
+                    if stats is not None:
+                        _temperature_stats(stats, T, i0 - j0, 1 if I == J else 2)
                 # Entry (r, c) is (i0 + r, j0 + c): own column on the diagonal i0 - j0, positives B away.
                 for offset in (0, B, -B) if mask_positives else (0,):
                     S.diagonal(i0 - j0 + offset).fill_(NEG_INF)
-                if hardest is not None:
-                    _maximum_(hardest[i0:i1], S.amax(1))
-                    if I != J:
-                        _maximum_(hardest[j0:j1], S.amax(0))
-                return S.sub_(shift).exp_()
+                if T is not None:
+                    if stats is not None:
+                        _row_and_column_max(stats["hardest_cos"], S, I, J)
+                    S.div_(T)
+                if stats is not None:
+                    _row_and_column_max(stats["hardest"], S, I, J)
+                return S.sub_(shift).exp_(), T
 
             # Pass 1: sums of e (and e^2) over each row's negatives, from both sides of each tile.
             sums = Z.new_zeros(R)
             square_sums = Z.new_zeros(R) if squares else None
-            hardest = torch.full_like(sums, NEG_INF) if kernel.diagnostics else None
+            stats = None
+            if diagnostics:
+                keys = ("hardest", "hardest_cos") if rule is not None else ("hardest",)
+                stats = {key: torch.full_like(sums, NEG_INF) for key in keys}
             for I, J in pairs:
-                E = exp_tile(I, J, mask_positives=True, hardest=hardest)
+                E, _ = exp_tile(I, J, mask_positives=True, stats=stats)
                 _add_both_sides(sums, E.sum(1), E.sum(0), I, J)
                 if squares:
                     norms = (torch.linalg.vector_norm(E, dim=d).square() for d in (1, 0))
                     _add_both_sides(square_sums, *norms, I, J)
             rows = slice(0, R)
             if kernel.fused:
-                value, coef, pair_grad, best_pos = self._fused_rows(rows, sums, pos_cos / tau, shift)
+                value, coef, pair_grad, best_pos = self._fused_rows(rows, sums, pos_cos / pos_tau, shift)
+                pair_grad = pair_grad / pos_tau if rule is not None else pair_grad
                 weights, offsets = coef, None
             else:
                 value, weights, offsets, pair_grad, best_pos = self._mass_rows(rows, sums, square_sums, pos_cos, shift)
-            if kernel.diagnostics:
-                kernel._row_stats(rows, hardest * tau, hardest, best_pos)
+            if diagnostics:
+                hardest = stats["hardest"]
+                hardest_cos = stats["hardest_cos"] if rule is not None else hardest * kernel.tau_value
+                kernel._row_stats(rows, hardest_cos, hardest, best_pos)
+                if rule is not None:
+                    kernel.stats.add("tau_sum", stats["tau_sum"])
+                    kernel.stats.add("tau_count", torch.tensor(R * (R - 1), device=Z.device))
+                    kernel.stats.low("tau_min", stats["tau_min"])
+                    kernel.stats.high("tau_max", stats["tau_max"])
             if not kernel.need_grad:
                 return value, [None] * len(tensors)
-            # Pass 2: the tiles of G + G^T; dZ = ((G + G^T) Z + the positives' row-wise terms) / tau.
+            # Pass 2: the tiles of G + G^T; dZ = (G + G^T) Z + the positives' row-wise terms (in units of S).
             grad = partner * (pair_grad + torch.cat([pair_grad[B:], pair_grad[:B]]))[:, None]
             scratch = Z.new_empty(buffer.numel())
             for I, J in pairs:
                 (i0, i1), (j0, j1) = I, J
-                E = exp_tile(I, J, mask_positives=not kernel.fused)
+                E, T = exp_tile(I, J, mask_positives=not kernel.fused)
                 W = scratch[: E.numel()].view(E.shape)
                 torch.add(weights[i0:i1, None], weights[None, j0:j1], out=W)
                 if offsets is not None:  # e (e (a_i + a_j) - b_i - b_j)
@@ -153,10 +185,12 @@ class SymmetricRunner:
                 elif squares:  # detached tilt: e^2 (a_i + a_j)
                     W.mul_(E)
                 E.mul_(W)
+                if T is not None:  # l = s / tau(s) with the temperature detached: d l / d s = 1 / tau
+                    E.div_(T)
                 grad[i0:i1].addmm_(E, Z[j0:j1])
                 if I != J:
                     grad[j0:j1].addmm_(E.T, Z[i0:i1])
-            grad.mul_(1.0 / tau)
+            grad.mul_(scale)
         return value, [grad if k == self.z_index and need[k] else None for k in range(len(tensors))]
 
     def _fused_rows(self, rows: slice, negatives: Tensor, pos_logit: Tensor, shift: float):
@@ -193,5 +227,28 @@ def _add_both_sides(out: Tensor, row_values: Tensor, col_values: Tensor, I, J) -
         out[J[0] : J[1]] += col_values
 
 
-def _maximum_(out: Tensor, values: Tensor) -> None:
-    torch.maximum(out, values, out=out)
+def _row_and_column_max(out: Tensor, S: Tensor, I, J) -> None:
+    """Row maxima of tile ``(I, J)`` into rows ``I``; its column maxima, into rows ``J``."""
+    torch.maximum(out[I[0] : I[1]], S.amax(1), out=out[I[0] : I[1]])
+    if I != J:
+        torch.maximum(out[J[0] : J[1]], S.amax(0), out=out[J[0] : J[1]])
+
+
+def _temperature_stats(stats: dict, T: Tensor, own_diagonal: int, weight: int) -> None:
+    """Sum, minimum and maximum of a tile's temperatures over every entry but the own ones (each entry
+    counts for its row and, off the diagonal tiles, for its column too); the own entries are hidden in
+    place and restored."""
+    own = T.diagonal(own_diagonal)
+    saved = own.clone()
+    total = weight * (T.sum() - saved.sum())
+    own.fill_(math.inf)
+    low = T.amin()
+    own.fill_(NEG_INF)
+    high = T.amax()
+    own.copy_(saved)
+    if "tau_sum" not in stats:
+        stats.update(tau_sum=total, tau_min=low, tau_max=high)
+        return
+    stats["tau_sum"] = stats["tau_sum"] + total
+    stats["tau_min"] = torch.minimum(stats["tau_min"], low)
+    stats["tau_max"] = torch.maximum(stats["tau_max"], high)

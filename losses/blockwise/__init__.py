@@ -6,8 +6,8 @@ matrices, and lets autograd keep them for the backward pass. The blockwise path 
 loss, gradients and diagnostics walking blocks of ``b`` anchor rows: for each block it forms
 ``S = q K^T / tau`` (``b x C``), the row losses and, right away, ``G = d loss / d S``, and
 accumulates ``dq = G K / tau`` and ``dK += G^T q / tau``. Peak memory is ``O((R + C) d + b C)``,
-linear in the batch for a fixed block, and each block stays in cache between its forward and its
-gradient.
+linear in the batch for a fixed block, and each block is consumed right after it is formed, with no
+second pass over the table in the backward.
 
 When one process scores the stacked views against themselves (NT-Xent, MACL, DySTreSS, SupCon without
 labels, DCL, the debiased loss, HCL with ``beta`` 0 or 1, the margin losses) the table is symmetric, and
@@ -15,7 +15,8 @@ labels, DCL, the debiased loss, HCL with ``beta`` 0 or 1, the margin losses) the
 columns: about 2/3 of the matrix products.
 
 Shapes: ``R`` anchor rows (``2B`` for NT-Xent), ``C`` candidates (``2G``), ``d`` the embedding
-dimension, ``b`` the block rows (``block_size``; by default ``engine.BLOCK_ENTRIES / C``).
+dimension, ``b`` the block rows (``block_size``; by default ``engine.BLOCK_ENTRIES / C``, at most
+``engine.MAX_BLOCK_ROWS``).
 
 Use: every softmax-family loss takes ``blockwise`` (``None``: automatic, when the table has at least
 ``losses.blockwise.engine.MIN_ENTRIES`` entries; ``True``: always; ``False``: never) and ``block_size``

@@ -8,7 +8,7 @@ For a block of rows ``q`` (``b x d``) of a :class:`~losses.blockwise.plan.RowGro
     dq \\mathrel{+}= \\tfrac{1}{\\tau} G K, \\qquad dK \\mathrel{+}= G^\\top \\tfrac{q}{\\tau}
 
 so the forward pass does the three matrix products of a dense forward and backward, each block is
-read while still in cache, and the memory beyond the ``O((R + C) d)`` inputs and gradients is one
+consumed right after it is formed, and the memory beyond the ``O((R + C) d)`` inputs and gradients is one
 ``b x C`` buffer (two with per-entry temperatures or a tilt): linear in the batch for a fixed ``b``.
 The backward pass only multiplies the stored gradients by the incoming scalar.
 

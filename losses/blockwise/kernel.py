@@ -3,7 +3,7 @@
 For a block of anchor rows ``q_j`` against every candidate column ``k_c`` the engine
 (:mod:`losses.blockwise.function`) hands over ``S = q K^T / tau`` (a scalar temperature is folded
 into the anchors) or ``S = q K^T`` (per-entry temperatures). The kernel turns ``S`` in place into
-``G = d loss / d S`` right after the forward pass, while the block is still in cache; the engine then
+``G = d loss / d S`` right after the forward pass, before the next block is formed; the engine then
 accumulates ``dq = G K`` and ``dK += G^T q``. Two forms:
 
 **Fused softmax** (NT-Xent, InfoNCE, SupCon, MACL, DySTreSS): with the allowed set ``A(j)`` = every

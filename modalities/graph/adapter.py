@@ -25,10 +25,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
+from torch_geometric.transforms import AddSelfLoops
 
 from mmcl.adapter import Encoder, ModalityAdapter, TrainBatch
 from modalities import register_adapter
-from modalities.graph.augment import GRAPHCL_TU_STRENGTHS, Identity, build_augmentation
+from modalities.graph.augment import GRAPHCL_TU_STRENGTHS, Augmentation, Identity, build_augmentation
 from modalities.graph.datasets import TUGraphs, load_tu
 from modalities.graph.encoders import GraphBackbone, projection_head, xavier_init_
 
@@ -41,6 +42,7 @@ class GraphModelConfig:
     pooling: Literal["sum", "mean", "max"] = "sum"
     jumping_knowledge: Literal["cat", "last"] = "cat"  # cat: every layer's pooled output, concatenated (GraphCL)
     batch_norm: bool = True
+    batch_norm_per_view: bool = False  # in training, each view's nodes get their own batch statistics (GraphCL)
     head_layers: int = 2  # GraphCL: Linear-ReLU-Linear; 0 = no head
     head_hidden_dim: int | None = None  # default: the embedding width (GraphCL: 96)
     head_dim: int | None = None  # default: the embedding width (GraphCL: 96)
@@ -64,6 +66,7 @@ class GraphDataConfig:
     attr_mask_ratio: float = GRAPHCL_TU_STRENGTHS["attr_mask"]
     subgraph_keep_ratio: float = GRAPHCL_TU_STRENGTHS["subgraph"]
     subgraph_frontier: Literal["grow", "start"] = "grow"  # start: GraphCL's TU code (start node's neighbours only)
+    self_loops: bool = False  # a self-loop on every node of the un-augmented graphs (GraphCL's TU loader)
 
 
 class GraphViews(Dataset):
@@ -81,16 +84,16 @@ class GraphViews(Dataset):
 
 
 class LabelledGraphs(Dataset):
-    """Items ``(graph, label)`` of the un-augmented dataset."""
+    """Items ``(graph, label)`` of the un-augmented dataset, each graph passed through ``transform``."""
 
-    def __init__(self, source: TUGraphs) -> None:
-        self.source = source
+    def __init__(self, source: TUGraphs, transform: Augmentation | None = None) -> None:
+        self.source, self.transform = source, transform or Identity()
 
     def __len__(self) -> int:
         return len(self.source.graphs)
 
     def __getitem__(self, index: int) -> tuple[Data, int]:
-        return self.source.graphs[index], int(self.source.labels[index])
+        return self.transform(self.source.graphs[index]), int(self.source.labels[index])
 
 
 @register_adapter
@@ -133,23 +136,30 @@ class GraphAdapter(ModalityAdapter):
     def build_encoder(self) -> Encoder:
         cfg = self.model_config
         backbone = GraphBackbone(self.source.num_features, cfg.hidden_dim, cfg.num_layers, cfg.encoder, cfg.pooling,
-                                 cfg.jumping_knowledge, cfg.batch_norm)  # fmt: skip
+                                 cfg.jumping_knowledge, cfg.batch_norm, cfg.batch_norm_per_view)  # fmt: skip
         width = backbone.out_dim
         head = projection_head(width, cfg.head_hidden_dim or width, cfg.head_dim or width, cfg.head_layers)
         encoder = Encoder(backbone, head)
         return xavier_init_(encoder) if cfg.xavier_init else encoder
 
+    @property
+    def unaugmented(self) -> Augmentation:
+        """What an un-augmented graph goes through: nothing, or GraphCL's self-loops (``data.self_loops``)."""
+        return AddSelfLoops() if self.data_config.self_loops else Identity()
+
     def train_dataset(self) -> Dataset:
-        first = Identity() if self.data_config.first_view_unaugmented else self.augmentation
+        first = self.unaugmented if self.data_config.first_view_unaugmented else self.augmentation
         return GraphViews(self.source, first, self.augmentation)
 
     def collate_train(self, items: list) -> TrainBatch:
-        views = [item[0][v] for v in range(len(items[0][0])) for item in items]  # view-major
+        n_views = len(items[0][0])
+        batch = Batch.from_data_list([item[0][v] for v in range(n_views) for item in items])  # view-major
+        batch.graph_view = torch.arange(n_views).repeat_interleave(len(items))  # for per-view batch norm
         labels = torch.tensor([item[1] for item in items])
-        return TrainBatch(Batch.from_data_list(views), n_views=len(items[0][0]), labels=labels)
+        return TrainBatch(batch, n_views=n_views, labels=labels)
 
     def eval_datasets(self) -> dict[str, Dataset]:
-        return {"all": LabelledGraphs(self.source)}
+        return {"all": LabelledGraphs(self.source, self.unaugmented)}
 
     def collate_eval(self, items: list) -> tuple[Batch, Tensor]:
         return Batch.from_data_list([item[0] for item in items]), torch.tensor([item[1] for item in items])

@@ -65,6 +65,10 @@ class GraphBackbone(nn.Module):
         jumping_knowledge: ``"cat"`` concatenates every layer's pooled output (GraphCL), ``"last"`` keeps
             the last layer's.
         batch_norm: batch normalisation after each layer's ReLU (GraphCL: yes).
+        batch_norm_per_view: in training, normalise each view's nodes with their own batch statistics, as
+            GraphCL's code does by encoding the two views in separate forward passes; needs the batch's
+            ``graph_view`` (``(num_graphs,)`` view ids, view-major), which the graph adapter sets. Without
+            it, or in evaluation, the whole batch is normalised together.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class GraphBackbone(nn.Module):
         pooling: Literal["sum", "mean", "max"] = "sum",
         jumping_knowledge: Literal["cat", "last"] = "cat",
         batch_norm: bool = True,
+        batch_norm_per_view: bool = False,
     ) -> None:
         super().__init__()
         if in_dim < 1 or hidden_dim < 1 or num_layers < 1:
@@ -89,15 +94,27 @@ class GraphBackbone(nn.Module):
         self.norms = nn.ModuleList(nn.BatchNorm1d(hidden_dim) if batch_norm else nn.Identity() for _ in widths)
         self.pool = _POOLS[pooling]
         self.jumping_knowledge = jumping_knowledge
+        self.batch_norm_per_view = batch_norm_per_view
         self.out_dim = hidden_dim * (num_layers if jumping_knowledge == "cat" else 1)
 
     def node_states(self, batch: Batch) -> list[Tensor]:
         """Every layer's node states ``[(N, hidden_dim)] * num_layers``."""
         x, states = batch.x.float(), []
+        view_nodes = self._nodes_per_view(batch)
         for conv, norm in zip(self.convs, self.norms):
-            x = norm(F.relu(conv(x, batch.edge_index)))
+            x = F.relu(conv(x, batch.edge_index))
+            x = norm(x) if view_nodes is None else torch.cat([norm(part) for part in x.split(view_nodes)])
             states.append(x)
         return states
+
+    def _nodes_per_view(self, batch: Batch) -> list[int] | None:
+        """Node counts of the batch's consecutive views when each view is normalised on its own, else None."""
+        if not (self.batch_norm_per_view and self.training and getattr(batch, "graph_view", None) is not None):
+            return None
+        node_view = batch.graph_view[batch.batch]
+        if (node_view.diff() < 0).any():
+            raise ValueError("batch_norm_per_view needs a view-major batch (graph_view non-decreasing)")
+        return torch.bincount(node_view).tolist()
 
     def forward(self, batch: Batch) -> Tensor:
         states = self.node_states(batch)

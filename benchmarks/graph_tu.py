@@ -15,6 +15,10 @@ stopped; ``--table`` only prints the Markdown table of what the file holds::
     python benchmarks/graph_tu.py --root ../shared/data/tu --datasets MUTAG PROTEINS NCI1 \
         --losses graphcl --seeds 0 1 2 3 4 --threads 1
     python benchmarks/graph_tu.py --table
+    python benchmarks/graph_tu.py --ablation NCI1 --override eval.graph_classification.search=false \
+        --results benchmarks/results/graph_tu_ablation.jsonl    # each option's effect, paired by seed
+    python benchmarks/graph_tu.py --ablation PROTEINS --losses graphcl \
+        --results benchmarks/results/graph_tu_ablation.jsonl benchmarks/results/graph_tu.jsonl
 """
 
 from __future__ import annotations
@@ -99,39 +103,76 @@ def table(records: list[dict], overrides: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def ablation_table(
+    records: list[dict], dataset: str, base: list[str] | None = None, losses: tuple[str, ...] = LOSSES
+) -> str:
+    """Markdown: one row per loss and set of extra overrides on ``dataset``, beside the runs made with ``base``.
+
+    Rows are the runs whose overrides extend ``base``; Δ is the mean over the shared seeds of the
+    difference to the base run of the same loss and seed (same outer split).
+    """
+    base = list(base or [])
+    groups: dict[tuple[str, tuple[str, ...]], dict[int, float]] = {}
+    for r in records:
+        overrides = r.get("overrides", [])
+        if r["dataset"] == dataset and r["loss"] in losses and overrides[: len(base)] == base:
+            groups.setdefault((r["loss"], tuple(overrides[len(base) :])), {})[r["seed"]] = r["accuracy"]
+    seeds = sorted({seed for runs in groups.values() for seed in runs})
+    lines = [f"| loss | extra overrides | {' | '.join(f'seed {s}' for s in seeds)} | mean ± std | Δ |",
+             "|---|---|" + "---|" * (len(seeds) + 2)]  # fmt: skip
+    for (loss, extra), runs in sorted(groups.items(), key=lambda item: (item[0][0], len(item[0][1]), item[0][1])):
+        acc = np.array(list(runs.values()))
+        reference = groups.get((loss, ()), {})
+        shared = [s for s in runs if s in reference]
+        delta = f"{np.mean([runs[s] - reference[s] for s in shared]):+.2f}" if extra and shared else ""
+        cells = " | ".join(f"{runs[s]:.2f}" if s in runs else "" for s in seeds)
+        options = " ".join(f"`{o}`" for o in extra) or "(none)"
+        lines.append(f"| `{loss}` | {options} | {cells} | {acc.mean():.2f} ± {acc.std():.2f} | {delta} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="../shared/data/tu", help="folder holding <DATASET>/raw/")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON-lines file (appended, resumable)")
+    parser.add_argument("--results", type=Path, nargs="+", default=[DEFAULT_RESULTS], help="JSON-lines files: runs "
+                        "are appended to the first (resumable); the tables read them all")  # fmt: skip
     parser.add_argument("--override", action="append", default=[], help="extra config override (recorded; the table "
                         "counts only the runs made with exactly these overrides)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--table", action="store_true", help="only print the table of the results file")
+    parser.add_argument("--ablation", choices=DATASETS, help="only print the ablation table of one dataset: the runs "
+                        "whose overrides extend --override, against those made with exactly --override")  # fmt: skip
     args = parser.parse_args(argv)
 
-    if args.table:
-        print(table(load_records(args.results), args.override))
+    if args.table or args.ablation:
+        records = [record for path in args.results for record in load_records(path)]
+        print(
+            ablation_table(records, args.ablation, args.override, args.losses)
+            if args.ablation
+            else table(records, args.override)
+        )
         return 0
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["dataset"], r["loss"], r["seed"], tuple(r.get("overrides", []))) for r in load_records(args.results)}
+    results = args.results[0]
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["dataset"], r["loss"], r["seed"], tuple(r.get("overrides", []))) for r in load_records(results)}
     for dataset in args.datasets:
         for loss in args.losses:
             for seed in args.seeds:
                 if (dataset, loss, seed, tuple(args.override)) in done:
                     continue
                 record = run_one(dataset, loss, seed, args.root, args.override)
-                with args.results.open("a") as handle:
+                with results.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
                 timing = f"{record['pretrain_s']:.0f} s pretrain, {record['eval_s']:.0f} s eval"
                 print(f"{dataset:9} {loss:9} seed {seed}: {record['accuracy']:.2f}  ({timing})", flush=True)
-    print(table(load_records(args.results), args.override))
+    print(table(load_records(results), args.override))
     return 0
 
 

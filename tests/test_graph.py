@@ -266,15 +266,21 @@ def test_tu_loading_never_writes_into_the_source(tmp_path):
         load_tu("MUTAG", str(root), str(tmp_path / "cache"), node_features="attributes")
 
 
+# The options with which the engine follows GraphCL's TU code (docs/graph.md, "Reference mode").
+REFERENCE_MODE = ["data.self_loops=true", "model.batch_norm_per_view=true", "train.shuffle=once",
+                  "data.subgraph_frontier=start"]  # fmt: skip
+
+
 @needs_mutag
-def test_tiny_pretrain_and_evaluate_on_mutag(tmp_path):
+@pytest.mark.parametrize("mode", [[], REFERENCE_MODE], ids=["default", "reference_mode"])
+def test_tiny_pretrain_and_evaluate_on_mutag(tmp_path, mode):
     from mmcl.evaluate import evaluate_run
     from mmcl.trainer import pretrain
 
     overrides = [f"data.root={TU_ROOT}", f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2",
                  "train.batch_size=64", "train.progress_bar=false", "train.log_every=1",
                  "eval.graph_classification.folds=5", "eval.graph_classification.inner_folds=3",
-                 "eval.graph_classification.C=[0.1,10]"]  # fmt: skip
+                 "eval.graph_classification.C=[0.1,10]", *mode]  # fmt: skip
     config = load_config("configs/graph/mutag.yaml", overrides)
     run = pretrain(config, tmp_path / "run")
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4  # 188 // 64 = 2 steps per epoch

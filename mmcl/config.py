@@ -44,6 +44,7 @@ class TrainConfig:
     batch_size: int = 256  # per process; the loss sees world_size * batch_size pairs
     seed: int = 0
     shuffle: Literal["every_epoch", "once"] = "every_epoch"  # once: the same batch order every epoch (GraphCL TU)
+    drop_last: bool = True  # false: an epoch ends with the smaller remaining batch (one process only; GraphCL TU)
     precision: Literal["no", "fp16", "bf16"] = "no"
     grad_clip: float | None = None
     grad_accumulation: int = 1  # accumulates gradients; does NOT add negatives to the loss

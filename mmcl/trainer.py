@@ -150,13 +150,17 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
     if train.grad_accumulation > 1 and accelerator.is_main_process:
         note = "averages gradients; each micro-batch is contrasted on its own (no extra negatives)"
         print(f"note: grad_accumulation={train.grad_accumulation} {note}")
+    if not train.drop_last and accelerator.num_processes > 1:
+        # Accelerate would complete the last batch of each process with repeated items, which the loss
+        # would then contrast with copies of themselves.
+        raise ValueError("train.drop_last=false needs a single process; keep train.drop_last=true to train on several")
     data = SeededViews(adapter.train_dataset(), train.seed)
     sampler = EpochPermutation(len(data), train.seed, train.shuffle == "every_epoch")
     loader = DataLoader(
         data,
         batch_size=train.batch_size,
         sampler=sampler,
-        drop_last=True,
+        drop_last=train.drop_last,
         collate_fn=adapter.collate_train,
         num_workers=train.num_workers,
     )

@@ -182,6 +182,15 @@ def test_shuffle_once_keeps_the_batch_order_across_epochs():
         load_config(raw=tiny(train={"shuffle": "never"}))
 
 
+def test_keeping_the_last_batch_adds_a_smaller_step_per_epoch(tmp_path):
+    # 96 items in batches of 40: with drop_last, 2 steps of 80 anchors (2 views); without, a third of 32
+    config = load_config(raw=tiny(train={"max_steps": None, "epochs": 2, "batch_size": 40, "drop_last": False}))
+    run_dir = pretrain(config, tmp_path / "run")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["n_anchors"]) for r in records] == [(0, 80), (0, 80), (0, 32), (1, 80), (1, 80), (1, 32)]
+    assert records[-1]["lr"] == 0.0  # the schedule counts the extra steps
+
+
 # ---------------------------------------------------------------- resume and crashes
 
 
@@ -257,6 +266,8 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     single = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in logged] == pytest.approx([r["loss"] for r in single], abs=1e-5)
     assert logged[0]["n_anchors"] == single[0]["n_anchors"] == 64
+    kept = run_worker(tiny(train={**steps, "batch_size": 16, "drop_last": False}), tmp_path / "kept", nproc=2)
+    assert kept.returncode != 0 and "train.drop_last=false needs a single process" in kept.stderr
 
 
 # ---------------------------------------------------------------- evaluation

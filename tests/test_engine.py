@@ -51,6 +51,10 @@ def weights(run_dir: Path, step: int | None = None) -> dict[str, torch.Tensor]:
     return checkpoint.load_checkpoint(path)["model"]
 
 
+def logged_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def max_difference(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
@@ -150,7 +154,7 @@ def test_run_folder_holds_the_resolved_config_metrics_and_checkpoints(reference_
     saved = load_config(reference_run / "config.yaml")
     assert saved.to_dict() == load_config(raw=tiny(train={"checkpoint_every": 2, "keep_checkpoints": 5})).to_dict()
     assert [int(p.stem.split("_")[1]) for p in checkpoint.list_checkpoints(reference_run)] == [2, 4, 6]
-    records = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    records = logged_metrics(reference_run)
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6] and [r["epoch"] for r in records] == [0, 0, 0, 1, 1, 1]
     assert {"loss", "lr", "pos_cos_mean", "neg_cos_mean", "tau"} <= records[0].keys()
     assert records[-1]["lr"] == 0.0  # cosine schedule ends at min_lr_ratio * lr
@@ -182,11 +186,25 @@ def test_shuffle_once_keeps_the_batch_order_across_epochs():
         load_config(raw=tiny(train={"shuffle": "never"}))
 
 
+def test_shuffle_once_reaches_the_trainer(tmp_path):
+    # SupCon with labels counts each anchor's same-class positives, which depend on the batch's items:
+    # the per-step counts repeat across epochs exactly when the batches do
+    def positives_per_epoch(shuffle: str) -> list[list[float]]:
+        raw = tiny(loss={"name": "supcon", "temperature": 0.5},
+                   train={"max_steps": None, "epochs": 2, "shuffle": shuffle})  # fmt: skip
+        records = logged_metrics(pretrain(load_config(raw=raw), tmp_path / shuffle))
+        return [[r["pos_per_row_mean"] for r in records if r["epoch"] == epoch] for epoch in (0, 1)]
+
+    once, every = positives_per_epoch("once"), positives_per_epoch("every_epoch")
+    assert len(once[0]) == 3 and once[0] == once[1] == every[0]
+    assert every[1] != every[0]
+
+
 def test_keeping_the_last_batch_adds_a_smaller_step_per_epoch(tmp_path):
     # 96 items in batches of 40: with drop_last, 2 steps of 80 anchors (2 views); without, a third of 32
     config = load_config(raw=tiny(train={"max_steps": None, "epochs": 2, "batch_size": 40, "drop_last": False}))
     run_dir = pretrain(config, tmp_path / "run")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = logged_metrics(run_dir)
     assert [(r["epoch"], r["n_anchors"]) for r in records] == [(0, 80), (0, 80), (0, 32), (1, 80), (1, 80), (1, 32)]
     assert records[-1]["lr"] == 0.0  # the schedule counts the extra steps
 
@@ -262,8 +280,8 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     pretrain(load_config(raw=tiny(train={**steps, "batch_size": 32})), one)
     assert max_difference(weights(two), weights(one)) < 1e-5
     assert max_difference(weights(one), weights(one, None)) == 0.0
-    logged = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
-    single = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    logged = logged_metrics(two)
+    single = logged_metrics(one)
     assert [r["loss"] for r in logged] == pytest.approx([r["loss"] for r in single], abs=1e-5)
     assert logged[0]["n_anchors"] == single[0]["n_anchors"] == 64
     kept = run_worker(tiny(train={**steps, "batch_size": 16, "drop_last": False}), tmp_path / "kept", nproc=2)
@@ -296,7 +314,7 @@ def test_bf16_autocast_and_gradient_clipping(reference_run, tmp_path):
     clipped = tmp_path / "clipped"
     config = load_config(raw=tiny(train={"max_steps": 2, "precision": "bf16", "grad_clip": 1e-5}))
     pretrain(config, clipped)
-    records = [json.loads(line) for line in (clipped / "metrics.jsonl").read_text().splitlines()]
+    records = logged_metrics(clipped)
     assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
     initial = load_encoder(config, None)[0].state_dict()
     # SGD (lr <= 0.5, momentum 0.9) on gradients of norm <= 1e-5 moves the weights by at most 0.5e-5 * (1 + 1.9)

@@ -86,8 +86,8 @@ class GraphViews(Dataset):
 class LabelledGraphs(Dataset):
     """Items ``(graph, label)`` of the un-augmented dataset, each graph passed through ``transform``."""
 
-    def __init__(self, source: TUGraphs, transform: Augmentation | None = None) -> None:
-        self.source, self.transform = source, transform or Identity()
+    def __init__(self, source: TUGraphs, transform: Augmentation) -> None:
+        self.source, self.transform = source, transform
 
     def __len__(self) -> int:
         return len(self.source.graphs)

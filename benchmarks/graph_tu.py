@@ -46,9 +46,9 @@ DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "graph_tu.jsonl"
 
 def run_one(dataset: str, loss: str, seed: int, root: str, extra: list[str]) -> dict:
     """Pretrain one encoder and evaluate it; returns the run's record (run folder deleted afterwards)."""
-    from mmcl.config import load_config
-    from mmcl.evaluate import evaluate_run
-    from mmcl.trainer import pretrain
+    from mmcl.engine.config import load_config
+    from mmcl.engine.evaluate import evaluate_run
+    from mmcl.engine.trainer import pretrain
 
     work = Path(tempfile.mkdtemp(prefix="mmcl-graph-"))
     section = f"{{name: {loss}, temperature: 0.2}}" if loss in TEMPERATURE_LOSSES else f"{{name: {loss}}}"

@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import losses  # noqa: E402
 import mmcl  # noqa: E402,F401  (torchvision CPU compatibility step, before lightly imports torchvision)
+from mmcl import losses  # noqa: E402
 
 MMCL_LOSSES = ("nt_xent", "supcon", "hcl", "dhel", "macl", "dystress")
 PEERS = ("log-softmax", "lightly", "pml NT-Xent", "pml SupCon")

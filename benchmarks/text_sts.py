@@ -50,7 +50,7 @@ def model_path() -> str:
 
 
 def base_config(args: argparse.Namespace, loss: str, run_name: str):
-    from mmcl.config import load_config
+    from mmcl.engine.config import load_config
 
     data = {"mode": "unsup", "path": str(WIKI)}
     if args.mode == "nli":
@@ -79,12 +79,12 @@ def base_config(args: argparse.Namespace, loss: str, run_name: str):
         },
         "eval": {"tasks": ["sts"], "batch_size": 128, "sts": {"root": str(SHARED)}},
     }
-    return load_config(raw=raw)
+    return load_config(raw)
 
 
 def evaluate(encoder, sts_tasks: list[str] | None) -> dict:
     """STS-B dev, then the test tasks (all seven unless ``sts_tasks``): Spearman x100 and the average."""
-    from tasks.sts import STSOptions, evaluate_sts
+    from mmcl.tasks.sts import STSOptions, evaluate_sts
 
     def embed(sentences):
         return encoder.encode(sentences, batch_size=128, max_length=256)
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.model = args.model or model_path()
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    from mmcl.evaluate import load_encoder
-    from mmcl.trainer import build_adapter, pretrain
+    from mmcl.engine.evaluate import build_encoder
+    from mmcl.engine.trainer import build_adapter, pretrain
 
     rows = []
 
@@ -147,12 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         run_dir = pretrain(config, args.runs / tag)
         seconds = time.perf_counter() - started
-        from mmcl import checkpoint
+        from mmcl.engine import checkpoint
 
         last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
         scores = {}
         if not args.no_eval:
-            encoder, _ = load_encoder(config, checkpoint.latest_checkpoint(run_dir))
+            encoder, _ = build_encoder(config, checkpoint.latest_checkpoint(run_dir))
             scores = evaluate(encoder, args.sts_tasks)
         record(
             {

@@ -57,9 +57,9 @@ def overrides(args: argparse.Namespace, loss: str, output_dir: str) -> list[str]
 
 def run_one(args: argparse.Namespace) -> dict:
     """In the child process: pretrain, evaluate, measure."""
-    from mmcl.config import load_config
-    from mmcl.evaluate import evaluate_run
-    from mmcl.trainer import pretrain
+    from mmcl.engine.config import load_config
+    from mmcl.engine.evaluate import evaluate_run
+    from mmcl.engine.trainer import pretrain
 
     config_file = Path(__file__).resolve().parent.parent / "configs" / "vision" / "fashion_mnist.yaml"
     config = load_config(config_file, overrides(args, args.loss, args.output_dir))

@@ -5,26 +5,27 @@ Every loss takes two views of the same ``N`` instances, ``z_a`` and ``z_b`` of s
 ``(N, d)`` for losses that take hard negatives, and returns a scalar. The detached diagnostics of the
 last call are in ``loss_fn.diagnostics``.
 
->>> import torch, losses
+>>> import torch
+>>> from mmcl import losses
 >>> losses.available()[:3]
 ['nt_xent', 'info_nce', 'simcse']
 >>> loss_fn = losses.build("hcl", beta=1.0, tau_plus=0.1)
 >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
 
-The losses are presets of :class:`ContrastiveLoss` assembled from the parts in :mod:`losses.parts`;
+The losses are presets of :class:`ContrastiveLoss` assembled from the parts in :mod:`mmcl.losses.parts`;
 new combinations are one line, e.g. MACL's temperature on DHEL:
-``losses.build("dhel", temperature={"rule": "macl", "temperature": 0.3})``.
+``mmcl.losses.build("dhel", temperature={"rule": "macl", "temperature": 0.3})``.
 """
 
 # isort: off
 # Registration order is the order of available() and of the README table: keep it.
-from losses import nt_xent, info_nce, simcse, graphcl, dcl, debiased, hcl, supcon, scl  # noqa: F401
-from losses import margin, macl, dystress, dhel, kcl, align_uniform  # noqa: F401
+from mmcl.losses import nt_xent, info_nce, simcse, graphcl, dcl, debiased, hcl, supcon, scl  # noqa: F401
+from mmcl.losses import margin, macl, dystress, dhel, kcl, align_uniform  # noqa: F401
 
 # isort: on
-from losses.core import ContrastiveLoss, EmbeddingLoss, PositiveWeights
-from losses.distributed import gather, gather_with_grad
-from losses.registry import available, build, format_table, info, options
+from mmcl.losses.core import ContrastiveLoss, EmbeddingLoss, PositiveWeights
+from mmcl.losses.distributed import gather, gather_with_grad
+from mmcl.losses.registry import available, build, format_table, info, options, register_loss
 
 __all__ = [
     "ContrastiveLoss",
@@ -37,4 +38,5 @@ __all__ = [
     "gather_with_grad",
     "info",
     "options",
+    "register_loss",
 ]

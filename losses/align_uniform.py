@@ -14,7 +14,8 @@ rank evaluates it on the whole gathered batch (the mean over ranks stays the glo
 Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. The loss is usually negative.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss_fn = losses.build("align_uniform", alpha=2, t=2, lam=1.0)
     >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
 """
@@ -26,11 +27,11 @@ import math
 import torch
 from torch import Tensor
 
-from losses.checks import check_positive
-from losses.core import EmbeddingLoss
-from losses.kcl import squared_distance
-from losses.parts.layouts import Batch
-from losses.registry import register
+from mmcl.losses.checks import check_positive
+from mmcl.losses.core import EmbeddingLoss
+from mmcl.losses.kcl import squared_distance
+from mmcl.losses.parts.layouts import Batch
+from mmcl.losses.registry import register_loss
 
 
 def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
@@ -40,7 +41,7 @@ def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
     return torch.logsumexp(-t * squared_distance(z @ z.T)[upper], dim=0) - math.log(M * (M - 1) / 2)
 
 
-@register("align_uniform", paper="Wang & Isola 2020 (arXiv:2005.10242)", inputs="pairs")
+@register_loss("align_uniform", paper="Wang & Isola 2020 (arXiv:2005.10242)", inputs="pairs")
 class AlignUniformLoss(EmbeddingLoss):
     def __init__(
         self,

@@ -8,8 +8,8 @@
                --(e) row weights, gradient-only rescales, reduction--> scalar
                --(f) detached diagnostics in ``loss.diagnostics``
 
-(a) :mod:`losses.layouts`, (b) :mod:`losses.temperature` and :mod:`losses.margin`, (c)
-:mod:`losses.negatives`. With :math:`\\ell` the logits, :math:`p` a positive of anchor :math:`a` and
+(a) :mod:`mmcl.losses.parts.layouts`, (b) :mod:`mmcl.losses.parts.temperature` and :mod:`mmcl.losses.parts.margin`, (c)
+:mod:`mmcl.losses.parts.negatives`. With :math:`\\ell` the logits, :math:`p` a positive of anchor :math:`a` and
 :math:`\\tilde M_a` its (debiased) negative mass, the objective forms are
 
 * coupled: :math:`t_{ap} = -\\ell_{ap} + \\log(e^{\\ell_{ap}} + \\kappa\\sum_{p' \\ne p} e^{\\ell_{ap'}} + \\tilde M_a)`
@@ -20,7 +20,7 @@ Row loss: the mean of its terms over its positives (0 for a row without positive
 the loss is the mean over anchor rows of each direction group, combined by mean or sum, or the flat
 mean over (anchor, positive) pairs (H-SCL). Under ``torch.distributed`` the candidates are gathered
 from every rank with gradient and each rank's loss is scaled so that the mean of the ranks' losses is
-the global loss (see :mod:`losses.distributed`).
+the global loss (see :mod:`mmcl.losses.distributed`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from losses import blockwise, distributed
-from losses.checks import check_choice, check_embeddings, check_labels, check_negatives, check_positive, normalise
-from losses.parts.layouts import Batch, ContrastTable, Layout
-from losses.parts.margin import MarginGradientScaling, PositiveMargin, straight_through_scale
-from losses.parts.negatives import NegativeWeighting, masked_logsumexp
-from losses.parts.temperature import TemperatureRule, as_temperature_rule
+from mmcl.losses import blockwise, distributed
+from mmcl.losses.checks import check_choice, check_embeddings, check_labels, check_negatives, check_positive, normalise
+from mmcl.losses.parts.layouts import Batch, ContrastTable, Layout
+from mmcl.losses.parts.margin import MarginGradientScaling, PositiveMargin, straight_through_scale
+from mmcl.losses.parts.negatives import NegativeWeighting, masked_logsumexp
+from mmcl.losses.parts.temperature import TemperatureRule, as_temperature_rule
 
 
 class PositiveWeights(nn.Module):
@@ -173,8 +173,8 @@ class ContrastiveLoss(EmbeddingLoss):
         gather_distributed: use every process's embeddings as candidates under ``torch.distributed``.
         diagnostics: compute ``loss.diagnostics`` on each call.
         blockwise: compute the table in blocks of anchor rows with the gradient formed in the forward
-            pass (:mod:`losses.blockwise`): ``None`` when the table has at least
-            ``losses.blockwise.engine.MIN_ENTRIES`` entries, ``True`` always, ``False`` never. Same values and
+            pass (:mod:`mmcl.losses.blockwise`): ``None`` when the table has at least
+            ``mmcl.losses.blockwise.engine.MIN_ENTRIES`` entries, ``True`` always, ``False`` never. Same values and
             gradients; memory linear in the batch; no double backward.
         block_size: anchor rows per block (default: about 2^20 / candidates).
     """

@@ -17,21 +17,22 @@ the denominator. DCL has ``w_i = 1``; DCLW weighs positives by the detached
 Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. The loss can be negative.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss = losses.build("dclw", temperature=0.1, sigma=0.5)(torch.randn(8, 16), torch.randn(8, 16))
 """
 
 from __future__ import annotations
 
-from losses.checks import check_choice
-from losses.core import ContrastiveLoss, PositiveWeights
-from losses.parts.layouts import Layout, TwoViewLayout, as_layout
-from losses.parts.negatives import NegativeWeighting
-from losses.parts.temperature import TemperatureRule
-from losses.registry import register
+from mmcl.losses.checks import check_choice
+from mmcl.losses.core import ContrastiveLoss, PositiveWeights
+from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from mmcl.losses.parts.negatives import NegativeWeighting
+from mmcl.losses.parts.temperature import TemperatureRule
+from mmcl.losses.registry import register_loss
 
 
-@register("dcl", paper="DCL, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs")
+@register_loss("dcl", paper="DCL, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs")
 class DCLLoss(ContrastiveLoss):
     def __init__(
         self,
@@ -58,7 +59,7 @@ class DCLLoss(ContrastiveLoss):
         )
 
 
-@register("dclw", paper="DCLW, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs")
+@register_loss("dclw", paper="DCLW, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs")
 class DCLWLoss(DCLLoss):
     def __init__(
         self,

@@ -14,20 +14,21 @@ is NT-Xent. Computed in log space, shifted by the row maximum, so it is exact an
 Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss = losses.build("debiased", tau_plus=0.1)(torch.randn(8, 16), torch.randn(8, 16))
 """
 
 from __future__ import annotations
 
-from losses.core import ContrastiveLoss
-from losses.parts.layouts import Layout, TwoViewLayout, as_layout
-from losses.parts.negatives import NegativeWeighting
-from losses.parts.temperature import TemperatureRule
-from losses.registry import register
+from mmcl.losses.core import ContrastiveLoss
+from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from mmcl.losses.parts.negatives import NegativeWeighting
+from mmcl.losses.parts.temperature import TemperatureRule
+from mmcl.losses.registry import register_loss
 
 
-@register("debiased", paper="Debiased CL, Chuang et al. 2020 (arXiv:2007.00224)", inputs="pairs")
+@register_loss("debiased", paper="Debiased CL, Chuang et al. 2020 (arXiv:2007.00224)", inputs="pairs")
 class DebiasedLoss(ContrastiveLoss):
     def __init__(
         self,

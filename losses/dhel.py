@@ -14,19 +14,20 @@ the second view's energy (then the loss is not symmetric in the views).
 Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. The loss can be negative.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss = losses.build("dhel", temperature=0.3)(torch.randn(8, 16), torch.randn(8, 16))
 """
 
 from __future__ import annotations
 
-from losses.core import ContrastiveLoss
-from losses.parts.layouts import WithinViewLayout
-from losses.parts.temperature import TemperatureRule
-from losses.registry import register
+from mmcl.losses.core import ContrastiveLoss
+from mmcl.losses.parts.layouts import WithinViewLayout
+from mmcl.losses.parts.temperature import TemperatureRule
+from mmcl.losses.registry import register_loss
 
 
-@register("dhel", paper="DHEL, Koromilas et al. 2024 (arXiv:2405.18045)", inputs="pairs")
+@register_loss("dhel", paper="DHEL, Koromilas et al. 2024 (arXiv:2405.18045)", inputs="pairs")
 class DHELLoss(ContrastiveLoss):
     def __init__(
         self,

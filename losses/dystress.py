@@ -11,25 +11,26 @@ NT-Xent with a per-entry temperature of the detached cosine:
 
 for the positive and every negative; the positive is in the denominator. Near-orthogonal pairs get
 ``tau_min``, near-identical (and antipodal) ones ``tau_max``. Other shapes: ``"shifted"`` (SimCSE and
-ImageNet code), ``"cosconst"`` (CIFAR script), ``"const"``; see :class:`losses.parts.DynamicTemperature`.
+ImageNet code), ``"cosconst"`` (CIFAR script), ``"const"``; see :class:`mmcl.losses.parts.DynamicTemperature`.
 
 Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss_fn = losses.build("dystress", tau_min=0.07, tau_max=0.2)
     >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
 """
 
 from __future__ import annotations
 
-from losses.core import ContrastiveLoss
-from losses.parts.layouts import Layout, TwoViewLayout, as_layout
-from losses.parts.temperature import DynamicTemperature
-from losses.registry import register
+from mmcl.losses.core import ContrastiveLoss
+from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from mmcl.losses.parts.temperature import DynamicTemperature
+from mmcl.losses.registry import register_loss
 
 
-@register("dystress", paper="DySTreSS, Manna et al. 2025 (arXiv:2308.01140)", inputs="pairs")
+@register_loss("dystress", paper="DySTreSS, Manna et al. 2025 (arXiv:2308.01140)", inputs="pairs")
 class DySTreSSLoss(ContrastiveLoss):
     def __init__(
         self,

@@ -14,19 +14,20 @@ direction, first view (un-augmented graph) to the augmented one. It can be negat
 Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss = losses.build("graphcl")(torch.randn(8, 96), torch.randn(8, 96))
 """
 
 from __future__ import annotations
 
-from losses.core import ContrastiveLoss
-from losses.parts.layouts import CrossViewLayout
-from losses.parts.temperature import TemperatureRule
-from losses.registry import register
+from mmcl.losses.core import ContrastiveLoss
+from mmcl.losses.parts.layouts import CrossViewLayout
+from mmcl.losses.parts.temperature import TemperatureRule
+from mmcl.losses.registry import register_loss
 
 
-@register("graphcl", paper="GraphCL, You et al. 2020 (arXiv:2010.13902)", inputs="pairs")
+@register_loss("graphcl", paper="GraphCL, You et al. 2020 (arXiv:2010.13902)", inputs="pairs")
 class GraphCLLoss(ContrastiveLoss):
     def __init__(
         self,

@@ -18,20 +18,21 @@ steps over training (the code's ``--anneal down``; the trainer sets the progress
 Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss = losses.build("hcl", beta=1.0, tau_plus=0.1)(torch.randn(8, 16), torch.randn(8, 16))
 """
 
 from __future__ import annotations
 
-from losses.core import ContrastiveLoss
-from losses.parts.layouts import Layout, TwoViewLayout, as_layout
-from losses.parts.negatives import NegativeWeighting
-from losses.parts.temperature import TemperatureRule
-from losses.registry import register
+from mmcl.losses.core import ContrastiveLoss
+from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from mmcl.losses.parts.negatives import NegativeWeighting
+from mmcl.losses.parts.temperature import TemperatureRule
+from mmcl.losses.registry import register_loss
 
 
-@register("hcl", paper="HCL, Robinson et al. 2021 (arXiv:2010.04592)", inputs="pairs", aliases=("h_ucl",))
+@register_loss("hcl", paper="HCL, Robinson et al. 2021 (arXiv:2010.04592)", inputs="pairs", aliases=("h_ucl",))
 class HCLLoss(ContrastiveLoss):
     def __init__(
         self,

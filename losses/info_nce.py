@@ -15,20 +15,21 @@ denominator.
 Data: pairs ``(z_a, z_b)``; optional ``negatives`` ``(N, d)``. Minimum batch: 2 pairs.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss_fn = losses.build("info_nce", temperature=0.07, direction="symmetric")
     >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
 """
 
 from __future__ import annotations
 
-from losses.core import ContrastiveLoss
-from losses.parts.layouts import CrossViewLayout
-from losses.parts.temperature import TemperatureRule
-from losses.registry import register
+from mmcl.losses.core import ContrastiveLoss
+from mmcl.losses.parts.layouts import CrossViewLayout
+from mmcl.losses.parts.temperature import TemperatureRule
+from mmcl.losses.registry import register_loss
 
 
-@register(
+@register_loss(
     "info_nce",
     paper="CPC, van den Oord et al. 2018 (arXiv:1807.03748); CLIP (arXiv:2103.00020)",
     inputs="pairs (+ optional hard negatives)",

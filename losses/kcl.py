@@ -24,7 +24,8 @@ Both are U-statistics: the expected loss does not depend on the batch size.
 Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss = losses.build("kcl", kernel="gaussian", t=2.0, gamma=16.0)(torch.randn(8, 16), torch.randn(8, 16))
 """
 
@@ -33,10 +34,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losses.checks import check_choice, check_positive
-from losses.core import EmbeddingLoss
-from losses.parts.layouts import Batch
-from losses.registry import register
+from mmcl.losses.checks import check_choice, check_positive
+from mmcl.losses.core import EmbeddingLoss
+from mmcl.losses.parts.layouts import Batch
+from mmcl.losses.registry import register_loss
 
 KOROMILAS_KERNELS = ("gaussian", "log", "imq", "riesz", "gaussian_riesz")
 WAIDA_KERNELS = ("gaussian", "quadratic")
@@ -47,7 +48,7 @@ def squared_distance(cos: Tensor) -> Tensor:
     return (2 - 2 * cos).clamp(min=0)
 
 
-@register(
+@register_loss(
     "kcl", paper="KCL, Koromilas et al. 2024 (arXiv:2405.18045); Waida et al. 2023 (arXiv:2304.00395)", inputs="pairs"
 )
 class KCLLoss(EmbeddingLoss):

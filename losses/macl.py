@@ -17,7 +17,8 @@ Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. Layout: NT-Xent (lightly's p
 ``{"name": "cross_view", "direction": "u->v"}`` (the early official classes) or ``"queue"`` (MoCo).
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss_fn = losses.build("macl", temperature=0.1, alpha=0.5, A0=0.0)
     >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
     >>> float(loss_fn.diagnostics["tau"]) > 0
@@ -26,13 +27,13 @@ Example:
 
 from __future__ import annotations
 
-from losses.core import ContrastiveLoss
-from losses.parts.layouts import Layout, TwoViewLayout, as_layout
-from losses.parts.temperature import AdaptiveTemperature
-from losses.registry import register
+from mmcl.losses.core import ContrastiveLoss
+from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from mmcl.losses.parts.temperature import AdaptiveTemperature
+from mmcl.losses.registry import register_loss
 
 
-@register("macl", paper="MACL, Huang et al. 2023 (arXiv:2207.07874)", inputs="pairs")
+@register_loss("macl", paper="MACL, Huang et al. 2023 (arXiv:2207.07874)", inputs="pairs")
 class MACLLoss(ContrastiveLoss):
     def __init__(
         self,

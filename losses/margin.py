@@ -16,21 +16,22 @@ angle-dependent scaling (``angle_margin``, ``angle_normalise``, V2) and logit-de
 Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. Layout: NT-Xent by default, or ``"cross_view"``/``"queue"``.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss = losses.build("margin", m2=0.1, m3=0.1, temperature=0.5)(torch.randn(8, 16), torch.randn(8, 16))
 """
 
 from __future__ import annotations
 
-from losses.checks import check_choice
-from losses.core import ContrastiveLoss
-from losses.parts.layouts import Layout, TwoViewLayout, as_layout
-from losses.parts.margin import MarginGradientScaling, PositiveMargin
-from losses.parts.temperature import TemperatureRule
-from losses.registry import register
+from mmcl.losses.checks import check_choice
+from mmcl.losses.core import ContrastiveLoss
+from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from mmcl.losses.parts.margin import MarginGradientScaling, PositiveMargin
+from mmcl.losses.parts.temperature import TemperatureRule
+from mmcl.losses.registry import register_loss
 
 
-@register("margin", paper="Margins, Rho et al. 2023 (arXiv:2306.11526)", inputs="pairs")
+@register_loss("margin", paper="Margins, Rho et al. 2023 (arXiv:2306.11526)", inputs="pairs")
 class MarginLoss(ContrastiveLoss):
     def __init__(
         self,

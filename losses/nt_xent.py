@@ -12,7 +12,8 @@ over the stacked batch ``z = [u; v]`` (2B anchors, ``2B - 2`` negatives each).
 Data: pairs of views ``(z_a, z_b)``, shapes ``(N, d)``. Minimum batch: 2 pairs.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss_fn = losses.build("nt_xent", temperature=0.5)
     >>> z_a, z_b = torch.randn(8, 16), torch.randn(8, 16)
     >>> loss = loss_fn(z_a, z_b)
@@ -22,13 +23,13 @@ Example:
 
 from __future__ import annotations
 
-from losses.core import ContrastiveLoss
-from losses.parts.layouts import Layout, TwoViewLayout, as_layout
-from losses.parts.temperature import TemperatureRule
-from losses.registry import register
+from mmcl.losses.core import ContrastiveLoss
+from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
+from mmcl.losses.parts.temperature import TemperatureRule
+from mmcl.losses.registry import register_loss
 
 
-@register("nt_xent", paper="SimCLR, Chen et al. 2020 (arXiv:2002.05709)", inputs="pairs")
+@register_loss("nt_xent", paper="SimCLR, Chen et al. 2020 (arXiv:2002.05709)", inputs="pairs")
 class NTXentLoss(ContrastiveLoss):
     def __init__(
         self,

@@ -21,8 +21,14 @@ _REGISTRY: dict[str, LossInfo] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register(name: str, *, paper: str, inputs: str, aliases: tuple[str, ...] = ()):
-    """Class decorator adding a loss under ``name`` (and ``aliases``)."""
+def register_loss(name: str, *, paper: str, inputs: str, aliases: tuple[str, ...] = ()):
+    """Class decorator adding a loss under ``name`` (and ``aliases``), as ``loss.name`` in a config.
+
+    ``paper`` and ``inputs`` (the data the loss needs: ``"pairs"``, ``"pairs + labels"``, ...) are shown by
+    ``mmcl losses``; the class's constructor keywords are the loss's options. The engine calls a loss as
+    ``loss_fn(z_a, z_b, labels=None, negatives=None)`` and reads ``accepts_labels``, ``diagnostics`` and
+    ``set_progress`` (subclass :class:`mmcl.losses.EmbeddingLoss` to have them).
+    """
 
     def wrap(cls: type) -> type:
         if name in _REGISTRY or name in _ALIASES:
@@ -62,7 +68,7 @@ def options(name: str) -> dict[str, object]:
 def build(name: str, **kwargs) -> nn.Module:
     """Build the registered loss ``name`` with ``kwargs`` overriding its defaults.
 
-    >>> import losses
+    >>> from mmcl import losses
     >>> loss_fn = losses.build("nt_xent", temperature=0.2)
     """
     loss_info = info(name)

@@ -18,18 +18,19 @@ This is not SupCon's ``L_out``. The code fixes ``tau = 0.5``.
 Data: pairs ``(z_a, z_b)`` + ``labels`` ``(N,)``. Minimum batch: 2 pairs of at least 2 classes.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss_fn = losses.build("h_scl", beta=1.0)
     >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16), labels=torch.tensor([0, 1] * 4))
 """
 
 from __future__ import annotations
 
-from losses.core import ContrastiveLoss
-from losses.parts.layouts import LabelLayout
-from losses.parts.negatives import NegativeWeighting
-from losses.parts.temperature import TemperatureRule
-from losses.registry import register
+from mmcl.losses.core import ContrastiveLoss
+from mmcl.losses.parts.layouts import LabelLayout
+from mmcl.losses.parts.negatives import NegativeWeighting
+from mmcl.losses.parts.temperature import TemperatureRule
+from mmcl.losses.registry import register_loss
 
 
 class HSCLLoss(ContrastiveLoss):
@@ -85,5 +86,7 @@ class SCLLoss(HSCLLoss):
 
 
 # SCL first: it is the base case (beta = 0) and reads first in the table.
-register("scl", paper="SCL as coded in H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")(SCLLoss)
-register("h_scl", paper="H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")(HSCLLoss)
+register_loss("scl", paper="SCL as coded in H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")(
+    SCLLoss
+)
+register_loss("h_scl", paper="H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")(HSCLLoss)

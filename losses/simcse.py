@@ -19,7 +19,8 @@ Data: ``(z_a, z_b)`` = (sentence, dropout copy) or (premise, entailment); option
 contradictions ``(N, d)``. Minimum batch: 2 pairs.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss_fn = losses.build("simcse")
     >>> premise, entail, contra = torch.randn(3, 8, 32).unbind(0)
     >>> loss = loss_fn(premise, entail, negatives=contra)
@@ -27,13 +28,13 @@ Example:
 
 from __future__ import annotations
 
-from losses.core import ContrastiveLoss
-from losses.parts.layouts import CrossViewLayout
-from losses.parts.temperature import TemperatureRule
-from losses.registry import register
+from mmcl.losses.core import ContrastiveLoss
+from mmcl.losses.parts.layouts import CrossViewLayout
+from mmcl.losses.parts.temperature import TemperatureRule
+from mmcl.losses.registry import register_loss
 
 
-@register("simcse", paper="SimCSE, Gao et al. 2021 (arXiv:2104.08821)", inputs="pairs (+ optional hard negatives)")
+@register_loss("simcse", paper="SimCSE, Gao et al. 2021 (arXiv:2104.08821)", inputs="pairs (+ optional hard negatives)")
 class SimCSELoss(ContrastiveLoss):
     def __init__(
         self,

@@ -16,20 +16,21 @@ temperature (factor 1); 0.07 reproduces the reference code's gradient scale.
 Data: pairs ``(z_a, z_b)`` + ``labels`` ``(N,)``. Minimum batch: 2 pairs.
 
 Example:
-    >>> import torch, losses
+    >>> import torch
+    >>> from mmcl import losses
     >>> loss_fn = losses.build("supcon", temperature=0.1)
     >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16), labels=torch.tensor([0, 1, 0, 1, 2, 2, 3, 3]))
 """
 
 from __future__ import annotations
 
-from losses.core import ContrastiveLoss
-from losses.parts.layouts import LabelLayout
-from losses.parts.temperature import FixedTemperature, TemperatureRule, as_temperature_rule
-from losses.registry import register
+from mmcl.losses.core import ContrastiveLoss
+from mmcl.losses.parts.layouts import LabelLayout
+from mmcl.losses.parts.temperature import FixedTemperature, TemperatureRule, as_temperature_rule
+from mmcl.losses.registry import register_loss
 
 
-@register("supcon", paper="SupCon, Khosla et al. 2020 (arXiv:2004.11362)", inputs="pairs + labels (optional)")
+@register_loss("supcon", paper="SupCon, Khosla et al. 2020 (arXiv:2004.11362)", inputs="pairs + labels (optional)")
 class SupConLoss(ContrastiveLoss):
     min_global_batch = 2  # with one pair the denominator holds only the positive
 

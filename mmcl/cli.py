@@ -1,14 +1,17 @@
-"""The ``mmcl`` command line: ``pretrain``, ``evaluate``, ``quickstart``, ``losses``."""
+"""The ``mmcl`` command line, a thin layer over the Python API (:mod:`mmcl.engine.api`).
+
+Commands: ``pretrain``, ``evaluate``, ``quickstart``, ``losses``, ``configs``. Nothing heavy is imported
+before a command runs, so ``mmcl --help`` starts without importing torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def _losses(args: argparse.Namespace) -> int:
-    import losses
+    from mmcl import losses
 
     if args.name:
         info = losses.info(args.name)
@@ -20,42 +23,51 @@ def _losses(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pretrain(args: argparse.Namespace) -> int:
-    from mmcl.config import load_config
-    from mmcl.trainer import default_run_dir, pretrain
+def _configs(args: argparse.Namespace) -> int:
+    from mmcl.engine.configs import format_configs, packaged_config
 
-    target = Path(args.config)
-    if target.is_dir():  # a run folder: its saved config, continued in place
-        config = load_config(target / "config.yaml", args.overrides)
-        run_dir = target
-    else:
-        config = load_config(target, args.overrides)
-        run_dir = default_run_dir(config) if (args.resume or config.train.run_name) else None
-        if args.resume and not config.train.run_name:
-            raise ValueError("--resume with a config file needs train.run_name (or pass the run folder instead)")
+    if args.name:
+        path = packaged_config(args.name)
+        if path is None:
+            raise ValueError(f"no packaged config {args.name!r}; `mmcl configs` lists them")
+        print(path.read_text(), end="")
+        return 0
+    print(format_configs())
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from mmcl.engine.api import pretrain
+
     try:
-        run_dir = pretrain(config, run_dir, resume=args.resume)
+        run = pretrain(args.config, args.overrides, resume=args.resume, plugins=args.plugin)
     except KeyboardInterrupt as stop:
         print(f"mmcl: {stop}", file=sys.stderr)
         return 130
-    print(f"run folder: {run_dir}")
+    print(f"run folder: {run.folder}")
     if args.evaluate:
         return _evaluate(
-            argparse.Namespace(target=str(run_dir), task=None, random_init=False, output=None, overrides=[])
+            argparse.Namespace(
+                target=str(run.folder), task=None, random_init=False, output=None, overrides=[], plugin=[]
+            )
         )
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mmcl.evaluate import evaluate_run, format_results
+    from mmcl.engine.api import evaluate
+    from mmcl.engine.evaluate import format_results
 
-    results = evaluate_run(args.target, args.task, args.random_init, args.output, args.overrides)
+    results = evaluate(
+        args.target, args.task, overrides=args.overrides, random_init=args.random_init, output=args.output,
+        plugins=args.plugin,
+    )  # fmt: skip
     print(format_results(results))
     return 0
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from mmcl.evaluate import quickstart
+    from mmcl.engine.api import quickstart
 
     quickstart(args.output_dir, args.overrides)
     return 0
@@ -64,13 +76,22 @@ def _quickstart(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcl", description="Multimodal contrastive representation learning.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a module or .py file that registers your own components (repeatable)",
+    )
 
     p = commands.add_parser(
         "pretrain",
-        help="pretrain an encoder from a YAML config",
+        parents=[plugin],
+        help="pretrain an encoder from a config (a YAML file or a packaged config name)",
         description="Pretrain an encoder. Overrides look like loss.name=dhel train.epochs=5.",
     )
-    p.add_argument("config", help="YAML config file, or a run folder (with --resume)")
+    p.add_argument("config", help="YAML config file, packaged config name (see `mmcl configs`), or a run folder")
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     p.add_argument("--evaluate", action="store_true", help="evaluate the final checkpoint afterwards")
@@ -78,11 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "evaluate",
+        parents=[plugin],
         help="evaluate a run folder, a checkpoint, or a config's encoder as built (e.g. a published model)",
         description="Embed the evaluation splits with the frozen encoder and run the tasks.",
     )
-    p.add_argument("target", help="run folder (best, else latest checkpoint), checkpoint file, or YAML config")
-    p.add_argument("overrides", nargs="*", help="dotted overrides for a YAML config target")
+    p.add_argument("target", help="run folder (best, else latest checkpoint), checkpoint file, or config")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for a config target")
     p.add_argument("--task", action="append", help="task to run (repeatable); default: the config's eval.tasks")
     p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised encoder instead")
     p.add_argument("--output", help="JSON file for the results (default: RUN/eval.json; none for a config)")
@@ -100,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", nargs="?", help="a loss name: show its options and defaults")
     p.set_defaults(run=_losses)
+
+    p = commands.add_parser(
+        "configs",
+        help="list the packaged configs with their descriptions, or print one",
+        description="Packaged configs are named without a path, e.g. `mmcl pretrain graph/mutag data.root=...`.",
+    )
+    p.add_argument("name", nargs="?", help="a packaged config name: print it")
+    p.set_defaults(run=_configs)
     return parser
 
 

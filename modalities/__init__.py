@@ -1,39 +1,42 @@
 """Modality adapters: vision, text and graph encoders with their views and datasets.
 
-Each adapter implements :class:`mmcl.adapter.ModalityAdapter` and registers itself by name; the
-engine builds it from the config's ``modality``, ``model`` and ``data`` sections.
+Each adapter implements :class:`mmcl.contract.ModalityAdapter` and registers itself by name with
+:func:`register_modality`; the engine builds it from the config's ``modality``, ``model`` and ``data``
+sections. Your own modality is one class and one decorator::
+
+    from mmcl.contract import ModalityAdapter
+    from mmcl.modalities import register_modality
+
+    @register_modality
+    class AudioAdapter(ModalityAdapter):
+        name = "audio"
+        ...
 """
 
 from __future__ import annotations
 
-import mmcl  # noqa: F401  (runs the torchvision compatibility step first)
-from mmcl.adapter import ModalityAdapter
+from mmcl.contract import ModalityAdapter, Registry
 
-_ADAPTERS: dict[str, type[ModalityAdapter]] = {}
-
-
-def register_adapter(cls: type[ModalityAdapter]) -> type[ModalityAdapter]:
-    if cls.name in _ADAPTERS:
-        raise ValueError(f"modality {cls.name!r} is registered twice")
-    _ADAPTERS[cls.name] = cls
-    return cls
+# Built-ins are imported on first lookup: each pulls in heavy libraries (torchvision, transformers, PyG).
+MODALITIES: Registry[type[ModalityAdapter]] = Registry(
+    "modality",
+    builtin=("mmcl.modalities.vision", "mmcl.modalities.graph", "mmcl.modalities.text"),
+    config_key="modality",
+)
 
 
-def adapter_class(name: str) -> type[ModalityAdapter]:
-    _import_builtin()
-    if name not in _ADAPTERS:
-        raise ValueError(f"unknown modality {name!r}; available: {sorted(_ADAPTERS)}")
-    return _ADAPTERS[name]
+def register_modality(cls: type[ModalityAdapter]) -> type[ModalityAdapter]:
+    """Class decorator registering a :class:`~mmcl.contract.ModalityAdapter` under its ``name``."""
+    return MODALITIES.register(cls.name)(cls)
 
 
-def available() -> list[str]:
-    _import_builtin()
-    return sorted(_ADAPTERS)
+def modality_class(name: str) -> type[ModalityAdapter]:
+    """The adapter class registered as ``name`` (``vision``, ``text``, ``graph``, or a plug-in's)."""
+    return MODALITIES.get(name)
 
 
-def _import_builtin() -> None:
-    # Imported lazily: each modality pulls in heavy libraries (torchvision, transformers, PyG).
-    import importlib
+def available_modalities() -> list[str]:
+    return MODALITIES.names()
 
-    for module in ("modalities.vision", "modalities.graph", "modalities.text"):
-        importlib.import_module(module)
+
+__all__ = ["MODALITIES", "available_modalities", "modality_class", "register_modality"]

@@ -5,10 +5,9 @@ feature tensors; the registered tasks (``available_tasks()``) run them on a froz
 ``mmcl evaluate``.
 """
 
-import mmcl  # noqa: F401  (runs the torchvision compatibility step first)
-from tasks.knn import KNN_PRESETS, knn_accuracy, knn_predict
-from tasks.linear_probe import LINEAR_PRESETS, LinearPreset, linear_probe
-from tasks.metrics import (
+from mmcl.tasks.knn import KNN_PRESETS, knn_accuracy, knn_predict
+from mmcl.tasks.linear_probe import LINEAR_PRESETS, LinearPreset, linear_probe
+from mmcl.tasks.metrics import (
     alignment,
     effective_rank,
     rank,
@@ -16,7 +15,7 @@ from tasks.metrics import (
     uniformity,
     wasserstein_uniformity,
 )
-from tasks.registry import EvalContext, available_tasks, get_task, register_task
+from mmcl.tasks.registry import EvalContext, available_tasks, get_task, register_task
 
 __all__ = [
     "KNN_PRESETS",

@@ -14,10 +14,11 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from tasks.knn import knn_accuracy
-from tasks.linear_probe import linear_probe
-from tasks.metrics import representation_metrics
-from tasks.registry import EvalContext, register_task
+from mmcl.contract import SeededViews
+from mmcl.tasks.knn import knn_accuracy
+from mmcl.tasks.linear_probe import linear_probe
+from mmcl.tasks.metrics import representation_metrics
+from mmcl.tasks.registry import EvalContext, register_task
 
 
 @dataclass
@@ -82,8 +83,6 @@ def metrics(context: EvalContext, options: MetricsOptions) -> dict:
 @torch.no_grad()
 def embed_view_pairs(context: EvalContext, count: int) -> dict[str, torch.Tensor]:
     """Two augmented views of the first ``count`` training items: ``{backbone,head}_{a,b}`` of shape (n, *)."""
-    from mmcl.trainer import SeededViews
-
     encoder, adapter = context.encoder.eval(), context.adapter
     data = SeededViews(adapter.train_dataset(), context.seed)
     subset = Subset(data, range(min(count, len(data))))

@@ -24,7 +24,7 @@ ever scores the final checkpoint: no epoch is selected on test accuracy.
 
 Example:
     >>> import torch
-    >>> from tasks.graph_classification import cross_validated_accuracy
+    >>> from mmcl.tasks.graph_classification import cross_validated_accuracy
     >>> x = torch.cat([torch.randn(40, 8) + 3, torch.randn(40, 8) - 3])
     >>> y = torch.cat([torch.zeros(40), torch.ones(40)]).long()
     >>> cross_validated_accuracy(x, y, folds=4, inner_folds=3)["accuracy"]
@@ -48,8 +48,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
-from tasks._common import ArrayLike, as_features, as_labels
-from tasks.registry import EvalContext, register_task
+from mmcl.tasks._common import ArrayLike, as_features, as_labels
+from mmcl.tasks.registry import EvalContext, register_task
 
 #: GraphCL's grid: ``C in {1e-3, 1e-2, 1e-1, 1, 10, 100, 1000}``.
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)

@@ -19,7 +19,7 @@ Memory: the queries are processed in chunks, so at most ``chunk_size x M`` simil
 
 Example:
     >>> import torch
-    >>> from tasks import knn_accuracy
+    >>> from mmcl.tasks import knn_accuracy
     >>> bank, bank_y = torch.randn(500, 32), torch.randint(0, 10, (500,))
     >>> result = knn_accuracy(bank, bank_y, torch.randn(100, 32), torch.randint(0, 10, (100,)), num_classes=10)
     >>> sorted(result)[:3]
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tasks._common import ArrayLike, as_feature_pair, as_features, as_labels, infer_num_classes, topk_accuracies
+from mmcl.tasks._common import ArrayLike, as_feature_pair, as_features, as_labels, infer_num_classes, topk_accuracies
 
 KNN_PRESETS: dict[str, dict[str, float]] = {
     "default": {"k": 200, "temperature": 0.1},

@@ -19,7 +19,7 @@ deviation of the training split, applied to both splits); the choice is recorded
 
 Example:
     >>> import torch
-    >>> from tasks import linear_probe
+    >>> from mmcl.tasks import linear_probe
     >>> x, y = torch.randn(200, 16), torch.randint(0, 3, (200,))
     >>> result = linear_probe(x[:150], y[:150], x[150:], y[150:], epochs=5)
     >>> result["preset"], result["epochs"]
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tasks._common import ArrayLike, as_feature_pair, as_labels, infer_num_classes, topk_accuracies
+from mmcl.tasks._common import ArrayLike, as_feature_pair, as_labels, infer_num_classes, topk_accuracies
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ first and says so). Every function returns a Python number; sub-sampling is seed
 
 Example:
     >>> import torch
-    >>> from tasks import representation_metrics
+    >>> from mmcl.tasks import representation_metrics
     >>> z = torch.randn(256, 32)
     >>> m = representation_metrics(z, z + 0.1 * torch.randn(256, 32))
     >>> 0 < m["alignment"] < 4 and -8 <= m["uniformity"] <= 0 and 1 <= m["effective_rank"] <= 32
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from scipy import special, stats
 from torch import Tensor
 
-from tasks._common import ArrayLike, as_features
+from mmcl.tasks._common import ArrayLike, as_features
 
 UNIFORMITY_SAMPLES = 20_000
 ERANK_SAMPLES = 25_600

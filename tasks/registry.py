@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mmcl.adapter import Encoder, ModalityAdapter
+from mmcl.contract import Encoder, ModalityAdapter, Registry
 
 
 @dataclass
@@ -71,40 +71,33 @@ class EvalTask:
     headline: tuple[str, ...]  # result keys printed in the summary table (dotted for nested dicts)
 
 
-_TASKS: dict[str, EvalTask] = {}
+TASKS: Registry[EvalTask] = Registry(
+    "evaluation task",
+    # Imported on first lookup: each may pull in heavy libraries.
+    builtin=("mmcl.tasks.classification", "mmcl.tasks.graph_classification", "mmcl.tasks.sts"),
+    config_key="eval.tasks",
+)
 
 
 def register_task(name: str, options: type, headline: tuple[str, ...] = ()) -> Callable:
+    """Decorator registering ``run(context, options) -> dict`` as the evaluation task ``name``.
+
+    ``options`` is a dataclass of the task's ``eval.<name>.<key>`` settings; ``headline`` names the result
+    keys (dotted for nested dicts) that ``mmcl evaluate`` prints.
+    """
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"task {name!r}: options must be a dataclass")
 
     def decorate(run: Callable[[EvalContext, Any], dict]) -> Callable[[EvalContext, Any], dict]:
-        if name in _TASKS:
-            raise ValueError(f"evaluation task {name!r} is registered twice")
-        _TASKS[name] = EvalTask(name, options, run, headline)
+        TASKS.register(name)(EvalTask(name, options, run, headline))
         return run
 
     return decorate
 
 
 def get_task(name: str) -> EvalTask:
-    _import_builtin()
-    if name not in _TASKS:
-        raise ValueError(f"unknown evaluation task {name!r}; available: {available_tasks()}")
-    return _TASKS[name]
+    return TASKS.get(name)
 
 
 def available_tasks() -> list[str]:
-    _import_builtin()
-    return sorted(_TASKS)
-
-
-def _import_builtin() -> None:
-    import importlib
-
-    for module in BUILTIN_TASK_MODULES:
-        importlib.import_module(module)
-
-
-#: Modules whose import registers the built-in tasks (each may pull in heavy libraries, hence lazily).
-BUILTIN_TASK_MODULES = ("tasks.classification", "tasks.graph_classification", "tasks.sts")
+    return TASKS.names()

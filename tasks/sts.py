@@ -16,7 +16,7 @@ a task's score is the **Spearman correlation x 100** between system and gold sco
 
 Sentences are whitespace-normalised (``" ".join(s.split())``) as SentEval's batcher rebuilds them.
 
-Files (``eval.sts.root``, default ``../shared/data``): ``stsb/sts-{test,dev}.csv`` (tab-separated, no quoting:
+Files (``eval.sts.root``, required): ``stsb/sts-{test,dev}.csv`` (tab-separated, no quoting:
 genre, file, year, id, score, sentence1, sentence2[, sources]), ``sick/SICK_{test_annotated,trial}.txt``
 (tab-separated with a header: pair_ID, sentence_A, sentence_B, relatedness_score, ...),
 ``sts12-16/<year>/<subset>.test.tsv`` (``score<TAB>s1<TAB>s2``). SentEval's own ``data/downstream`` layout
@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from tasks.registry import EvalContext, register_task
+from mmcl.tasks.registry import EvalContext, register_task
 
 #: SentEval's subsets of each year (STS13 without SMT, for licence reasons, as in SentEval).
 STS_YEARS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -52,7 +52,7 @@ _ROOT_KEY = "eval.sts.root"
 
 @dataclass
 class STSOptions:
-    root: str = "../shared/data"  # holds stsb/, sick/, sts12-16/ (or SentEval's STS/ and SICK/)
+    root: str | None = None  # holds stsb/, sick/, sts12-16/ (or SentEval's STS/ and SICK/); required
     tasks: list[str] | None = None  # None: all seven (split=test) or STS-B and SICK-R (split=dev)
     split: Literal["test", "dev"] = "test"
     batch_size: int | None = None  # sentences per forward pass; None: eval.batch_size
@@ -130,7 +130,7 @@ def read_sick(path: Path, key: str = _ROOT_KEY) -> STSPairs:
 def _require(path: Path, key: str) -> None:
     if not path.is_file():
         where = (
-            "the folder holding stsb/, sick/ and sts12-16/ (as ../shared/data) or SentEval's data/downstream"
+            "the folder holding stsb/, sick/ and sts12-16/ or SentEval's data/downstream"
             if key == _ROOT_KEY
             else "the file's path"
         )
@@ -269,6 +269,11 @@ def _embed_once(embed: Callable[[list[str]], object], pairs: list[STSPairs]) -> 
 def evaluate_sts(embed: Callable[[list[str]], object], options: STSOptions | None = None) -> dict:
     """Every selected task's scores (Spearman x 100) and the average of the rounded task scores."""
     options = options or STSOptions()
+    if options.root is None:
+        raise ValueError(
+            f"{_ROOT_KEY} is not set: set it to the folder holding stsb/, sick/ and sts12-16/ "
+            "(or SentEval's data/downstream), e.g. eval.sts.root=~/data/sts"
+        )
     names = list(options.tasks) if options.tasks else list(ALL_TASKS if options.split == "test" else DEV_TASKS)
     unknown = [name for name in names if name not in ALL_TASKS]
     if unknown:

@@ -1,4 +1,4 @@
-import mmcl.compat
+from mmcl.contract import ensure_torchvision_ops
 
-# Before any test module imports torchvision or transformers (CPU-only torch: see mmcl/compat.py).
-mmcl.compat.ensure_torchvision_ops()
+# Before any test module imports torchvision or transformers (CPU-only torch: see mmcl/contract/compat.py).
+ensure_torchvision_ops()

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-import losses
+from mmcl import losses
 
 CASES = [
     ("nt_xent", {}, {}),

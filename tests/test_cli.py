@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import losses
+from mmcl import losses
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ def test_pretrain_config_errors_exit_2_with_the_message(tmp_path):
 def test_pretrain_then_evaluate_from_the_command_line(tmp_path):
     result = run(
         "pretrain",
-        str(ROOT / "mmcl" / "quickstart.yaml"),
+        "quickstart",
         f"train.output_dir={tmp_path}",
         "train.run_name=cli",
         "train.max_steps=3",
@@ -71,7 +71,7 @@ def test_pretrain_then_evaluate_from_the_command_line(tmp_path):
     # a config file is evaluated as built, with overrides; overrides on a run folder are refused
     as_built = run(
         "evaluate",
-        str(ROOT / "mmcl" / "quickstart.yaml"),
+        "quickstart",
         "data.train_subset=300",
         "data.test_subset=100",
         "eval.tasks=[knn]",
@@ -81,4 +81,4 @@ def test_pretrain_then_evaluate_from_the_command_line(tmp_path):
     assert as_built.returncode == 0 and "as_built" in as_built.stdout, as_built.stderr[-2000:]
     assert json.loads((tmp_path / "as_built.json").read_text())["checkpoint"] is None
     refused = run("evaluate", str(tmp_path / "cli"), "eval.tasks=[knn]")
-    assert refused.returncode == 2 and "apply to a config file only" in refused.stderr
+    assert refused.returncode == 2 and "apply to a config only" in refused.stderr

@@ -1,4 +1,4 @@
-"""mmcl.compat: torchvision and transformers import next to a CPU-only torch, in fresh interpreters.
+"""mmcl.contract.compat: torchvision and transformers import next to a CPU-only torch, in fresh interpreters.
 
 The two interpreters are started together (each pays torch's import time) to keep the suite fast.
 """
@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 IMPORTS = """
-import mmcl
+import mmcl.modalities.vision  # the vision modality runs the compatibility step before importing torchvision
 import torchvision
 from transformers import BertModel
 import torchvision.transforms.v2
@@ -22,10 +22,11 @@ print("IMPORTS OK", torchvision.__version__, BertModel.__name__)
 """
 
 # compat.py is loaded from its file so that the first call here is the first call in the process
-# (importing the mmcl package would already have called it once).
+# (importing an mmcl modality would already have called it once).
+COMPAT = ROOT / "mmcl" / "contract" / "compat.py"
 TWICE = f"""
 import importlib.util
-spec = importlib.util.spec_from_file_location("mmcl_compat_under_test", {str(ROOT / "mmcl" / "compat.py")!r})
+spec = importlib.util.spec_from_file_location("mmcl_compat_under_test", {str(COMPAT)!r})
 compat = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compat)
 first = compat.ensure_torchvision_ops()
@@ -37,8 +38,9 @@ import torchvision.transforms.v2
 assert hasattr(torch.ops.torchvision, "nms") and hasattr(torch.ops.torchvision, "qnms")
 third = compat.ensure_torchvision_ops()  # after torchvision registered its fake kernels
 assert third is False, third
-import mmcl  # the package's own call on import is harmless as well
-assert mmcl.compat.ensure_torchvision_ops() is False
+import mmcl.modalities.vision  # the modality's own call is harmless as well
+from mmcl.contract import ensure_torchvision_ops
+assert ensure_torchvision_ops() is False
 print("TWICE OK", first, second)
 """
 

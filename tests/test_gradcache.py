@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-import losses
-from mmcl.gradcache import batch_dependent_layers, cached_step, split_inputs
+from mmcl import losses
+from mmcl.engine.gradcache import batch_dependent_layers, cached_step, split_inputs
 
 DT = torch.float64
 N, D_IN = 12, 6

@@ -10,9 +10,9 @@ import torch
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import erdos_renyi_graph, is_undirected, to_undirected
 
-from mmcl.adapter import Encoder, TrainBatch
-from mmcl.config import load_config
-from modalities.graph import (
+from mmcl.contract.adapter import Encoder, TrainBatch
+from mmcl.engine.config import load_config
+from mmcl.modalities.graph import (
     AttrMask,
     EdgePerturb,
     GraphAdapter,
@@ -24,7 +24,7 @@ from modalities.graph import (
     Subgraph,
     build_augmentation,
     check_graph,
-    load_tu,
+    load_graphs,
 )
 
 TU_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tu"
@@ -176,11 +176,11 @@ def test_adapter_encoder_and_batches_without_files():
 
 def synthetic_adapter(model: GraphModelConfig, data: GraphDataConfig) -> tuple[GraphAdapter, tuple[Data, ...]]:
     """An adapter over GRAPHS (labels 0, 1, 0, 1, ...) without reading any file."""
-    from modalities.graph.datasets import TUGraphs
+    from mmcl.modalities.graph.datasets import GraphSource
 
     adapter = GraphAdapter(model, data)
     graphs = tuple(replace_x(g) for g in GRAPHS)
-    adapter._source = TUGraphs("SYNTH", graphs, torch.tensor([0, 1] * 4), 5, 2, "attributes")
+    adapter._source = GraphSource("SYNTH", graphs, torch.tensor([0, 1] * 4), 5, 2, "attributes")
     return adapter, graphs
 
 
@@ -226,7 +226,7 @@ def replace_x(graph: Data) -> Data:
 
 
 @pytest.mark.parametrize("override, match", [
-    ("model.encoder=gat", "model.encoder='gat' is not one of"),
+    ("model.encoder=gat", r"unknown graph encoder 'gat' \(model.encoder\); available: \['gcn', 'gin', 'sage'\]"),
     ("model.depth=3", "unknown key"),
     ("data.node_features=random", "data.node_features='random' is not one of"),
     ("data.augmentations=[node_drop,flip]", "unknown graph augmentation"),
@@ -243,7 +243,7 @@ def test_config_errors(override, match):
 def test_missing_dataset_names_the_fix(tmp_path):
     data = GraphDataConfig(dataset="MUTAG", root=str(tmp_path), cache_dir=str(tmp_path))
     adapter = GraphAdapter(GraphModelConfig(), data)
-    with pytest.raises(FileNotFoundError, match="data.root=../shared/data/tu"):
+    with pytest.raises(FileNotFoundError, match=r"set data.root to a folder holding MUTAG/raw/MUTAG_A\.txt"):
         adapter.build_encoder()
 
 
@@ -252,18 +252,18 @@ def test_tu_loading_never_writes_into_the_source(tmp_path):
     root = tmp_path / "tu"
     shutil.copytree(TU_ROOT / "MUTAG", root / "MUTAG")
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
-    graphs = load_tu("MUTAG", str(root), str(tmp_path / "cache"))
+    graphs = load_graphs("MUTAG", str(root), str(tmp_path / "cache"))
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
     assert (len(graphs.graphs), graphs.num_features, graphs.num_classes, graphs.node_features) == (188, 7, 2, "labels")
     assert torch.bincount(graphs.labels).tolist() == [63, 125]
     for graph in graphs.graphs[:20]:
         check_graph(graph)
-    degree = load_tu("MUTAG", str(root), str(tmp_path / "cache"), node_features="degree")
+    degree = load_graphs("MUTAG", str(root), str(tmp_path / "cache"), node_features="degree")
     assert degree.num_features == 5 and bool((degree.graphs[0].x.sum(1) == 1).all())
-    constant = load_tu("MUTAG", str(root), str(tmp_path / "cache"), node_features="constant", edge_attributes=True)
+    constant = load_graphs("MUTAG", str(root), str(tmp_path / "cache"), node_features="constant", edge_attributes=True)
     assert constant.num_features == 1 and constant.graphs[0].edge_attr.shape == (38, 4)
     with pytest.raises(ValueError, match="and 0 node attribute"):
-        load_tu("MUTAG", str(root), str(tmp_path / "cache"), node_features="attributes")
+        load_graphs("MUTAG", str(root), str(tmp_path / "cache"), node_features="attributes")
 
 
 # The options with which the engine follows GraphCL's TU code (docs/graph.md, "Reference mode").
@@ -274,8 +274,8 @@ REFERENCE_MODE = ["data.self_loops=true", "model.batch_norm_per_view=true", "tra
 @needs_mutag
 @pytest.mark.parametrize("mode", [[], REFERENCE_MODE], ids=["default", "reference_mode"])
 def test_tiny_pretrain_and_evaluate_on_mutag(tmp_path, mode):
-    from mmcl.evaluate import evaluate_run
-    from mmcl.trainer import pretrain
+    from mmcl.engine.evaluate import evaluate_run
+    from mmcl.engine.trainer import pretrain
 
     overrides = [f"data.root={TU_ROOT}", f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2",
                  "train.batch_size=64", "train.progress_bar=false", "train.log_every=1",
@@ -290,3 +290,51 @@ def test_tiny_pretrain_and_evaluate_on_mutag(tmp_path, mode):
     assert 60.0 <= results["accuracy"] <= 100.0  # MUTAG's majority class is 66.5%
     again = evaluate_run(run)["graph_classification"]
     assert again["accuracy"] == results["accuracy"]  # the encoder is frozen and the split seeded
+
+
+def test_any_pyg_dataset_by_name(tmp_path):
+    """data.source=pyg: torch_geometric.datasets.<name>(**dataset_options), node features from the graphs' x."""
+    options = {"num_graphs": 30, "avg_num_nodes": 8, "num_channels": 3, "num_classes": 3}
+    source = load_graphs("FakeDataset", None, str(tmp_path), source="pyg", dataset_options=options)
+    assert (len(source.graphs), source.num_features, source.node_features) == (30, 3, "x")
+    assert source.labels is not None and source.labels.shape == (30,) and source.num_classes <= 3
+    with pytest.raises(ValueError, match="'NoSuchDataset' is not a torch_geometric.datasets class"):
+        load_graphs("NoSuchDataset", None, str(tmp_path), source="pyg")
+    with pytest.raises(ValueError, match="node_features='labels' exists for TU data only"):
+        load_graphs("FakeDataset", None, str(tmp_path), node_features="labels", source="pyg", dataset_options=options)
+    with pytest.raises(ValueError, match=r"unknown graph data source 'zinc' \(data.source\)"):
+        load_graphs("ZINC", None, str(tmp_path), source="zinc")
+
+
+@needs_mutag
+def test_pyg_tudataset_equals_the_tu_source(tmp_path):
+    """The same MUTAG through PyG's TUDataset (data.source=pyg, its own root) and through the TU reader."""
+    root = tmp_path / "pyg"
+    shutil.copytree(TU_ROOT / "MUTAG", root / "MUTAG")  # PyG writes processed/ into its root
+    pyg = load_graphs("TUDataset", str(root), str(tmp_path), source="pyg", dataset_options={"name": "MUTAG"})
+    tu = load_graphs("MUTAG", str(TU_ROOT), str(tmp_path / "cache"))
+    assert pyg.node_features == tu.node_features == "labels"  # PyG's TUDataset tells its label columns apart too
+    assert torch.equal(pyg.labels, tu.labels) and len(pyg.graphs) == len(tu.graphs) == 188
+    for a, b in zip(pyg.graphs, tu.graphs):
+        assert torch.equal(a.x, b.x) and torch.equal(a.edge_index, b.edge_index)
+
+
+def test_pretrain_and_evaluate_on_a_pyg_dataset(tmp_path):
+    import mmcl
+
+    config = {
+        "modality": "graph",
+        "model": {"hidden_dim": 8, "num_layers": 2},
+        "data": {
+            "source": "pyg",
+            "dataset": "FakeDataset",
+            "dataset_options": {"num_graphs": 40, "avg_num_nodes": 6, "num_channels": 3, "num_classes": 2},
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "loss": {"name": "graphcl"},
+        "train": {"max_steps": 2, "batch_size": 16, "cpu": True, "progress_bar": False, "output_dir": str(tmp_path)},
+        "eval": {"graph_classification": {"folds": 2, "inner_folds": 2, "search": False}},
+    }
+    run = mmcl.pretrain(config)
+    results = mmcl.evaluate(run)["graph_classification"]
+    assert 0 <= results["accuracy"] <= 100 and len(run.metrics()) >= 1

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
-from tasks import EvalContext, get_task
-from tasks.graph_classification import C_GRID, GraphClassificationOptions, cross_validated_accuracy
+from mmcl.tasks import EvalContext, get_task
+from mmcl.tasks.graph_classification import C_GRID, GraphClassificationOptions, cross_validated_accuracy
 
 
 def clusters(n_classes: int, n: int, dim: int, spread: float, seed: int, shuffle_labels: bool = False):
@@ -80,8 +80,8 @@ def test_data_errors():
 
 def test_registered_task_on_synthetic_graphs():
     """Paths vs. cliques through a random GIN: the task embeds the adapter's "all" split and separates them."""
-    from modalities.graph import GraphAdapter, GraphDataConfig, GraphModelConfig
-    from modalities.graph.datasets import TUGraphs
+    from mmcl.modalities.graph import GraphAdapter, GraphDataConfig, GraphModelConfig
+    from mmcl.modalities.graph.datasets import GraphSource
 
     graphs, labels = [], []
     for i in range(60):
@@ -94,7 +94,7 @@ def test_registered_task_on_synthetic_graphs():
         graphs.append(Data(x=torch.ones(n, 1), edge_index=torch.cat([edges, edges.flip(0)], dim=1)))
         labels.append(i % 2)
     adapter = GraphAdapter(GraphModelConfig(hidden_dim=16, num_layers=2), GraphDataConfig(dataset="SYNTH"))
-    adapter._source = TUGraphs("SYNTH", tuple(graphs), torch.tensor(labels), 1, 2, "constant")
+    adapter._source = GraphSource("SYNTH", tuple(graphs), torch.tensor(labels), 1, 2, "constant")
     torch.manual_seed(0)
     encoder = adapter.build_encoder().eval()
     task = get_task("graph_classification")

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import losses
-from losses.parts import QueueLayout, TwoViewLayout
+from mmcl import losses
+from mmcl.losses.parts import QueueLayout, TwoViewLayout
 from tests.fixtures import LABELS_C, NEGATIVES_C, fixture
 
 NAMES = {

@@ -11,10 +11,10 @@ import warnings
 import pytest
 import torch
 
-import losses
-import losses.blockwise.engine as engine
-from losses.blockwise.function import BlockRunner
-from losses.blockwise.symmetric import SymmetricRunner
+import mmcl.losses.blockwise.engine as engine
+from mmcl import losses
+from mmcl.losses.blockwise.function import BlockRunner
+from mmcl.losses.blockwise.symmetric import SymmetricRunner
 
 DT = torch.float64
 N, D = 7, 5

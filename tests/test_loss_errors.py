@@ -9,8 +9,8 @@ import re
 import pytest
 import torch
 
-import losses
-from losses.parts import (
+from mmcl import losses
+from mmcl.losses.parts import (
     AdaptiveTemperature,
     CrossViewLayout,
     DynamicTemperature,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import losses
+from mmcl import losses
 from tests.fixtures import LABELS_C, NEGATIVES_C, fixture
 
 L = LABELS_C

@@ -19,9 +19,9 @@ import math
 import pytest
 import torch
 
-import losses
-from losses.parts import Layout
-from losses.parts.layouts import ContrastTable
+from mmcl import losses
+from mmcl.losses.parts import Layout
+from mmcl.losses.parts.layouts import ContrastTable
 
 DT = torch.float64
 TOL = 1e-9

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mmcl.config import OptimConfig
-from mmcl.optim import LARS, build_optimizer, build_scheduler, parameter_groups
+from mmcl.engine.config import OptimConfig
+from mmcl.engine.optim import LARS, build_optimizer, build_scheduler, parameter_groups
 
 
 def test_lars_scales_each_update_by_the_trust_ratio():

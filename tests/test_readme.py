@@ -1,9 +1,11 @@
 """The README documents what CI runs and every registered loss."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
-import losses
+from mmcl import losses
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -28,3 +30,13 @@ def test_readme_table_lists_every_loss_with_its_inputs():
         row = next((line for line in README.splitlines() if line.startswith(f"| `{name}`")), None)
         assert row is not None, f"README loss table lacks {name}"
         assert losses.info(name).inputs in row, (name, row)
+
+
+def test_readme_python_examples_run_outside_the_checkout(tmp_path):
+    """Every python block of the README, in order and in one interpreter, from a folder outside the checkout."""
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 5 and any("mmcl.pretrain(" in block for block in blocks)
+    script = "\n".join(blocks) + "\nprint('README EXAMPLES OK')\n"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "README EXAMPLES OK" in result.stdout

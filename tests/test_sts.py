@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.sts import (
+from mmcl.tasks.sts import (
     ALL_TASKS,
     STS_YEARS,
     STSOptions,
@@ -146,7 +146,7 @@ def test_evaluate_sts_on_a_constructed_root(tmp_path):
 
 
 def test_average_is_the_mean_of_rounded_scores(tmp_path, monkeypatch):
-    import tasks.sts as sts
+    import mmcl.tasks.sts as sts
 
     root = _tiny_root(tmp_path)
     values = iter([70.004, 80.004])  # rounded 70.0, 80.0: mean 75.0 (unrounded mean would be 75.004)

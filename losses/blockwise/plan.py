@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from losses.parts.layouts import (
+from mmcl.losses.parts.layouts import (
     EXTRA_VIEW,
     U_VIEW,
     V_VIEW,

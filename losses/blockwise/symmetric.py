@@ -24,7 +24,7 @@ Only the tiles ``I <= J`` are visited, in two passes: (1) the sums of ``e`` (and
 rows (for rows ``I``) and columns (for rows ``J``), own and positive entries left out, and with
 diagnostics the hardest negatives; (2) the tile of ``G + G^T``, then ``dZ_I += W Z_J`` and
 ``dZ_J += W^T Z_I``. Matrix products: half the table twice for the logits and once for each of the two
-gradient products, about 2/3 of the row-block path's (:mod:`losses.blockwise.function`).
+gradient products, about 2/3 of the row-block path's (:mod:`mmcl.losses.blockwise.function`).
 
 Rows and columns need the same shift, so ``M = max_i |z_i|^2 / tau`` (no logit exceeds it; with
 per-entry temperatures, their lower bound) serves the whole table; no entry underflows when ``2M``
@@ -40,8 +40,8 @@ import math
 import torch
 from torch import Tensor
 
-from losses.blockwise.kernel import Kernel
-from losses.blockwise.plan import Plan
+from mmcl.losses.blockwise.kernel import Kernel
+from mmcl.losses.blockwise.plan import Plan
 
 NEG_INF = float("-inf")
 #: Share of ``-log(finfo.tiny)`` that ``2M`` may use (float32: 78.6, float64: 637).

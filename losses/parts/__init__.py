@@ -1,6 +1,6 @@
-"""Composable parts of the loss pipeline (see :mod:`losses.core`)."""
+"""Composable parts of the loss pipeline (see :mod:`mmcl.losses.core`)."""
 
-from losses.parts.layouts import (
+from mmcl.losses.parts.layouts import (
     LAYOUTS,
     CrossViewLayout,
     LabelLayout,
@@ -10,9 +10,9 @@ from losses.parts.layouts import (
     WithinViewLayout,
     as_layout,
 )
-from losses.parts.margin import MarginGradientScaling, PositiveMargin
-from losses.parts.negatives import NegativeWeighting
-from losses.parts.temperature import (
+from mmcl.losses.parts.margin import MarginGradientScaling, PositiveMargin
+from mmcl.losses.parts.negatives import NegativeWeighting
+from mmcl.losses.parts.temperature import (
     AdaptiveTemperature,
     DynamicTemperature,
     FixedTemperature,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from losses.checks import check_choice, construct
+from mmcl.losses.checks import check_choice, construct
 
 U_VIEW, V_VIEW, EXTRA_VIEW = 0, 1, 2
 

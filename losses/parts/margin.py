@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from losses.checks import check_positive
+from mmcl.losses.checks import check_positive
 
 
 def _clamp_eps(dtype: torch.dtype, eps: float | None) -> float:

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from losses.checks import check_choice
+from mmcl.losses.checks import check_choice
 
 
 def masked_logsumexp(x: Tensor, mask: Tensor, dim: int = -1) -> Tensor:

@@ -24,7 +24,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from losses.checks import check_choice, check_positive, construct
+from mmcl.losses.checks import check_choice, check_positive, construct
 
 
 class TemperatureRule(nn.Module):

@@ -1,7 +1,11 @@
-"""The ``graph`` modality: GIN/GCN/GraphSAGE encoders, GraphCL's augmentations and TU datasets."""
+"""The ``graph`` modality: GIN/GCN/GraphSAGE encoders, GraphCL's augmentations, TU and PyG datasets.
 
-from modalities.graph.adapter import GraphAdapter, GraphDataConfig, GraphModelConfig
-from modalities.graph.augment import (
+Your own message-passing layer or data source is one decorated function (:func:`register_encoder`,
+:func:`register_source`), then named in a config (``model.encoder``, ``data.source``).
+"""
+
+from mmcl.modalities.graph.adapter import GraphAdapter, GraphDataConfig, GraphModelConfig
+from mmcl.modalities.graph.augment import (
     AttrMask,
     EdgePerturb,
     Identity,
@@ -11,8 +15,8 @@ from modalities.graph.augment import (
     build_augmentation,
     check_graph,
 )
-from modalities.graph.datasets import TUGraphs, load_tu
-from modalities.graph.encoders import GraphBackbone, projection_head
+from mmcl.modalities.graph.datasets import GraphSource, load_graphs, register_source
+from mmcl.modalities.graph.encoders import GraphBackbone, projection_head, register_encoder
 
 __all__ = [
     "AttrMask",
@@ -21,13 +25,15 @@ __all__ = [
     "GraphBackbone",
     "GraphDataConfig",
     "GraphModelConfig",
+    "GraphSource",
     "Identity",
     "NodeDrop",
     "RandomChoice",
     "Subgraph",
-    "TUGraphs",
     "build_augmentation",
     "check_graph",
-    "load_tu",
+    "load_graphs",
     "projection_head",
+    "register_encoder",
+    "register_source",
 ]

@@ -1,6 +1,6 @@
 """The ``graph`` modality: GNN encoders, GraphCL's augmentations and TU datasets behind the adapter contract.
 
-GraphCL's unsupervised TU setting (You et al. 2020, arXiv:2010.13902; ``configs/graph/mutag.yaml``)::
+GraphCL's unsupervised TU setting (You et al. 2020, arXiv:2010.13902; the packaged ``graph/mutag``)::
 
     modality: graph
     model: {encoder: gin, hidden_dim: 32, num_layers: 3, pooling: sum}
@@ -27,16 +27,16 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import AddSelfLoops
 
-from mmcl.adapter import Encoder, ModalityAdapter, TrainBatch
-from modalities import register_adapter
-from modalities.graph.augment import GRAPHCL_TU_STRENGTHS, Augmentation, Identity, build_augmentation
-from modalities.graph.datasets import TUGraphs, load_tu
-from modalities.graph.encoders import GraphBackbone, projection_head, xavier_init_
+from mmcl.contract.adapter import Encoder, ModalityAdapter, TrainBatch
+from mmcl.modalities import register_modality
+from mmcl.modalities.graph.augment import GRAPHCL_TU_STRENGTHS, Augmentation, Identity, build_augmentation
+from mmcl.modalities.graph.datasets import GraphSource, load_graphs
+from mmcl.modalities.graph.encoders import ENCODERS, GraphBackbone, projection_head, xavier_init_
 
 
 @dataclass
 class GraphModelConfig:
-    encoder: Literal["gin", "gcn", "sage"] = "gin"
+    encoder: str = "gin"  # gin | gcn | sage | a plug-in's (register_encoder)
     hidden_dim: int = 32
     num_layers: int = 3
     pooling: Literal["sum", "mean", "max"] = "sum"
@@ -51,11 +51,13 @@ class GraphModelConfig:
 
 @dataclass
 class GraphDataConfig:
-    dataset: str = "MUTAG"  # a TU dataset name: MUTAG, PROTEINS, NCI1, ENZYMES, ...
-    root: str = "data/tu"  # holds <dataset>/raw/ in the TU format; read only (e.g. ../shared/data/tu)
+    source: str = "tu"  # tu (TU text files) | pyg (torch_geometric.datasets.<dataset>) | a plug-in's source
+    dataset: str = "MUTAG"  # tu: a TU dataset name (MUTAG, PROTEINS, NCI1, ...); pyg: a dataset class name
+    root: str | None = None  # tu: holds <dataset>/raw/ in the TU format, read only; pyg: PyG's own root
+    dataset_options: dict = field(default_factory=dict)  # pyg / plug-in sources: keyword arguments
     cache_dir: str | None = None  # where torch-geometric's processed files go (default ~/.cache/mmcl)
     download: bool = False  # fetch from the TU server into cache_dir when root lacks the dataset
-    node_features: Literal["auto", "labels", "attributes", "labels_and_attributes", "degree", "constant"] = "auto"
+    node_features: Literal["auto", "labels", "attributes", "labels_and_attributes", "degree", "constant", "x"] = "auto"
     max_degree: int | None = None  # node_features=degree: clip (default: the dataset's maximum degree)
     edge_attributes: bool = False  # keep TU edge labels/attributes as edge_attr (the built-in encoders ignore it)
     augmentations: list[str] = field(default_factory=lambda: ["node_drop", "subgraph"])  # one drawn per view
@@ -72,7 +74,7 @@ class GraphDataConfig:
 class GraphViews(Dataset):
     """Items ``([view_1, view_2], label)``: two views of each graph drawn with torch's global RNG."""
 
-    def __init__(self, source: TUGraphs, first, second) -> None:
+    def __init__(self, source: GraphSource, first, second) -> None:
         self.source, self.first, self.second = source, first, second
 
     def __len__(self) -> int:
@@ -80,23 +82,28 @@ class GraphViews(Dataset):
 
     def __getitem__(self, index: int) -> tuple[list[Data], int]:
         graph = self.source.graphs[index]
-        return [self.first(graph), self.second(graph)], int(self.source.labels[index])
+        return [self.first(graph), self.second(graph)], graph_label(self.source, index)
 
 
 class LabelledGraphs(Dataset):
     """Items ``(graph, label)`` of the un-augmented dataset, each graph passed through ``transform``."""
 
-    def __init__(self, source: TUGraphs, transform: Augmentation) -> None:
+    def __init__(self, source: GraphSource, transform: Augmentation) -> None:
         self.source, self.transform = source, transform
 
     def __len__(self) -> int:
         return len(self.source.graphs)
 
     def __getitem__(self, index: int) -> tuple[Data, int]:
-        return self.transform(self.source.graphs[index]), int(self.source.labels[index])
+        return self.transform(self.source.graphs[index]), graph_label(self.source, index)
 
 
-@register_adapter
+def graph_label(source: GraphSource, index: int) -> int:
+    """The class id of graph ``index``; -1 when the source has no graph labels."""
+    return -1 if source.labels is None else int(source.labels[index])
+
+
+@register_modality
 class GraphAdapter(ModalityAdapter):
     """Graphs: GIN/GCN/GraphSAGE with per-layer sum pooling, GraphCL's augmentations, TU datasets."""
 
@@ -116,22 +123,23 @@ class GraphAdapter(ModalityAdapter):
             subgraph_keep_ratio=data.subgraph_keep_ratio,
             subgraph_frontier=data.subgraph_frontier,
         )  # fmt: skip  (validates names and strengths before any data is read)
+        ENCODERS.get(model.encoder)  # an unknown name fails here, before any data is read
         if model.num_layers < 1 or model.hidden_dim < 1:
             raise ValueError(f"model.num_layers and model.hidden_dim must be >= 1, "
                              f"got {model.num_layers}, {model.hidden_dim}")  # fmt: skip
-        self._source: TUGraphs | None = None
+        self._source: GraphSource | None = None
 
     @property
-    def source(self) -> TUGraphs:
+    def source(self) -> GraphSource:
         if self._source is None:
             d = self.data_config
-            self._source = load_tu(d.dataset, d.root, d.cache_dir, d.download, d.node_features, d.edge_attributes,
-                                   d.max_degree)  # fmt: skip
+            self._source = load_graphs(d.dataset, d.root, d.cache_dir, d.download, d.node_features,
+                                       d.edge_attributes, d.max_degree, d.source, d.dataset_options)  # fmt: skip
         return self._source
 
     @property
     def has_labels(self) -> bool:
-        return True  # every TU graph has a class label (used only by supervised losses)
+        return self.source.labels is not None  # TU graphs have class labels (used only by supervised losses)
 
     def build_encoder(self) -> Encoder:
         cfg = self.model_config
@@ -155,11 +163,12 @@ class GraphAdapter(ModalityAdapter):
         n_views = len(items[0][0])
         batch = Batch.from_data_list([item[0][v] for v in range(n_views) for item in items])  # view-major
         batch.graph_view = torch.arange(n_views).repeat_interleave(len(items))  # for per-view batch norm
-        labels = torch.tensor([item[1] for item in items])
+        labels = torch.tensor([item[1] for item in items]) if self.has_labels else None
         return TrainBatch(batch, n_views=n_views, labels=labels)
 
     def eval_datasets(self) -> dict[str, Dataset]:
-        return {"all": LabelledGraphs(self.source, self.unaugmented)}
+        """``"all"``: the whole labelled dataset (graph classification); none without graph labels."""
+        return {"all": LabelledGraphs(self.source, self.unaugmented)} if self.has_labels else {}
 
     def collate_eval(self, items: list) -> tuple[Batch, Tensor]:
         return Batch.from_data_list([item[0] for item in items]), torch.tensor([item[1] for item in items])

@@ -36,7 +36,7 @@ reproduces it).
 Example:
     >>> import torch
     >>> from torch_geometric.data import Data
-    >>> from modalities.graph.augment import build_augmentation
+    >>> from mmcl.modalities.graph.augment import build_augmentation
     >>> ring = torch.arange(10)
     >>> graph = Data(x=torch.eye(10), edge_index=torch.stack([torch.cat([ring, (ring + 1) % 10]),
     ...                                                       torch.cat([(ring + 1) % 10, ring])]))

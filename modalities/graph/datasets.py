@@ -1,4 +1,12 @@
-"""TU graph-classification datasets (Morris et al. 2020) from a local folder, through torch-geometric.
+"""Graph datasets: TU text files (the default), any ``torch_geometric.datasets`` dataset, or your own.
+
+``data.source`` picks a registered source (:func:`register_source`): ``tu`` (default) reads
+``data.dataset`` in the TU format from ``data.root``; ``pyg`` instantiates
+``torch_geometric.datasets.<data.dataset>(root, **data.dataset_options)``; a plug-in's source returns its
+own graphs. Every source gives :class:`~torch_geometric.data.Data` graphs with an optional graph-level
+``y``; :func:`load_graphs` turns them into a :class:`GraphSource` with the chosen node features.
+
+TU graph-classification datasets (Morris et al. 2020), read from a local folder through torch-geometric:
 
 ``root`` holds one folder per dataset in the TU text format, ``<root>/<NAME>/raw/<NAME>_A.txt``,
 ``<NAME>_graph_indicator.txt``, ``<NAME>_graph_labels.txt`` and optional ``_node_labels``,
@@ -21,9 +29,20 @@ Node features (``node_features``):
 ``degree``                   one-hot node degree, clipped at ``max_degree`` (default: the dataset's)
 ``constant``                 a single feature equal to 1 (GraphCL's code does this for every dataset
                              but MUTAG, PTC_MR, DD, PROTEINS, NCI1, NCI109, ENZYMES included)
+``x``                        the graphs' own ``x`` (any source; ``auto`` picks it outside TU data)
 ===========================  =========================================================================
 
-Graph labels are re-encoded to ``0..C-1`` (GraphCL's ``LabelEncoder``).
+``labels``, ``attributes`` and ``labels_and_attributes`` exist for TU data only. Integer graph labels
+(one per graph) are re-encoded to ``0..C-1`` (GraphCL's ``LabelEncoder``); graphs without them (regression
+targets, no ``y``) train with unsupervised losses only.
+
+Example: a plug-in source of ring graphs, used with ``data.source=rings``::
+
+    from mmcl.modalities.graph import register_source
+
+    @register_source("rings")
+    def rings(dataset, root, cache_dir, download, count: int = 100):
+        ...  # return a list of Data(x=..., edge_index=..., y=...)
 """
 
 from __future__ import annotations
@@ -32,8 +51,11 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import inspect
+import json
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,18 +65,35 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import degree
 
-NODE_FEATURES = ("auto", "labels", "attributes", "labels_and_attributes", "degree", "constant")
+from mmcl.contract import Registry
+
+NODE_FEATURES = ("auto", "labels", "attributes", "labels_and_attributes", "degree", "constant", "x")
+_TU_ONLY = ("labels", "attributes", "labels_and_attributes")
+
+SourceLoader = Callable[..., Sequence[Data]]
+SOURCES: Registry[SourceLoader] = Registry("graph data source", config_key="data.source")
+
+
+def register_source(name: str) -> Callable[[SourceLoader], SourceLoader]:
+    """Decorator registering ``loader(dataset, root, cache_dir, download, **options) -> graphs`` as ``data.source``.
+
+    ``dataset`` is ``data.dataset``, ``root`` is ``data.root`` (None when unset), ``cache_dir`` is where
+    anything derived may be written (never next to the source), ``options`` are ``data.dataset_options``.
+    The graphs are :class:`~torch_geometric.data.Data` with ``edge_index``, optional ``x`` and an optional
+    graph-level ``y``.
+    """
+    return SOURCES.register(name)
 
 
 @dataclass(frozen=True)
-class TUGraphs:
-    """A loaded TU dataset: ``Data(x (N, F) float, edge_index (2, E)[, edge_attr (E, D)])`` graphs, labels ``(G,)``."""
+class GraphSource:
+    """Loaded graphs: ``Data(x (N, F) float, edge_index (2, E)[, edge_attr (E, D)])``, labels ``(G,)`` or None."""
 
     name: str
     graphs: tuple[Data, ...]
-    labels: Tensor
+    labels: Tensor | None  # class ids 0..C-1; None when the graphs carry no integer graph labels
     num_features: int
-    num_classes: int
+    num_classes: int  # 0 without labels
     node_features: str  # what ``auto`` resolved to
 
 
@@ -100,29 +139,49 @@ def _sync_raw(source: Path, name: str, target_root: Path) -> None:
         shutil.rmtree(target_root / name / "processed", ignore_errors=True)
 
 
-def _tu_dataset(name: str, root: str, cache_dir: str | None, download: bool):
+@register_source("tu")
+def tu_dataset(dataset: str, root: str | None, cache_dir: str | None, download: bool) -> Sequence[Data]:
+    """The TU dataset ``dataset`` from ``root`` (read only; copied into the cache), or downloaded into the cache."""
     from torch_geometric.datasets import TUDataset
 
-    source = find_raw_folder(root, name)
+    source = find_raw_folder(root, dataset) if root is not None else None
     if source is not None:
         key = hashlib.sha1(str(Path(root).expanduser().resolve()).encode()).hexdigest()[:12]
         target = cache_root(cache_dir) / "tu" / key
         with _locked(target):
-            _sync_raw(source, name, target)
-            return TUDataset(str(target), name, use_node_attr=True, use_edge_attr=True)
+            _sync_raw(source, dataset, target)
+            return TUDataset(str(target), dataset, use_node_attr=True, use_edge_attr=True)
     if not download:
-        expected = Path(root) / name / "raw" / f"{name}_A.txt"
+        where = "data.root is not set" if root is None else f"not found under data.root={root!r}"
         raise FileNotFoundError(
-            f"TU dataset {name!r} not found under data.root={root!r} (expected {expected}); point data.root at a "
-            f"folder holding {name}/raw/ (e.g. data.root=../shared/data/tu) or set data.download=true"
+            f"TU dataset {dataset!r}: {where}; set data.root to a folder holding {dataset}/raw/{dataset}_A.txt "
+            "(the TU text format) or set data.download=true"
         )
     target = cache_root(cache_dir) / "tu" / "download"
     with _locked(target):
-        return TUDataset(str(target), name, use_node_attr=True, use_edge_attr=True)
+        return TUDataset(str(target), dataset, use_node_attr=True, use_edge_attr=True)
+
+
+@register_source("pyg")
+def pyg_dataset(dataset: str, root: str | None, cache_dir: str | None, download: bool, **options) -> Sequence[Data]:
+    """``torch_geometric.datasets.<dataset>(root, **options)``; ``root`` is PyG's own folder (raw/ and processed/,
+    written by PyG), by default ``<cache_dir>/pyg/<dataset>``."""
+    import torch_geometric.datasets as pyg_datasets
+
+    factory = getattr(pyg_datasets, dataset, None)
+    if not inspect.isclass(factory):
+        raise ValueError(
+            f"data.dataset={dataset!r} is not a torch_geometric.datasets class; e.g. {pyg_datasets.__all__[:8]}"
+        )
+    if "root" in inspect.signature(factory).parameters:
+        options["root"] = str(Path(root).expanduser() if root else cache_root(cache_dir) / "pyg" / dataset)
+    return factory(**options)
 
 
 def _node_features(mode: str, graph: Data, n_attr: int, n_labels: int, max_degree: int) -> Tensor:
     n = graph.num_nodes
+    if mode == "x":
+        return graph.x.float().view(n, -1)
     if mode == "constant":
         return torch.ones(n, 1)
     if mode == "degree":
@@ -136,36 +195,80 @@ def _node_features(mode: str, graph: Data, n_attr: int, n_labels: int, max_degre
     return x  # labels_and_attributes
 
 
-@functools.lru_cache(maxsize=8)
-def load_tu(
-    name: str,
-    root: str,
+def load_graphs(
+    dataset: str,
+    root: str | None,
     cache_dir: str | None = None,
     download: bool = False,
     node_features: str = "auto",
     edge_attributes: bool = False,
     max_degree: int | None = None,
-) -> TUGraphs:
-    """Load a TU dataset as in-memory graphs with the chosen node features (cached per process)."""
+    source: str = "tu",
+    dataset_options: dict | None = None,
+) -> GraphSource:
+    """Load ``dataset`` from the registered ``source`` as in-memory graphs with the chosen node features.
+
+    Cached per process (a pretraining run and its evaluation read the data once).
+    """
+    options = json.dumps(dataset_options or {}, sort_keys=True)
+    return _load_graphs(dataset, root, cache_dir, download, node_features, edge_attributes, max_degree, source, options)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_graphs(
+    dataset: str,
+    root: str | None,
+    cache_dir: str | None,
+    download: bool,
+    node_features: str,
+    edge_attributes: bool,
+    max_degree: int | None,
+    source: str,
+    dataset_options: str,
+) -> GraphSource:
     if node_features not in NODE_FEATURES:
         raise ValueError(f"data.node_features={node_features!r} is not one of {list(NODE_FEATURES)}")
-    dataset = _tu_dataset(name, root, cache_dir, download)
-    n_labels, n_attr = dataset.num_node_labels, dataset.num_node_attributes
-    mode = node_features
-    if mode == "auto":
-        mode = "labels" if n_labels else "attributes" if n_attr else "constant"
-    missing = {"labels": n_labels == 0, "attributes": n_attr == 0, "labels_and_attributes": n_labels + n_attr == 0}
-    if missing.get(mode):
-        raise ValueError(f"data.node_features={mode!r}: dataset {name!r} has {n_labels} node label column(s) and "
-                         f"{n_attr} node attribute(s); use 'degree' or 'constant'")  # fmt: skip
-    raw = [dataset[i] for i in range(len(dataset))]
+    loaded = SOURCES.get(source)(dataset, root, cache_dir, download, **json.loads(dataset_options))
+    raw = [loaded[i] for i in range(len(loaded))]
+    if not raw:
+        raise ValueError(f"data.source={source!r} gave no graphs for data.dataset={dataset!r}")
+    mode = _resolve_node_features(node_features, loaded, raw, dataset)
     if mode == "degree" and max_degree is None:
         max_degree = max(int(degree(g.edge_index[0], g.num_nodes).max()) if g.num_edges else 0 for g in raw)
+    counts = (getattr(loaded, "num_node_attributes", 0), getattr(loaded, "num_node_labels", 0))
     graphs = []
     for graph in raw:
-        data = Data(x=_node_features(mode, graph, n_attr, n_labels, max_degree or 0), edge_index=graph.edge_index)
+        data = Data(x=_node_features(mode, graph, *counts, max_degree or 0), edge_index=graph.edge_index)
         if edge_attributes and graph.edge_attr is not None:
             data.edge_attr = graph.edge_attr.float()
         graphs.append(data)
-    _, labels = torch.unique(dataset.y, sorted=True, return_inverse=True)
-    return TUGraphs(name, tuple(graphs), labels, graphs[0].x.size(1), int(labels.max()) + 1, mode)
+    labels = _class_labels(raw)
+    num_classes = int(labels.max()) + 1 if labels is not None else 0
+    return GraphSource(dataset, tuple(graphs), labels, graphs[0].x.size(1), num_classes, mode)
+
+
+def _resolve_node_features(mode: str, loaded: Sequence[Data], raw: list[Data], name: str) -> str:
+    n_labels, n_attr = getattr(loaded, "num_node_labels", None), getattr(loaded, "num_node_attributes", None)
+    has_x = all(g.x is not None for g in raw)
+    if mode == "auto":
+        if n_labels is None:
+            return "x" if has_x else "constant"
+        return "labels" if n_labels else "attributes" if n_attr else "constant"
+    if mode in _TU_ONLY and n_labels is None:
+        raise ValueError(f"data.node_features={mode!r} exists for TU data only; use 'x', 'degree' or 'constant'")
+    missing = {"labels": not n_labels, "attributes": not n_attr, "labels_and_attributes": not (n_labels or n_attr)}
+    if missing.get(mode):
+        raise ValueError(f"data.node_features={mode!r}: dataset {name!r} has {n_labels} node label column(s) and "
+                         f"{n_attr} node attribute(s); use 'degree' or 'constant'")  # fmt: skip
+    if mode == "x" and not has_x:
+        raise ValueError(f"data.node_features='x': the graphs of {name!r} have no x; use 'degree' or 'constant'")
+    return mode
+
+
+def _class_labels(graphs: list[Data]) -> Tensor | None:
+    """Graph labels re-encoded to 0..C-1, or None unless every graph has one integer ``y``."""
+    ys = [getattr(g, "y", None) for g in graphs]
+    if any(y is None or y.numel() != 1 or y.is_floating_point() for y in ys):
+        return None
+    _, labels = torch.unique(torch.cat([y.view(1) for y in ys]), sorted=True, return_inverse=True)
+    return labels

@@ -22,7 +22,7 @@ backbone output ``(num_graphs, L * hidden_dim)`` (``jumping_knowledge="last"``: 
 Example:
     >>> import torch
     >>> from torch_geometric.data import Batch, Data
-    >>> from modalities.graph.encoders import GraphBackbone, projection_head
+    >>> from mmcl.modalities.graph.encoders import GraphBackbone, projection_head
     >>> graphs = [Data(x=torch.ones(3, 7), edge_index=torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]]))] * 4
     >>> backbone = GraphBackbone(in_dim=7, hidden_dim=32, num_layers=3)
     >>> backbone(Batch.from_data_list(graphs)).shape, backbone.out_dim
@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -39,18 +40,36 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.nn import GCNConv, GINConv, SAGEConv, global_add_pool, global_max_pool, global_mean_pool
 
-ENCODERS = ("gin", "gcn", "sage")
+from mmcl.contract import Registry
+
 _POOLS = {"sum": global_add_pool, "mean": global_mean_pool, "max": global_max_pool}
 
+ConvFactory = Callable[[int, int], nn.Module]
+ENCODERS: Registry[ConvFactory] = Registry("graph encoder", config_key="model.encoder")
 
-def _conv(kind: str, in_dim: int, out_dim: int) -> nn.Module:
-    if kind == "gin":
-        return GINConv(nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim)))
-    if kind == "gcn":
-        return GCNConv(in_dim, out_dim)
-    if kind == "sage":
-        return SAGEConv(in_dim, out_dim)
-    raise ValueError(f"unknown graph encoder {kind!r}; available: {list(ENCODERS)}")
+
+def register_encoder(name: str) -> Callable[[ConvFactory], ConvFactory]:
+    """Decorator registering a message-passing layer factory ``(in_dim, out_dim) -> layer`` as ``model.encoder``.
+
+    The layer is called as ``layer(x, edge_index)`` (any ``torch_geometric.nn`` convolution); the backbone
+    stacks ``num_layers`` of them with ReLU, batch norm and per-layer pooling.
+    """
+    return ENCODERS.register(name)
+
+
+@register_encoder("gin")
+def gin_conv(in_dim: int, out_dim: int) -> nn.Module:
+    return GINConv(nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim)))
+
+
+@register_encoder("gcn")
+def gcn_conv(in_dim: int, out_dim: int) -> nn.Module:
+    return GCNConv(in_dim, out_dim)
+
+
+@register_encoder("sage")
+def sage_conv(in_dim: int, out_dim: int) -> nn.Module:
+    return SAGEConv(in_dim, out_dim)
 
 
 class GraphBackbone(nn.Module):
@@ -60,7 +79,7 @@ class GraphBackbone(nn.Module):
         in_dim: node feature width ``F``.
         hidden_dim: width of every layer (GraphCL: 32).
         num_layers: number of layers (GraphCL's TU runs: 3).
-        encoder: ``"gin"`` | ``"gcn"`` | ``"sage"``.
+        encoder: ``"gin"`` | ``"gcn"`` | ``"sage"`` | a registered encoder (:func:`register_encoder`).
         pooling: ``"sum"`` (GraphCL) | ``"mean"`` | ``"max"`` readout over each graph's nodes.
         jumping_knowledge: ``"cat"`` concatenates every layer's pooled output (GraphCL), ``"last"`` keeps
             the last layer's.
@@ -76,7 +95,7 @@ class GraphBackbone(nn.Module):
         in_dim: int,
         hidden_dim: int = 32,
         num_layers: int = 3,
-        encoder: Literal["gin", "gcn", "sage"] = "gin",
+        encoder: str = "gin",
         pooling: Literal["sum", "mean", "max"] = "sum",
         jumping_knowledge: Literal["cat", "last"] = "cat",
         batch_norm: bool = True,
@@ -90,7 +109,8 @@ class GraphBackbone(nn.Module):
         if jumping_knowledge not in ("cat", "last"):
             raise ValueError(f"jumping_knowledge must be 'cat' or 'last', got {jumping_knowledge!r}")
         widths = [in_dim] + [hidden_dim] * (num_layers - 1)
-        self.convs = nn.ModuleList(_conv(encoder, width, hidden_dim) for width in widths)
+        conv = ENCODERS.get(encoder)
+        self.convs = nn.ModuleList(conv(width, hidden_dim) for width in widths)
         self.norms = nn.ModuleList(nn.BatchNorm1d(hidden_dim) if batch_norm else nn.Identity() for _ in widths)
         self.pool = _POOLS[pooling]
         self.jumping_knowledge = jumping_knowledge

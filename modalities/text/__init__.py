@@ -9,6 +9,12 @@ transformers and datasets are imported only when an encoder or a dataset is buil
 adapter stays cheap.
 """
 
-from modalities.text.adapter import TextAdapter, TextDataConfig, TextModelConfig
+from mmcl.contract import ensure_torchvision_ops
+
+ensure_torchvision_ops()  # before torchvision or transformers is imported (CPU-only torch: mmcl/contract/compat.py)
+
+# isort: split
+
+from mmcl.modalities.text.adapter import TextAdapter, TextDataConfig, TextModelConfig
 
 __all__ = ["TextAdapter", "TextDataConfig", "TextModelConfig"]

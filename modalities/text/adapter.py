@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmcl.adapter import ModalityAdapter, TrainBatch
-from modalities import register_adapter
-from modalities.text.data import SentenceTuples, build_rows, load_table
+from mmcl.contract import ModalityAdapter, TrainBatch, Validation
+from mmcl.modalities import register_modality
+from mmcl.modalities.text.data import SentenceTuples, build_rows, load_table
 
 PoolerName = Literal[
     "cls", "cls_before_pooler", "mean", "first_last_avg", "top2_avg", "avg", "avg_first_last", "avg_top2"
@@ -49,7 +49,7 @@ class TextModelConfig:
 
 @dataclass
 class TextDataConfig:
-    """``data`` section of a text config (the modes' column needs: :mod:`modalities.text.data`)."""
+    """``data`` section of a text config (the modes' column needs: :mod:`mmcl.modalities.text.data`)."""
 
     mode: Literal["unsup", "pairs", "nli"] = "unsup"
     path: str | list[str] | None = None  # local .txt (one sentence per line), .csv, .tsv, .json, .jsonl; or a list
@@ -61,10 +61,9 @@ class TextDataConfig:
     label_column: str | None = None  # nli from labelled rows: columns = [premise, hypothesis]
     hard_negatives: bool = True  # nli: feed the contradictions to the loss as negatives
     max_samples: int | None = None  # keep the first N rows
-    stsb_dev: str = "../shared/data/stsb/sts-dev.csv"  # checkpoint selection (validate())
 
 
-@register_adapter
+@register_modality
 class TextAdapter(ModalityAdapter):
     """Sentences: ``TextEncoder`` + SimCSE views; evaluation by the ``sts`` task."""
 
@@ -72,7 +71,10 @@ class TextAdapter(ModalityAdapter):
     ModelConfig: ClassVar[type] = TextModelConfig
     DataConfig: ClassVar[type] = TextDataConfig
     default_eval_tasks: ClassVar[tuple[str, ...]] = ("sts",)
-    selection_metric: ClassVar[str | None] = "stsb_dev_spearman"
+    #: SimCSE's checkpoint selection: STS-B dev Spearman x 100 (files under ``eval.sts.root``).
+    validation: ClassVar[Validation | None] = Validation(
+        "sts", {"split": "dev", "tasks": ["STSBenchmark"]}, metric="STSBenchmark.spearman", name="stsb_dev_spearman"
+    )
 
     def __init__(self, model: TextModelConfig, data: TextDataConfig) -> None:
         super().__init__(model, data)
@@ -82,13 +84,13 @@ class TextAdapter(ModalityAdapter):
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from modalities.text.encoder import load_tokenizer
+            from mmcl.modalities.text.encoder import load_tokenizer
 
             self._tokenizer = load_tokenizer(self.model_config.name_or_path, self.model_config.local_files_only)
         return self._tokenizer
 
     def build_encoder(self):
-        from modalities.text.encoder import TextEncoder, load_pretrained
+        from mmcl.modalities.text.encoder import TextEncoder, load_pretrained
 
         model = self.model_config
         transformer, tokenizer = load_pretrained(model.name_or_path, model.local_files_only)
@@ -132,16 +134,8 @@ class TextAdapter(ModalityAdapter):
     def _tokenize(self, sentences: list[str], max_length: int | None) -> Any:
         return self.tokenizer(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
-    def validate(self, encoder, device: torch.device | str = "cpu", batch_size: int = 64) -> dict[str, float]:
-        """STS-B dev Spearman x100 of ``encoder`` (``data.stsb_dev``), SimCSE's checkpoint-selection metric."""
-        from tasks.sts import read_stsb, score_pairs
-
-        pairs = read_stsb(Path(self.data_config.stsb_dev), key="data.stsb_dev")
-        scores = score_pairs(lambda s: encoder.encode(s, batch_size=batch_size, device=device), {"dev": pairs})
-        return {"stsb_dev_spearman": scores["all"]["spearman"]}
-
     def export(self, encoder, folder: str | Path) -> Path:
         """Save the transformer and tokenizer with ``save_pretrained`` (loadable by ``AutoModel.from_pretrained``)."""
-        from modalities.text.export import save_pretrained
+        from mmcl.modalities.text.export import save_pretrained
 
         return save_pretrained(encoder, self.tokenizer, folder)

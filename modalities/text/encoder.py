@@ -36,8 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import mmcl  # noqa: F401  (torchvision compatibility step before transformers imports torchvision)
-from mmcl.adapter import Encoder
+from mmcl.contract.adapter import Encoder
 
 POOLERS = ("cls", "cls_before_pooler", "mean", "first_last_avg", "top2_avg")
 #: SimCSE's names for the same poolers.

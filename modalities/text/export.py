@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from modalities.text.encoder import pooler_dense
+from mmcl.modalities.text.encoder import pooler_dense
 
 #: SimCSE ``evaluation.py`` ``--pooler`` name of each mmcl evaluation pooler.
 SIMCSE_POOLER = {

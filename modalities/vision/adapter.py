@@ -1,6 +1,6 @@
 """The ``vision`` modality: torchvision backbones, SimCLR views and image datasets behind the adapter contract.
 
-Example config (``configs/vision/cifar10.yaml``)::
+Example config (the packaged ``vision/cifar10``)::
 
     modality: vision
     model: {backbone: resnet18, backbone_options: {cifar_stem: true}, head_layers: 2, head_dim: 128}
@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmcl.adapter import Encoder, ModalityAdapter, TrainBatch
-from modalities import register_adapter
-from modalities.vision.backbones import build_backbone, build_head
-from modalities.vision.datasets import ImageSource, load_source, seeded_subset
-from modalities.vision.transforms import eval_transform, simclr_view, view_settings
+from mmcl.contract.adapter import Encoder, ModalityAdapter, TrainBatch
+from mmcl.modalities import register_modality
+from mmcl.modalities.vision.backbones import backbone_options, build_backbone, build_head
+from mmcl.modalities.vision.datasets import ImageSource, load_source, seeded_subset
+from mmcl.modalities.vision.transforms import eval_transform, simclr_view, view_settings
 
 
 @dataclass
@@ -35,8 +35,9 @@ class VisionModelConfig:
 
 @dataclass
 class VisionDataConfig:
-    dataset: str = "digits"  # digits | mnist | fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder
-    root: str = "data"
+    dataset: str = "digits"  # digits | mnist | fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder | a plug-in's
+    root: str | None = None  # the folder holding the dataset's files (digits: none needed)
+    dataset_options: dict = field(default_factory=dict)  # options of a plug-in dataset's loader
     download: bool = False
     cache_dir: str | None = None  # where .gz/.zip sources are unpacked (default ~/.cache/mmcl)
     image_size: int | None = None  # ImageFolder view size (default 224; other datasets use their native size)
@@ -79,7 +80,7 @@ class Transformed(Dataset):
         return self.transform(image), label
 
 
-@register_adapter
+@register_modality
 class VisionAdapter(ModalityAdapter):
     """Images: a torchvision backbone plus SimCLR head, SimCLR views, torchvision datasets."""
 
@@ -89,6 +90,7 @@ class VisionAdapter(ModalityAdapter):
 
     def __init__(self, model: VisionModelConfig, data: VisionDataConfig) -> None:
         super().__init__(model, data)
+        backbone_options(model.backbone)  # an unknown backbone fails here, before any data is read
         if data.n_views != 2:
             raise ValueError(f"data.n_views={data.n_views}: the loss core contrasts two views per instance; use 2")
         self._source: ImageSource | None = None
@@ -96,14 +98,9 @@ class VisionAdapter(ModalityAdapter):
     @property
     def source(self) -> ImageSource:
         if self._source is None:
-            options = {"size": self.data_config.image_size or 224} if self.data_config.dataset == "imagefolder" else {}
-            self._source = load_source(
-                self.data_config.dataset,
-                self.data_config.root,
-                self.data_config.cache_dir,
-                self.data_config.download,
-                **options,
-            )
+            d = self.data_config
+            options = dict(d.dataset_options) | ({"size": d.image_size} if d.image_size is not None else {})
+            self._source = load_source(d.dataset, d.root, d.cache_dir, d.download, **options)
         return self._source
 
     @property
@@ -120,9 +117,10 @@ class VisionAdapter(ModalityAdapter):
     def build_encoder(self) -> Encoder:
         cfg, source = self.model_config, self.source
         options = dict(cfg.backbone_options)
-        if cfg.backbone.startswith("vit"):
+        accepted = backbone_options(cfg.backbone)
+        if "image_size" in accepted:
             options.setdefault("image_size", source.size)
-        if cfg.backbone.startswith("resnet"):
+        if "cifar_stem" in accepted:
             options.setdefault("cifar_stem", source.size <= 64)  # 7x7/2 conv + max-pool would erase small images
         backbone, feature_dim = build_backbone(cfg.backbone, in_channels=source.channels, **options)
         head = build_head(

@@ -2,7 +2,16 @@
 
 :func:`build_backbone` returns ``(module, feature_dim)``: the module maps images ``(n, C, H, W)`` to
 features ``(n, feature_dim)``. Backbones are randomly initialised (``weights=None``): contrastive
-pretraining starts from scratch.
+pretraining starts from scratch. A backbone is a factory ``(in_channels, **options) -> (module,
+feature_dim)`` registered with :func:`register_backbone`; its keyword parameters are the options a config
+may set in ``model.backbone_options`` (the adapter fills ``image_size``, and ``cifar_stem`` for images up to
+64 px, when the factory takes them)::
+
+    @register_backbone("my_mlp")
+    def my_mlp(in_channels: int, image_size: int = 8, hidden: int = 64) -> tuple[nn.Module, int]:
+        layers = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, hidden), nn.ReLU())
+        return layers, hidden
+
 
 * ``small_cnn``: a few 3x3 conv layers + global average pool (tests, quickstart); last width.
 * ``resnet18`` / ``resnet50``: torchvision ResNets with ``fc`` removed; 512 / 2048.
@@ -10,6 +19,8 @@ pretraining starts from scratch.
   patch 4 up to 64 px; the CLS token after the final LayerNorm; 192.
 * ``vit``: the same with ViT-B/16 sizes by default (12 layers, 12 heads, 768/3072); 768.
 
+>>> import torch
+>>> from mmcl.modalities.vision import build_backbone
 >>> backbone, dim = build_backbone("resnet18", in_channels=1, cifar_stem=True)
 >>> backbone(torch.randn(2, 1, 32, 32)).shape, dim
 (torch.Size([2, 512]), 512)
@@ -17,15 +28,24 @@ pretraining starts from scratch.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
 from torch import nn
 from torchvision import models
 
-import mmcl  # noqa: F401  (torchvision compatibility step before importing torchvision)
+from mmcl.contract import Registry
 
-__all__ = ["BACKBONES", "available_backbones", "build_backbone", "build_head"]
+__all__ = ["BACKBONES", "available_backbones", "build_backbone", "build_head", "register_backbone"]
+
+BackboneFactory = Callable[..., tuple[nn.Module, int]]
+BACKBONES: Registry[BackboneFactory] = Registry("image backbone", config_key="model.backbone")
+
+
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator registering a backbone factory ``(in_channels, **options) -> (module, feature_dim)``."""
+    return BACKBONES.register(name)
 
 
 def _resnet(factory: Callable[..., models.ResNet]) -> Callable[..., tuple[nn.Module, int]]:
@@ -102,24 +122,25 @@ def _small_cnn(
     return nn.Sequential(*layers), previous
 
 
-BACKBONES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
-    "small_cnn": _small_cnn,
-    "resnet18": _resnet(models.resnet18),
-    "resnet50": _resnet(models.resnet50),
-    "vit_tiny": _vit({"patch_size": 0, "num_layers": 12, "num_heads": 3, "hidden_dim": 192, "mlp_dim": 768}),
-    "vit": _vit({"patch_size": 16, "num_layers": 12, "num_heads": 12, "hidden_dim": 768, "mlp_dim": 3072}),
-}
-_OPTIONS = {
-    "small_cnn": ("channels", "batch_norm"),
-    "resnet18": ("cifar_stem",),
-    "resnet50": ("cifar_stem",),
-    "vit_tiny": ("image_size", "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim"),
-    "vit": ("image_size", "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim"),
-}
+register_backbone("small_cnn")(_small_cnn)
+register_backbone("resnet18")(_resnet(models.resnet18))
+register_backbone("resnet50")(_resnet(models.resnet50))
+register_backbone("vit_tiny")(
+    _vit({"patch_size": 0, "num_layers": 12, "num_heads": 3, "hidden_dim": 192, "mlp_dim": 768})
+)
+register_backbone("vit")(
+    _vit({"patch_size": 16, "num_layers": 12, "num_heads": 12, "hidden_dim": 768, "mlp_dim": 3072})
+)
 
 
 def available_backbones() -> list[str]:
-    return sorted(BACKBONES)
+    return BACKBONES.names()
+
+
+def backbone_options(name: str) -> list[str]:
+    """The options of backbone ``name``: its factory's keyword parameters after ``in_channels``."""
+    parameters = list(inspect.signature(BACKBONES.get(name)).parameters.values())[1:]
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def build_backbone(name: str, in_channels: int = 3, **options) -> tuple[nn.Module, int]:
@@ -130,15 +151,16 @@ def build_backbone(name: str, in_channels: int = 3, **options) -> tuple[nn.Modul
     32-96 px images); ``vit_tiny``/``vit``: ``image_size`` (required), ``patch_size`` (``vit_tiny``: 4 up
     to 64 px, 8 up to 128 px, else 16), ``num_layers``, ``num_heads``, ``hidden_dim``, ``mlp_dim``.
     ``in_channels`` other than 3 replaces the first convolution (ResNet ``conv1``, ViT ``conv_proj``).
+    A registered plug-in's options are its factory's keyword parameters.
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; available: {available_backbones()}")
+    factory = BACKBONES.get(name)
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-    unknown = sorted(set(options) - set(_OPTIONS[name]))
+    valid = backbone_options(name)
+    unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for backbone {name!r}; valid: {list(_OPTIONS[name])}")
-    return BACKBONES[name](in_channels, **options)
+        raise ValueError(f"unknown option(s) {unknown} for backbone {name!r} in model.backbone_options; valid: {valid}")
+    return factory(in_channels, **options)
 
 
 def build_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, batch_norm: bool = True) -> nn.Module:

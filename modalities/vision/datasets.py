@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import inspect
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -34,9 +35,22 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 
-import mmcl  # noqa: F401  (torchvision compatibility step)
+from mmcl.contract import Registry
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+DatasetLoader = Callable[..., "ImageSource"]
+DATASETS: Registry[DatasetLoader] = Registry("image dataset", config_key="data.dataset")
+
+
+def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Decorator registering ``loader(root, cache_dir, download, **options) -> ImageSource`` as ``data.dataset``.
+
+    ``root`` is ``data.root`` (None when unset: call :func:`require_root` if the data lives in files),
+    ``cache_dir`` where anything derived may be written (:func:`cache_folder`), never next to the source;
+    ``options`` come from ``data.dataset_options`` (and ``size`` from ``data.image_size``).
+    """
+    return DATASETS.register(name)
 
 
 @dataclass
@@ -80,6 +94,18 @@ def _source_key(path: Path) -> str:
     return hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
 
 
+def require_root(root: str | None, dataset: str, cache_dir: str | None = None, download: bool = False) -> Path:
+    """``data.root`` as a path. Unset, the cache folder when downloading, else an error naming the key to set."""
+    if root is not None:
+        return Path(root).expanduser()
+    if download:
+        return cache_folder(cache_dir, "downloads")
+    raise ValueError(
+        f"data.root is not set: the {dataset!r} dataset reads its files from a folder; set data.root=FOLDER "
+        "(or data.download=true to fetch it into data.cache_dir where it can be downloaded)"
+    )
+
+
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(
@@ -89,7 +115,7 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def _digits(root: str, cache_dir: str | None, download: bool) -> ImageSource:
+def _digits(root: str | None, cache_dir: str | None, download: bool) -> ImageSource:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -103,8 +129,9 @@ def _digits(root: str, cache_dir: str | None, download: bool) -> ImageSource:
 
 
 def _mnist_like(name: str, stats: tuple) -> Callable[[str, str | None, bool], ImageSource]:
-    def load(root: str, cache_dir: str | None, download: bool) -> ImageSource:
-        source_raw = Path(root).expanduser() / name / "raw"
+    def load(root: str | None, cache_dir: str | None, download: bool) -> ImageSource:
+        root = require_root(root, name, cache_dir, download)
+        source_raw = root / name / "raw"
         reader = getattr(tvd, name)
         if download or (source_raw / "train-images-idx3-ubyte").exists():
             base = root
@@ -127,7 +154,8 @@ def _mnist_like(name: str, stats: tuple) -> Callable[[str, str | None, bool], Im
 
 
 def _cifar(reader: type, stats: tuple) -> Callable[[str, str | None, bool], ImageSource]:
-    def load(root: str, cache_dir: str | None, download: bool) -> ImageSource:
+    def load(root: str | None, cache_dir: str | None, download: bool) -> ImageSource:
+        root = str(require_root(root, reader.__name__, cache_dir, download))
         splits = [reader(root, train=train, download=download) for train in (True, False)]
         train, test = (
             TensorImages(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets))
@@ -138,7 +166,9 @@ def _cifar(reader: type, stats: tuple) -> Callable[[str, str | None, bool], Imag
     return load
 
 
-def _stl10(root: str, cache_dir: str | None, download: bool) -> ImageSource:
+def _stl10(root: str | None, cache_dir: str | None, download: bool) -> ImageSource:
+    root = str(require_root(root, "stl10", cache_dir, download))
+
     def split(name: str) -> TensorImages:
         data = tvd.STL10(root, split=name, download=download)
         return TensorImages(torch.from_numpy(data.data), torch.from_numpy(data.labels))
@@ -169,29 +199,40 @@ def _unpacked_image_folder(root: Path, split: str, cache_dir: str | None) -> Pat
     return found[0]
 
 
-def _image_folder(root: str, cache_dir: str | None, download: bool, size: int = 32) -> ImageSource:
-    base = _require(Path(root).expanduser(), "ImageFolder root")
+def _image_folder(root: str | None, cache_dir: str | None, download: bool, size: int = 224) -> ImageSource:
+    base = _require(require_root(root, "imagefolder"), "ImageFolder root")
     train, test = (tvd.ImageFolder(str(_unpacked_image_folder(base, split, cache_dir))) for split in ("train", "test"))
     if train.classes != test.classes:
         raise ValueError(f"ImageFolder train and test class folders differ: {train.classes} vs {test.classes}")
     return ImageSource(train, train, test, 3, size, *IMAGENET_STATS, labelled=True, resize_for_eval=True)
 
 
-LOADERS: dict[str, Callable[..., ImageSource]] = {
-    "digits": _digits,
-    "mnist": _mnist_like("MNIST", ((0.1307,), (0.3081,))),
-    "fashion_mnist": _mnist_like("FashionMNIST", ((0.2860,), (0.3530,))),
-    "cifar10": _cifar(tvd.CIFAR10, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))),
-    "cifar100": _cifar(tvd.CIFAR100, ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))),
-    "stl10": _stl10,
-    "imagefolder": _image_folder,
-}
+register_dataset("digits")(_digits)
+register_dataset("mnist")(_mnist_like("MNIST", ((0.1307,), (0.3081,))))
+register_dataset("fashion_mnist")(_mnist_like("FashionMNIST", ((0.2860,), (0.3530,))))
+register_dataset("cifar10")(_cifar(tvd.CIFAR10, ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))))
+register_dataset("cifar100")(_cifar(tvd.CIFAR100, ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))))
+register_dataset("stl10")(_stl10)
+register_dataset("imagefolder")(_image_folder)
 
 
-def load_source(name: str, root: str, cache_dir: str | None = None, download: bool = False, **options) -> ImageSource:
-    if name not in LOADERS:
-        raise ValueError(f"unknown image dataset data.dataset={name!r}; available: {sorted(LOADERS)}")
-    return LOADERS[name](root, cache_dir, download, **options)
+def available_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def load_source(
+    name: str, root: str | None, cache_dir: str | None = None, download: bool = False, **options
+) -> ImageSource:
+    """The :class:`ImageSource` of the dataset registered as ``name``; ``options`` go to its loader."""
+    loader = DATASETS.get(name)
+    accepted = list(inspect.signature(loader).parameters)[3:]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for image dataset {name!r} (data.dataset_options, data.image_size); "
+            f"valid: {accepted}"
+        )
+    return loader(root, cache_dir, download, **options)
 
 
 def seeded_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:

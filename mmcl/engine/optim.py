@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from mmcl.config import OptimConfig
+from mmcl.engine.config import OptimConfig
 
 
 class LARS(torch.optim.Optimizer):

@@ -2,7 +2,7 @@
 
 The engine is modality-agnostic: it builds the adapter named by the config, runs its encoder once per
 step on all views of the batch, and hands the loss plain embedding tensors. Under several processes the
-loss gathers every process's embeddings with gradient (``losses.gather_with_grad``; Accelerate's
+loss gathers every process's embeddings with gradient (``mmcl.losses.gather_with_grad``; Accelerate's
 ``gather`` drops gradients), so each step contrasts the global batch of ``world_size * batch_size``
 pairs. Gradient accumulation averages gradients over micro-batches but does not add negatives: each
 micro-batch is contrasted on its own.
@@ -24,41 +24,16 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-import losses
-from mmcl import checkpoint
-from mmcl.adapter import ModalityAdapter, TrainBatch
-from mmcl.config import Config
-from mmcl.gradcache import batch_dependent_layers, cached_step, split_inputs
-from mmcl.optim import build_optimizer, build_scheduler
-
-_MIX = 0x9E3779B97F4A7C15
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (splitmix-style), stable across processes and runs."""
-    value = 0
-    for part in parts:
-        value = (value ^ (int(part) + _MIX + (value << 6) + (value >> 2))) & 0xFFFFFFFFFFFFFFFF
-        value = (value * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    return value >> 1
-
-
-class SeededViews(Dataset):
-    """The adapter's pretraining dataset with each item's augmentations seeded by (seed, epoch, index)."""
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derived_seed(self.seed, self.epoch, index))
-            return self.dataset[index]
+from mmcl import losses
+from mmcl.contract import ModalityAdapter, SeededViews, TrainBatch, derived_seed
+from mmcl.engine import checkpoint
+from mmcl.engine.config import Config, build_adapter
+from mmcl.engine.evaluate import validation_score
+from mmcl.engine.gradcache import batch_dependent_layers, cached_step, split_inputs
+from mmcl.engine.optim import build_optimizer, build_scheduler
 
 
 class EpochPermutation(Sampler):
@@ -74,12 +49,6 @@ class EpochPermutation(Sampler):
         epoch = self.epoch if self.every_epoch else 0
         generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch, 1))
         return iter(torch.randperm(self.size, generator=generator).tolist())
-
-
-def build_adapter(config: Config) -> ModalityAdapter:
-    from modalities import adapter_class
-
-    return adapter_class(config.modality)(config.model, config.data)
 
 
 def build_loss(config: Config) -> torch.nn.Module:
@@ -171,7 +140,7 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
             f"train.grad_cache_chunk needs an encoder without batch-dependent layers; this one has batch norm in "
             f"{batch_dependent_layers(encoder)[:3]}... (turn it off, e.g. model.head_batch_norm=false)"
         )
-    if train.validate_every and adapter.selection_metric is None:
+    if train.validate_every and adapter.validation is None:
         raise ValueError(f"train.validate_every: the {adapter.name} modality has no validation metric; unset it")
     optimizer = build_optimizer(encoder, config.optim)
     encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
@@ -217,15 +186,13 @@ def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = F
         scores: dict[str, float] = {}
         if accelerator.is_main_process:
             model = accelerator.unwrap_model(encoder)
-            model.eval()
-            with torch.no_grad():
-                scores = adapter.validate(model, accelerator.device)
+            value = validation_score(model, adapter, config, accelerator.device)
             model.train()
-            metric = adapter.selection_metric
-            if not best or scores[metric] > best["value"]:
-                best.update(step=at_step, metric=metric, value=scores[metric])
+            metric = adapter.validation.name
+            if not best or value > best["value"]:
+                best.update(step=at_step, metric=metric, value=value)
                 checkpoint.save_best({"model": model.state_dict(), **best}, run_dir)
-            scores = {f"val_{k}": v for k, v in scores.items()} | {"best_step": best["step"]}
+            scores = {f"val_{metric}": value, "best_step": best["step"]}
         accelerator.wait_for_everyone()
         return scores
 

@@ -1,26 +1,27 @@
 """Evaluate a pretrained encoder: run the configured evaluation tasks on it frozen, and write JSON.
 
-Tasks are looked up in :mod:`tasks`' registry (``knn``, ``linear``, ``metrics`` for images; each modality
+Tasks are looked up in :mod:`mmcl.tasks`' registry (``knn``, ``linear``, ``metrics`` for images; each modality
 names its defaults), so this module knows nothing about any one modality or task.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from mmcl import checkpoint
-from mmcl.adapter import Encoder, ModalityAdapter
-from mmcl.config import Config, EvalConfig, load_config
+from mmcl.contract import Encoder, ModalityAdapter
+from mmcl.engine import checkpoint
+from mmcl.engine.config import Config, ConfigSource, EvalConfig, build_adapter, load_config
+from mmcl.tasks import EvalContext, available_tasks, get_task
 
 
 def evaluate_encoder(encoder: Encoder, adapter: ModalityAdapter, config: EvalConfig, tasks=None, device="cpu") -> dict:
     """Run the evaluation tasks (``tasks``, else ``config.tasks``, else the adapter's defaults) on a frozen encoder."""
-    from tasks import EvalContext, get_task
-
     names = list(tasks or config.tasks or adapter.default_eval_tasks)
     selected = [get_task(name) for name in names]  # raises for an unknown task before any work
     device = torch.device(device)
@@ -32,9 +33,8 @@ def evaluate_encoder(encoder: Encoder, adapter: ModalityAdapter, config: EvalCon
     return results
 
 
-def load_encoder(config: Config, checkpoint_file: Path | None) -> tuple[Encoder, ModalityAdapter]:
-    from mmcl.trainer import build_adapter
-
+def build_encoder(config: Config, checkpoint_file: Path | None) -> tuple[Encoder, ModalityAdapter]:
+    """The config's encoder with the checkpoint's weights (freshly initialised, seeded by ``train.seed``, without)."""
     torch.manual_seed(config.train.seed)
     adapter = build_adapter(config)
     encoder = adapter.build_encoder()
@@ -43,30 +43,44 @@ def load_encoder(config: Config, checkpoint_file: Path | None) -> tuple[Encoder,
     return encoder, adapter
 
 
+@torch.no_grad()
+def validation_score(encoder: Encoder, adapter: ModalityAdapter, config: Config, device: torch.device | str) -> float:
+    """The adapter's validation (:class:`~mmcl.contract.Validation`): its task on the frozen encoder, on top of the
+    config's options for that task; returns the score that checkpoint selection maximises."""
+    spec = adapter.validation
+    task = get_task(spec.task)
+    options = dataclasses.replace(config.eval.options.get(spec.task) or task.options(), **spec.options)
+    context = EvalContext(encoder.eval(), adapter, torch.device(device), config.eval.batch_size, config.eval.seed)
+    score = _lookup(task.run(context, options), spec.metric)
+    if not isinstance(score, float):
+        raise ValueError(f"validation: the {spec.task} task's result has no number at {spec.metric!r}")
+    return score
+
+
 def evaluate_run(
-    target: str | Path,
+    target: ConfigSource,
     tasks=None,
     random_init: bool = False,
     output: str | Path | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
-    """Evaluate a run folder (its best, else latest, checkpoint), a checkpoint file, or a config file's encoder
-    as the adapter builds it (e.g. a published text model); write the results as JSON.
+    """Evaluate a run folder (its best, else latest, checkpoint), a checkpoint file, or a config's encoder
+    as the adapter builds it (a file, packaged name or mapping; e.g. a published text model); write the results
+    as JSON.
 
-    Results go to ``output``, else to ``RUN/eval.json`` for a run (nowhere for a config file). ``overrides``
-    (dotted ``section.key=value``) apply to a config file only.
+    Results go to ``output``, else to ``RUN/eval.json`` for a run (nowhere for a config). ``overrides``
+    (dotted ``section.key=value``) apply to a config only.
     """
-    target = Path(target)
-    if target.suffix in (".yaml", ".yml") and target.is_file():
-        config, checkpoint_file, run_dir = load_config(target, overrides), None, None
-    elif overrides:
-        raise ValueError(f"overrides {overrides} apply to a config file only, not to the run {target}")
-    else:
+    if is_run(target):
+        if overrides:
+            raise ValueError(f"overrides {overrides} apply to a config only, not to the run {target}")
         run_dir, checkpoint_file = checkpoint.resolve(target)
         config = load_config(run_dir / "config.yaml")
+    else:
+        config, checkpoint_file, run_dir = load_config(target, overrides), None, None
     if random_init:
         checkpoint_file = None
-    encoder, adapter = load_encoder(config, checkpoint_file)
+    encoder, adapter = build_encoder(config, checkpoint_file)
     device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
     started = time.perf_counter()
     results = evaluate_encoder(encoder, adapter, config.eval, tasks, device)
@@ -83,10 +97,16 @@ def evaluate_run(
     return results
 
 
+def is_run(target: ConfigSource) -> bool:
+    """Whether ``target`` is a run folder or a checkpoint file (else a config: file, packaged name or mapping)."""
+    if isinstance(target, Mapping):
+        return False
+    path = Path(target).expanduser()
+    return path.is_dir() or path.suffix == ".pt"
+
+
 def format_results(results: dict) -> str:
     """A two-column table of each task's headline numbers."""
-    from tasks import available_tasks, get_task
-
     rows = [(key, str(results[key])) for key in ("encoder", "loss") if key in results]
     for name in (name for name in results if name in available_tasks()):
         for key in get_task(name).headline:
@@ -103,20 +123,3 @@ def _lookup(results: dict, dotted: str):
             return None
         results = results[key]
     return results
-
-
-def quickstart(output_dir: str = "runs", overrides: list[str] | None = None) -> dict:
-    """Pretrain on the bundled digits images, then evaluate it beside a random-init encoder."""
-    from mmcl.trainer import pretrain
-
-    config_file = Path(__file__).with_name("quickstart.yaml")
-    config = load_config(config_file, [f"train.output_dir={output_dir}", *(overrides or [])])
-    run_dir = pretrain(config)
-    pretrained = evaluate_run(run_dir)
-    baseline = evaluate_run(run_dir, random_init=True)
-    lines = ["", f"{'':22}{'random init':>12}{'pretrained':>12}"]
-    for task in ("knn", "linear"):
-        if task in pretrained:
-            lines.append(f"{task + ' top-1 (%)':22}{baseline[task]['top1']:12.2f}{pretrained[task]['top1']:12.2f}")
-    print("\n".join(lines) + f"\nrun folder: {run_dir}")
-    return {"pretrained": pretrained, "random_init": baseline, "run_dir": str(run_dir)}

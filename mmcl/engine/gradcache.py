@@ -9,7 +9,7 @@ batch, but the encoder does not: with ``E = [f(x_1); ...; f(x_K)]`` the embeddin
     \\frac{\\partial L}{\\partial E_k}
 
 so a step can (1) embed every chunk without a graph, (2) compute the loss and ``dL/dE`` once on the
-detached embeddings (``(N, d)`` only; with ``losses``' blockwise path the loss itself needs memory linear
+detached embeddings (``(N, d)`` only; with ``mmcl.losses``' blockwise path the loss itself needs memory linear
 in ``N``), and (3) re-run each chunk with a graph and back-propagate its slice of ``dL/dE``. Peak
 activation memory is one chunk's; compute is one extra forward pass.
 
@@ -22,8 +22,9 @@ depends on how the batch is chunked, and their running statistics would be updat
 :func:`batch_dependent_layers` lists such layers.
 
 Example:
-    >>> import torch, losses
-    >>> from mmcl.gradcache import cached_step, split_inputs
+    >>> import torch
+    >>> from mmcl import losses
+    >>> from mmcl.engine.gradcache import cached_step, split_inputs
     >>> encoder = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.1), torch.nn.Linear(16, 4))
     >>> x_a, x_b = torch.randn(32, 8), torch.randn(32, 8)
     >>> loss_fn = losses.build("nt_xent")

@@ -5,7 +5,7 @@ A config has the sections ``modality``, ``model``, ``data`` (validated by the mo
 ``eval``. Files are read with ``yaml.safe_load`` and can only name registered components (losses,
 modalities, backbones, tasks), never an import path::
 
-    mmcl pretrain configs/vision/digits.yaml loss.name=dhel loss.temperature=0.3 train.epochs=5
+    mmcl pretrain quickstart loss.name=dhel loss.temperature=0.3 train.epochs=5
 """
 
 from __future__ import annotations
@@ -14,13 +14,18 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-import losses
+from mmcl import losses
+from mmcl.contract import ModalityAdapter
+from mmcl.engine.configs import packaged_config
+from mmcl.modalities import modality_class
+from mmcl.tasks import available_tasks, get_task
 
 
 @dataclass
@@ -78,8 +83,6 @@ def build_eval_config(values: dict) -> EvalConfig:
     """The ``eval`` section: shared keys of :class:`EvalConfig`, other keys must be registered task names."""
     if not isinstance(values, dict):
         raise ValueError(f"config section 'eval' must be a mapping, got {values!r}")
-    from tasks import available_tasks, get_task
-
     shared = {"tasks", "batch_size", "seed"}
     unknown = sorted(set(values) - shared - set(available_tasks()))
     if unknown:
@@ -147,26 +150,43 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, raw: dict | None = None) -> Config:
-    """Read a YAML config (or take ``raw``), apply overrides and validate every section."""
-    if raw is None:
-        if path is None:
-            raise ValueError("load_config needs a path or a raw dict")
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+ConfigSource = str | Path | Mapping[str, Any]
+
+
+def read_config(config: ConfigSource) -> tuple[dict, str]:
+    """The raw sections of a config and where they came from: a YAML file, a packaged config name (``graph/mutag``,
+    see ``mmcl configs``) or a mapping."""
+    if isinstance(config, Mapping):
+        return copy.deepcopy(dict(config)), "a mapping"
+    path = Path(config).expanduser()
+    if not path.is_file():
+        packaged = packaged_config(str(config))
+        if packaged is None:
+            raise FileNotFoundError(
+                f"config {str(config)!r} is neither a file nor a packaged config; `mmcl configs` lists the packaged"
+            )
+        path = packaged
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {path} is not valid YAML: {error}") from error
+    return raw or {}, str(path)
+
+
+def load_config(config: ConfigSource, overrides: Sequence[str] | None = None) -> Config:
+    """A validated config from a YAML file, a packaged config name or a mapping, with dotted overrides applied."""
+    raw, origin = read_config(config)
     if not isinstance(raw, dict):
-        raise ValueError(f"a config must be a mapping of sections {list(SECTIONS)}, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
+        raise ValueError(
+            f"a config must be a mapping of sections {list(SECTIONS)}; {origin} holds {type(raw).__name__}"
+        )
+    raw = apply_overrides(raw, list(overrides or []))
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown config section(s) {unknown}; valid sections: {list(SECTIONS)}")
-    from modalities import adapter_class
-
     modality = raw.get("modality", "vision")
-    adapter = adapter_class(modality)
-    return Config(
+    adapter = modality_class(modality)
+    config = Config(
         modality=modality,
         model=build_dataclass(adapter.ModelConfig, raw.get("model") or {}, "model"),
         data=build_dataclass(adapter.DataConfig, raw.get("data") or {}, "data"),
@@ -175,6 +195,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         train=build_dataclass(TrainConfig, raw.get("train") or {}, "train"),
         eval=build_eval_config(raw.get("eval") or {}),
     )
+    build_adapter(config)  # the adapter checks its options (names of registered components, ranges) without data
+    return config
+
+
+def build_adapter(config: Config) -> ModalityAdapter:
+    """The config's modality adapter (its data are read lazily, when first used)."""
+    return modality_class(config.modality)(config.model, config.data)
 
 
 def validate_loss(section: dict) -> dict:

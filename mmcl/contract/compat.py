@@ -11,12 +11,13 @@ cannot provide them. Nothing else changes: torchvision's pure-Python parts (mode
 datasets) work as usual, and calling ``torchvision.ops.nms`` still raises, as it would on any build
 without the extension. With a matching torchvision build the function does nothing.
 
-It runs automatically when ``mmcl``, ``modalities`` or ``tasks`` is imported and in the test
-suite's ``conftest.py``; code that imports torchvision or transformers *before* any mmcl package
-should call it first::
+mmcl calls it where torchvision or transformers is first needed (the vision modality's modules, the text
+encoder) and the test suite's ``conftest.py`` calls it first; importing ``mmcl`` or the loss core does not.
+Code that imports torchvision or transformers itself, *before* any mmcl modality, should call it first::
 
-    import mmcl.compat
-    mmcl.compat.ensure_torchvision_ops()
+    from mmcl.contract import ensure_torchvision_ops
+
+    ensure_torchvision_ops()
     import torchvision
 """
 

@@ -10,8 +10,9 @@ The engine only ever talks to a :class:`ModalityAdapter`. An adapter provides
   ``collate_train`` that batches items into one :class:`TrainBatch`;
 * the **evaluation data**: un-augmented labelled splits (``"train"``, ``"test"``) and
   ``collate_eval`` returning ``(inputs, labels)``;
-* optionally, ``validate`` (a score for checkpoint selection, with ``selection_metric`` naming the key to
-  maximise) and ``export`` (the trained encoder in its ecosystem's format, e.g. ``save_pretrained``).
+* optionally, ``validation`` (a registered evaluation task and the score of its result that checkpoint
+  selection maximises, for ``train.validate_every``) and ``export`` (the trained encoder in its ecosystem's
+  format, e.g. ``save_pretrained``).
 
 All views of a batch travel as *one* input (view-major: the ``B`` first views, then the ``B``
 second views, then optional hard negatives), so the encoder runs once per step: batch-norm sees the
@@ -27,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -62,8 +62,20 @@ class Encoder(nn.Module):
         return self.head(self.features(inputs))
 
 
+@dataclass(frozen=True)
+class Validation:
+    """How a modality scores checkpoints during training: a registered evaluation ``task`` run with ``options``
+    on top of the config's ``eval.<task>`` options, maximising the result's ``metric`` (dotted key), logged as
+    ``val_<name>``."""
+
+    task: str
+    options: dict
+    metric: str
+    name: str
+
+
 class ModalityAdapter(ABC):
-    """Base class of modality adapters, registered by name in :mod:`modalities`.
+    """Base class of modality adapters, registered by name with :func:`mmcl.modalities.register_modality`.
 
     ``model_options`` and ``data_options`` are the config's ``model`` and ``data`` sections; each
     adapter declares their keys and defaults as dataclasses (``ModelConfig``, ``DataConfig``) so the
@@ -74,8 +86,8 @@ class ModalityAdapter(ABC):
     ModelConfig: ClassVar[type]
     DataConfig: ClassVar[type]
     default_eval_tasks: ClassVar[tuple[str, ...]] = ("knn", "linear", "metrics")  # registered task names
-    #: The key of :meth:`validate`'s result that ``train.validate_every`` maximises; None: no validation.
-    selection_metric: ClassVar[str | None] = None
+    #: What ``train.validate_every`` runs and maximises; None: the modality has no validation.
+    validation: ClassVar[Validation | None] = None
 
     def __init__(self, model: Any, data: Any) -> None:
         self.model_config = model
@@ -97,10 +109,6 @@ class ModalityAdapter(ABC):
 
     @abstractmethod
     def collate_eval(self, items: list) -> tuple[Any, Tensor]: ...
-
-    def validate(self, encoder: Encoder, device: torch.device | str = "cpu") -> dict[str, float]:
-        """Scores for checkpoint selection during training (higher is better for ``selection_metric``)."""
-        raise NotImplementedError(f"the {self.name} modality has no validation metric")
 
     def export(self, encoder: Encoder, folder: Path) -> Path | None:
         """Write the trained encoder in its ecosystem's own format at the end of a run (None: nothing to write)."""

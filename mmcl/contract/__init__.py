@@ -1,0 +1,27 @@
+"""The contract between mmcl's engine and its plug-ins (modalities, evaluation tasks, your own code).
+
+Modalities and tasks depend on this package and on :mod:`mmcl.losses`, never on the engine; the engine
+depends on all of them and finds plug-ins through the registries (checked by ``tests/test_layering.py``
+with import-linter):
+
+* :class:`ModalityAdapter`, :class:`Encoder`, :class:`TrainBatch`, :class:`Validation`: what a modality provides;
+* :class:`Registry`: the one registration mechanism (decorators, built-ins imported on first lookup);
+* :func:`derived_seed`, :class:`SeededViews`: reproducible randomness shared by training and evaluation;
+* :func:`ensure_torchvision_ops`: the CPU-torch compatibility step, run before torchvision or transformers.
+"""
+
+from mmcl.contract.adapter import Encoder, ModalityAdapter, TrainBatch, Validation
+from mmcl.contract.compat import ensure_torchvision_ops
+from mmcl.contract.registry import Registry
+from mmcl.contract.seeding import SeededViews, derived_seed
+
+__all__ = [
+    "Encoder",
+    "ModalityAdapter",
+    "Registry",
+    "SeededViews",
+    "TrainBatch",
+    "Validation",
+    "derived_seed",
+    "ensure_torchvision_ops",
+]

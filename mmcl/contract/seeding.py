@@ -1,0 +1,36 @@
+"""Seeds derived from integers, and a dataset whose items are drawn reproducibly.
+
+Both the engine (training views, data order, dropout) and the tasks (augmented views for representation
+metrics) draw randomness from these, so a run and its evaluation are reproducible on a given machine.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix-style), stable across processes and runs."""
+    value = 0
+    for part in parts:
+        value = (value ^ (int(part) + _MIX + (value << 6) + (value >> 2))) & 0xFFFFFFFFFFFFFFFF
+        value = (value * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    return value >> 1
+
+
+class SeededViews(Dataset):
+    """A pretraining dataset with each item's augmentations seeded by ``(seed, epoch, index)``."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_seed(self.seed, self.epoch, index))
+            return self.dataset[index]

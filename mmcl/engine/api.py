@@ -1,0 +1,145 @@
+"""mmcl's Python API: :func:`pretrain`, :func:`evaluate`, :func:`load_encoder` (the ``mmcl`` CLI is a layer over it).
+
+>>> import tempfile, torch, mmcl
+>>> run = mmcl.pretrain("quickstart", ["train.max_steps=2", "data.train_subset=64", "train.batch_size=32",
+...                                    "train.progress_bar=false", f"train.output_dir={tempfile.mkdtemp()}"])
+>>> run.folder.is_dir(), [record["step"] for record in run.metrics()][-1]
+(True, 2)
+>>> results = mmcl.evaluate(run, tasks=["knn"])
+>>> 0 <= results["knn"]["top1"] <= 100
+True
+>>> encoder = mmcl.load_encoder(run)
+>>> images = torch.zeros(4, 1, 8, 8)
+>>> encoder(images).shape, encoder.features(images).shape
+(torch.Size([4, 64]), torch.Size([4, 128]))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmcl.contract import Encoder
+from mmcl.engine import checkpoint
+from mmcl.engine.config import Config, ConfigSource, load_config
+from mmcl.engine.evaluate import build_encoder, evaluate_run
+from mmcl.engine.plugins import load_plugins
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder: ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, evaluation results.
+
+    A ``Run`` is path-like: it can be passed wherever mmcl takes a run folder.
+    """
+
+    folder: Path
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.folder)
+
+    @property
+    def config(self) -> Config:
+        """The run's saved configuration."""
+        return load_config(self.folder / "config.yaml")
+
+    @property
+    def checkpoint(self) -> Path:
+        """The checkpoint that evaluation uses: the best on validation when the run selected one, else the latest."""
+        return checkpoint.resolve(self.folder)[1]
+
+    def metrics(self) -> list[dict]:
+        """The records of ``metrics.jsonl`` (loss, learning rate, diagnostics per logged step)."""
+        path = self.folder / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+RunLike = Run | str | os.PathLike
+
+
+def pretrain(
+    config: ConfigSource,
+    overrides: Sequence[str] | None = None,
+    *,
+    resume: bool = False,
+    plugins: Iterable[str] = (),
+) -> Run:
+    """Pretrain an encoder and return its run.
+
+    Args:
+        config: a YAML file, a packaged config name (``"graph/mutag"``; ``mmcl configs`` lists them), a mapping of
+            config sections, or a run folder to continue (with ``resume=True``).
+        overrides: dotted ``section.key=value`` strings, as on the command line.
+        resume: continue the run folder ``config`` (or the config's ``train.run_name``) from its latest checkpoint.
+        plugins: modules or ``.py`` files that register your own components (see :mod:`mmcl.engine.plugins`).
+    """
+    from mmcl.engine.trainer import default_run_dir
+    from mmcl.engine.trainer import pretrain as train
+
+    load_plugins(plugins)
+    target = None if isinstance(config, Mapping) else Path(os.fspath(config)).expanduser()
+    if target is not None and target.is_dir():  # a run folder: its saved config, continued in place
+        loaded, run_dir = load_config(target / "config.yaml", overrides), target
+    else:
+        loaded = load_config(config, overrides)
+        run_dir = default_run_dir(loaded) if (resume or loaded.train.run_name) else None
+        if resume and not loaded.train.run_name:
+            raise ValueError("resume with a config needs train.run_name (or pass the run folder instead)")
+    return Run(train(loaded, run_dir, resume=resume))
+
+
+def evaluate(
+    target: RunLike | ConfigSource,
+    tasks: Sequence[str] | None = None,
+    *,
+    overrides: Sequence[str] | None = None,
+    random_init: bool = False,
+    output: str | os.PathLike | None = None,
+    plugins: Iterable[str] = (),
+) -> dict:
+    """Evaluate a run (its best, else latest, checkpoint), a checkpoint file, or a config's encoder as built.
+
+    Args:
+        target: a :class:`Run` or run folder, a checkpoint file, or a config (file, packaged name or mapping) whose
+            encoder is evaluated without training (e.g. a published text model).
+        tasks: evaluation task names (default: the config's ``eval.tasks``, else the modality's).
+        overrides: dotted overrides, for a config target only.
+        random_init: evaluate the same encoder freshly initialised instead, as a baseline.
+        output: a JSON file for the results (default: inside the run folder).
+
+    Returns:
+        The results: one entry per task, plus ``encoder``, ``checkpoint``, ``loss`` and ``seconds``.
+    """
+    load_plugins(plugins)
+    target = target if isinstance(target, Mapping) else os.fspath(target)
+    return evaluate_run(target, tasks, random_init, output, overrides)
+
+
+def load_encoder(target: RunLike, *, plugins: Iterable[str] = ()) -> Encoder:
+    """The trained encoder of a run (its best, else latest, checkpoint) or of a checkpoint file, in eval mode.
+
+    ``encoder(inputs)`` gives the loss embeddings (the projection head's), ``encoder.features(inputs)`` the
+    backbone's; a text encoder also has ``encoder.encode(sentences)``, as sentence-transformers' models do.
+    """
+    load_plugins(plugins)
+    run_dir, checkpoint_file = checkpoint.resolve(Path(os.fspath(target)).expanduser())
+    encoder, _ = build_encoder(load_config(run_dir / "config.yaml"), checkpoint_file)
+    return encoder.eval()
+
+
+def quickstart(output_dir: str = "runs", overrides: Sequence[str] | None = None) -> dict:
+    """``mmcl quickstart``: pretrain on the bundled digits images, then evaluate beside a random-init encoder."""
+    run = pretrain("quickstart", [f"train.output_dir={output_dir}", *(overrides or [])])
+    pretrained, baseline = evaluate(run), evaluate(run, random_init=True)
+    lines = ["", f"{'':22}{'random init':>12}{'pretrained':>12}"]
+    for task in ("knn", "linear"):
+        if task in pretrained:
+            lines.append(f"{task + ' top-1 (%)':22}{baseline[task]['top1']:12.2f}{pretrained[task]['top1']:12.2f}")
+    print("\n".join(lines) + f"\nrun folder: {run.folder}")
+    return {"pretrained": pretrained, "random_init": baseline, "run_dir": str(run.folder)}
+
+
+__all__ = ["Run", "evaluate", "load_encoder", "pretrain"]

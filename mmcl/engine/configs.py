@@ -1,0 +1,46 @@
+"""The configs shipped with mmcl, named without a path: ``mmcl pretrain graph/mutag``, ``mmcl configs``.
+
+They live in the repository's ``configs/`` folder, installed as the package ``mmcl.configs``. A config's
+description is its first comment line.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+SUFFIXES = (".yaml", ".yml")
+
+
+def _root() -> Path:
+    return Path(str(resources.files("mmcl.configs")))
+
+
+def packaged_configs() -> dict[str, Path]:
+    """Every packaged config by name (``graph/mutag``, ``quickstart``, ...), sorted."""
+    root = _root()
+    found = [path for path in root.rglob("*") if path.suffix in SUFFIXES and path.is_file()]
+    return {path.relative_to(root).with_suffix("").as_posix(): path for path in sorted(found)}
+
+
+def describe(path: Path) -> str:
+    """The config's one-line description: its first comment line."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def packaged_config(name: str) -> Path | None:
+    """The packaged config ``name`` (with or without ``.yaml``), or None."""
+    stem = name[: -len(Path(name).suffix)] if Path(name).suffix in SUFFIXES else name
+    return packaged_configs().get(stem)
+
+
+def format_configs() -> str:
+    """``mmcl configs``: each packaged config's name and description."""
+    configs = packaged_configs()
+    width = max(len(name) for name in configs)
+    return "\n".join(f"{name.ljust(width)}  {describe(path)}" for name, path in configs.items())

@@ -7,6 +7,8 @@ before a command runs, so ``mmcl --help`` starts without importing torch.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 
@@ -40,7 +42,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     from mmcl.engine.api import pretrain
 
     try:
-        run = pretrain(args.config, args.overrides, resume=args.resume, plugins=args.plugin)
+        run = pretrain(
+            args.config, args.overrides, resume=args.resume, allow_world_size_change=args.allow_world_size_change,
+            plugins=args.plugin,
+        )  # fmt: skip
     except KeyboardInterrupt as stop:
         print(f"mmcl: {stop}", file=sys.stderr)
         return 130
@@ -75,6 +80,9 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcl", description="Multimodal contrastive representation learning.")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (also: environment variable MMCL_DEBUG=1)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     plugin = argparse.ArgumentParser(add_help=False)
     plugin.add_argument(
@@ -94,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file, packaged config name (see `mmcl configs`), or a run folder")
     p.add_argument("overrides", nargs="*", help="dotted overrides section.key=value")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument(
+        "--allow-world-size-change",
+        action="store_true",
+        help="with --resume: accept another number of processes than the run was trained with",
+    )
     p.add_argument("--evaluate", action="store_true", help="evaluate the final checkpoint afterwards")
     p.set_defaults(run=_pretrain)
 
@@ -107,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides for a config target")
     p.add_argument("--task", action="append", help="task to run (repeatable); default: the config's eval.tasks")
     p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised encoder instead")
-    p.add_argument("--output", help="JSON file for the results (default: RUN/eval.json; none for a config)")
+    p.add_argument("--output", help="also write these results to this JSON file (every result is kept in eval.json)")
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser("quickstart", help="pretrain and evaluate on the bundled digits images (about a minute)")
@@ -133,12 +146,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ProgressAwareHandler(logging.Handler):
+    """Writes mmcl's messages to stderr without breaking the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def configure_logging() -> None:
+    """mmcl's messages (``logging.getLogger("mmcl")``) on stderr, INFO and above, once per process."""
+    logger = logging.getLogger("mmcl")
+    if not any(isinstance(handler, _ProgressAwareHandler) for handler in logger.handlers):
+        logger.addHandler(_ProgressAwareHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging()
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"mmcl: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # what a user can cause: config, data, paths, disk, checkpoints, shapes
+        if args.debug or os.environ.get("MMCL_DEBUG"):
+            raise
+        message = str(error).replace("\n", "\n  ")
+        print(f"mmcl: error: {message}", file=sys.stderr)
         return 2
 
 

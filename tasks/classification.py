@@ -9,12 +9,12 @@ up to ``pairs`` training items drawn with the run's seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mmcl.contract import SeededViews
+from mmcl.contract import PositiveFloat, PositiveInt, Range, SeededViews
 from mmcl.tasks.knn import knn_accuracy
 from mmcl.tasks.linear_probe import linear_probe
 from mmcl.tasks.metrics import representation_metrics
@@ -23,21 +23,21 @@ from mmcl.tasks.registry import EvalContext, register_task
 
 @dataclass
 class KNNOptions:
-    k: int = 200
-    temperature: float = 0.1
+    k: PositiveInt = 200
+    temperature: PositiveFloat = 0.1
 
 
 @dataclass
 class LinearOptions:
     method: Literal["torch", "logreg"] = "torch"
     preset: str = "hcl"
-    epochs: int | None = None  # the preset's (100 for hcl) when None
+    epochs: PositiveInt | None = None  # the preset's (100 for hcl) when None
     standardize: bool = False
 
 
 @dataclass
 class MetricsOptions:
-    pairs: int = 2048
+    pairs: Annotated[int, Range(ge=2)] = 2048
 
 
 def _splits(context: EvalContext) -> tuple[dict, dict, int]:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import sklearn
@@ -48,6 +48,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
+from mmcl.contract import PositiveFloat, Range
 from mmcl.tasks._common import ArrayLike, as_features, as_labels
 from mmcl.tasks.registry import EvalContext, register_task
 
@@ -58,10 +59,10 @@ C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 @dataclass
 class GraphClassificationOptions:
     method: Literal["svc", "logreg"] = "svc"
-    folds: int = 10
-    inner_folds: int = 5
+    folds: Annotated[int, Range(ge=2)] = 10
+    inner_folds: Annotated[int, Range(ge=2)] = 5
     search: bool = True  # inner grid search over C; False: GraphCL's fixed SVC(C=10) / logreg C=1
-    C: list[float] = field(default_factory=lambda: list(C_GRID))
+    C: list[PositiveFloat] = field(default_factory=lambda: list(C_GRID))
     gamma: Literal["scale", "auto"] = "scale"  # SVC kernel width; "auto" = scikit-learn < 0.22 default
     split_seeds: list[int] | None = None  # outer-split seeds; None: the evaluation seed
     layer: Literal["backbone", "head"] = "backbone"

@@ -35,6 +35,7 @@ from typing import Literal
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
+from mmcl.contract import PositiveInt
 from mmcl.tasks.registry import EvalContext, register_task
 
 #: SentEval's subsets of each year (STS13 without SMT, for licence reasons, as in SentEval).
@@ -55,8 +56,8 @@ class STSOptions:
     root: str | None = None  # holds stsb/, sick/, sts12-16/ (or SentEval's STS/ and SICK/); required
     tasks: list[str] | None = None  # None: all seven (split=test) or STS-B and SICK-R (split=dev)
     split: Literal["test", "dev"] = "test"
-    batch_size: int | None = None  # sentences per forward pass; None: eval.batch_size
-    max_length: int | None = None  # tokens; None: the encoder's eval_max_length
+    batch_size: PositiveInt | None = None  # sentences per forward pass; None: eval.batch_size
+    max_length: PositiveInt | None = None  # tokens; None: the encoder's eval_max_length
     missing_subsets: Literal["warn", "error"] = "warn"  # a year's subset file absent (e.g. STS12 MSRvid)
 
 

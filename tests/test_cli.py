@@ -55,6 +55,7 @@ def test_pretrain_then_evaluate_from_the_command_line(tmp_path):
         f"train.output_dir={tmp_path}",
         "train.run_name=cli",
         "train.max_steps=3",
+        "optim.warmup_steps=0",
         "train.progress_bar=false",
         "data.train_subset=300",
         "data.test_subset=100",
@@ -67,7 +68,7 @@ def test_pretrain_then_evaluate_from_the_command_line(tmp_path):
         tmp_path / "cli" / "checkpoints" / "step_00000003.pt"
     ).exists()
     resumed = run("pretrain", str(tmp_path / "cli"), "train.max_steps=4", "--resume")
-    assert resumed.returncode == 0 and "at step 3" in resumed.stdout, resumed.stderr[-2000:]
+    assert resumed.returncode == 0 and "at step 3" in resumed.stderr, resumed.stderr[-2000:]
     # a config file is evaluated as built, with overrides; overrides on a run folder are refused
     as_built = run(
         "evaluate",
@@ -75,10 +76,15 @@ def test_pretrain_then_evaluate_from_the_command_line(tmp_path):
         "data.train_subset=300",
         "data.test_subset=100",
         "eval.tasks=[knn]",
+        f"train.output_dir={tmp_path / 'evaluations'}",
         "--output",
         str(tmp_path / "as_built.json"),
     )
     assert as_built.returncode == 0 and "as_built" in as_built.stdout, as_built.stderr[-2000:]
-    assert json.loads((tmp_path / "as_built.json").read_text())["checkpoint"] is None
+    results = json.loads((tmp_path / "as_built.json").read_text())
+    assert results["checkpoint"] is None
+    (folder,) = (tmp_path / "evaluations").iterdir()  # the results of a config are kept too, in their own folder
+    assert f"results   {folder / 'eval.json'}" in as_built.stdout
+    assert json.loads((folder / "eval.json").read_text())["as_built"]["knn"]["top1"] == results["knn"]["top1"]
     refused = run("evaluate", str(tmp_path / "cli"), "eval.tasks=[knn]")
     assert refused.returncode == 2 and "apply to a config only" in refused.stderr

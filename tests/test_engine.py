@@ -235,7 +235,7 @@ def test_a_run_killed_while_saving_resumes_from_the_previous_checkpoint(referenc
     assert list((run_dir / "checkpoints").glob("*.tmp")), "the half-written file should be left as .tmp"
     resumed = run_worker(config, run_dir, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed from" in resumed.stdout and "step_00000002.pt" in resumed.stdout
+    assert "resumed from" in resumed.stderr and "step_00000002.pt" in resumed.stderr
     assert max_difference(weights(run_dir), weights(reference_run)) < 1e-6
     assert not list((run_dir / "checkpoints").glob("*.tmp")), "stale temporary files are cleaned up"
 
@@ -265,8 +265,13 @@ def test_sigint_saves_a_checkpoint_before_exiting(tmp_path):
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="is not a run folder"):
         pretrain(load_config(tiny()), tmp_path / "empty", resume=True)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(tiny()))
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        pretrain(load_config(tiny()), run_dir, resume=True)
 
 
 # ---------------------------------------------------------------- several processes
@@ -304,8 +309,9 @@ def test_evaluate_writes_json_and_beats_a_random_encoder_after_training(tmp_path
     pretrain(load_config(config), run_dir)
     trained = evaluate_run(run_dir)
     random_init = evaluate_run(run_dir, random_init=True)
-    assert json.loads((run_dir / "eval.json").read_text())["knn"]["top1"] == trained["knn"]["top1"]
-    assert (run_dir / "eval_random_init.json").exists()
+    stored = json.loads((run_dir / "eval.json").read_text())
+    assert stored["step_00000030"]["knn"]["top1"] == trained["knn"]["top1"]
+    assert stored["random_init"]["linear"]["top1"] == random_init["linear"]["top1"]
     scores = {
         name: (r["knn"]["top1"], r["linear"]["top1"]) for name, r in (("trained", trained), ("random", random_init))
     }

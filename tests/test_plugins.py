@@ -58,7 +58,7 @@ def test_plugin_file_on_the_command_line(tmp_path):
     check_run(run_dir)
     evaluated = mmcl("evaluate", str(run_dir), "--plugin", str(PLUGIN), cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    top1 = json.loads((run_dir / "eval.json").read_text())["knn"]["top1"]
+    top1 = json.loads((run_dir / "eval.json").read_text())["step_00000003"]["knn"]["top1"]
     assert top1 > 90, top1  # four well-separated patterns: the plug-in's data and backbone were really used
 
 

@@ -333,3 +333,23 @@ def test_minilm_reproduces_its_published_stsb_test_spearman():
     out = evaluate_run(ROOT / "configs" / "text" / "minilm_eval.yaml", overrides=overrides)["sts"]
     assert out["STSBenchmark"]["n"] == 1379
     assert abs(out["STSBenchmark"]["spearman"] - 82.03) < 0.1, out["STSBenchmark"]
+
+
+def test_random_init_means_fresh_weights_not_the_pretrained_model(tiny_model):
+    """``mmcl evaluate RUN --random-init`` on a text run: the architecture freshly initialised, never the pretrained
+    starting weights (which are the config's encoder as built)."""
+    from transformers import BertModel
+
+    from mmcl.engine.config import load_config
+    from mmcl.engine.evaluate import build_encoder
+
+    # the tiny model itself is BERT initialised at torch seed 0: draw the fresh weights at another seed
+    config = load_config({"modality": "text", "model": {"name_or_path": str(tiny_model), "local_files_only": True},
+                          "data": {"path": "unused.txt"}, "train": {"seed": 1}})  # fmt: skip
+    saved = BertModel.from_pretrained(tiny_model).state_dict()
+    as_built, _ = build_encoder(config, None)
+    fresh, _ = build_encoder(config, None, random_init=True)
+    key = "encoder.layer.0.attention.self.query.weight"
+    assert all(torch.equal(as_built.transformer.state_dict()[k], v) for k, v in saved.items())
+    assert fresh.transformer.state_dict()[key].shape == saved[key].shape
+    assert not torch.equal(fresh.transformer.state_dict()[key], saved[key])

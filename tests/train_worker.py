@@ -1,6 +1,7 @@
 """Runs ``mmcl.trainer.pretrain`` from a saved config, for tests that need a separate process.
 
-Usage: ``python train_worker.py CONFIG RUN_DIR [--resume] [--crash-on-save N]``. ``--crash-on-save N``
+Usage: ``python train_worker.py CONFIG RUN_DIR [--resume] [--allow-world-size-change] [--crash-on-save N]``
+(the flags as the CLI's). ``--crash-on-save N``
 makes the N-th checkpoint save write half of its temporary file and then kill the process, as a power
 cut or ``kill -9`` during saving would.
 """
@@ -10,6 +11,7 @@ import sys
 
 import torch
 
+from mmcl.cli import configure_logging
 from mmcl.engine import checkpoint
 from mmcl.engine.config import load_config
 from mmcl.engine.trainer import pretrain
@@ -30,11 +32,17 @@ def crash_on_save(n: int) -> None:
 
 
 if __name__ == "__main__":
+    configure_logging()
     config_file, run_dir, *flags = sys.argv[1:]
     if "--crash-on-save" in flags:
         crash_on_save(int(flags[flags.index("--crash-on-save") + 1]))
     try:
-        pretrain(load_config(config_file), run_dir, resume="--resume" in flags)
+        pretrain(
+            load_config(config_file),
+            run_dir,
+            resume="--resume" in flags,
+            allow_world_size_change="--allow-world-size-change" in flags,
+        )
     except KeyboardInterrupt as stop:
         print(f"stopped: {stop}", flush=True)
         os._exit(130)

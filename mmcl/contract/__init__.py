@@ -1,23 +1,38 @@
 """The contract between mmcl's engine and its plug-ins (modalities, evaluation tasks, your own code).
 
 Modalities and tasks depend on this package and on :mod:`mmcl.losses`, never on the engine; the engine
-depends on all of them and finds plug-ins through the registries (checked by ``tests/test_layering.py``
-with import-linter):
+depends on all of them and finds plug-ins through the registries (import-linter's contracts in
+``pyproject.toml``, checked by ``tests/test_packaging.py``):
 
 * :class:`ModalityAdapter`, :class:`Encoder`, :class:`TrainBatch`, :class:`Validation`: what a modality provides;
 * :class:`Registry`: the one registration mechanism (decorators, built-ins imported on first lookup);
+* :class:`Range` and the typed aliases (:data:`PositiveInt`, ...): the ranges of numeric options;
 * :func:`derived_seed`, :class:`SeededViews`: reproducible randomness shared by training and evaluation;
 * :func:`ensure_torchvision_ops`: the CPU-torch compatibility step, run before torchvision or transformers.
 """
 
 from mmcl.contract.adapter import Encoder, ModalityAdapter, TrainBatch, Validation
 from mmcl.contract.compat import ensure_torchvision_ops
+from mmcl.contract.options import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+)
 from mmcl.contract.registry import Registry
 from mmcl.contract.seeding import SeededViews, derived_seed
 
 __all__ = [
     "Encoder",
+    "Fraction",
     "ModalityAdapter",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "PositiveFloat",
+    "PositiveInt",
+    "Range",
     "Registry",
     "SeededViews",
     "TrainBatch",

@@ -93,8 +93,18 @@ class ModalityAdapter(ABC):
         self.model_config = model
         self.data_config = data
 
+    #: Whether the evaluation scores the pretraining items themselves (graph classification's cross-validation over
+    #: the whole dataset): then a supervised loss would see the test labels, and the engine refuses it by default.
+    evaluates_pretraining_items: ClassVar[bool] = False
+
     @abstractmethod
-    def build_encoder(self) -> Encoder: ...
+    def build_encoder(self) -> Encoder:
+        """The encoder to pretrain: randomly initialised, or from pretrained weights where the modality starts there
+        (a Hugging Face text model)."""
+
+    def build_random_encoder(self) -> Encoder:
+        """The same encoder with freshly initialised weights, the baseline of ``mmcl evaluate --random-init``."""
+        return self.build_encoder()
 
     @abstractmethod
     def train_dataset(self) -> Dataset: ...

@@ -1,8 +1,9 @@
 """mmcl's Python API: :func:`pretrain`, :func:`evaluate`, :func:`load_encoder` (the ``mmcl`` CLI is a layer over it).
 
 >>> import tempfile, torch, mmcl
->>> run = mmcl.pretrain("quickstart", ["train.max_steps=2", "data.train_subset=64", "train.batch_size=32",
-...                                    "train.progress_bar=false", f"train.output_dir={tempfile.mkdtemp()}"])
+>>> run = mmcl.pretrain("quickstart", ["train.max_steps=2", "optim.warmup_steps=0", "data.train_subset=64",
+...                                    "train.batch_size=32", "train.progress_bar=false",
+...                                    f"train.output_dir={tempfile.mkdtemp()}"])
 >>> run.folder.is_dir(), [record["step"] for record in run.metrics()][-1]
 (True, 2)
 >>> results = mmcl.evaluate(run, tasks=["knn"])
@@ -27,6 +28,7 @@ from mmcl.engine import checkpoint
 from mmcl.engine.config import Config, ConfigSource, load_config
 from mmcl.engine.evaluate import build_encoder, evaluate_run
 from mmcl.engine.plugins import load_plugins
+from mmcl.engine.runs import read_evaluations
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,14 @@ class Run:
 
     @property
     def checkpoint(self) -> Path:
-        """The checkpoint that evaluation uses: the best on validation when the run selected one, else the latest."""
-        return checkpoint.resolve(self.folder)[1]
+        """The checkpoint that evaluation uses: the best on validation when the run selected one, else the latest
+        (the newest readable one)."""
+        return checkpoint.load_newest_readable(checkpoint.resolve(self.folder)[1])[0]
+
+    def evaluations(self) -> dict:
+        """Every evaluation of the run (``eval.json``): ``{encoder: {task: result}}``, the encoder being a
+        checkpoint's name, ``random_init`` or ``as_built``."""
+        return read_evaluations(self.folder)
 
     def metrics(self) -> list[dict]:
         """The records of ``metrics.jsonl`` (loss, learning rate, diagnostics per logged step)."""
@@ -65,6 +73,7 @@ def pretrain(
     overrides: Sequence[str] | None = None,
     *,
     resume: bool = False,
+    allow_world_size_change: bool = False,
     plugins: Iterable[str] = (),
 ) -> Run:
     """Pretrain an encoder and return its run.
@@ -72,23 +81,24 @@ def pretrain(
     Args:
         config: a YAML file, a packaged config name (``"graph/mutag"``; ``mmcl configs`` lists them), a mapping of
             config sections, or a run folder to continue (with ``resume=True``).
-        overrides: dotted ``section.key=value`` strings, as on the command line.
-        resume: continue the run folder ``config`` (or the config's ``train.run_name``) from its latest checkpoint.
+        overrides: dotted ``section.key=value`` strings, as on the command line. On a resume, only those that cannot
+            change what the finished steps computed are accepted (:data:`mmcl.engine.runs.RESUMABLE`).
+        resume: continue the run folder ``config`` (or the config's ``train.run_name``) from its newest readable
+            checkpoint. Without it an existing run folder is refused: every new run gets a new folder.
+        allow_world_size_change: accept resuming with another number of processes (the global batch changes).
         plugins: modules or ``.py`` files that register your own components (see :mod:`mmcl.engine.plugins`).
     """
-    from mmcl.engine.trainer import default_run_dir
     from mmcl.engine.trainer import pretrain as train
 
     load_plugins(plugins)
     target = None if isinstance(config, Mapping) else Path(os.fspath(config)).expanduser()
-    if target is not None and target.is_dir():  # a run folder: its saved config, continued in place
+    if target is not None and target.is_dir():  # a run folder: its saved config (continued only with resume)
         loaded, run_dir = load_config(target / "config.yaml", overrides), target
     else:
-        loaded = load_config(config, overrides)
-        run_dir = default_run_dir(loaded) if (resume or loaded.train.run_name) else None
+        loaded, run_dir = load_config(config, overrides), None
         if resume and not loaded.train.run_name:
             raise ValueError("resume with a config needs train.run_name (or pass the run folder instead)")
-    return Run(train(loaded, run_dir, resume=resume))
+    return Run(train(loaded, run_dir, resume=resume, allow_world_size_change=allow_world_size_change))
 
 
 def evaluate(
@@ -108,10 +118,12 @@ def evaluate(
         tasks: evaluation task names (default: the config's ``eval.tasks``, else the modality's).
         overrides: dotted overrides, for a config target only.
         random_init: evaluate the same encoder freshly initialised instead, as a baseline.
-        output: a JSON file for the results (default: inside the run folder).
+        output: a JSON file for these results, besides the run folder's ``eval.json`` (where every evaluation is
+            kept, merged: :attr:`Run.evaluations`; a config gets an evaluation folder under ``train.output_dir``).
 
     Returns:
-        The results: one entry per task, plus ``encoder``, ``checkpoint``, ``loss`` and ``seconds``.
+        The results: one entry per task, plus ``encoder``, ``checkpoint``, ``loss``, ``seconds``, ``run_dir`` and
+        ``results_file``.
     """
     load_plugins(plugins)
     target = target if isinstance(target, Mapping) else os.fspath(target)
@@ -125,7 +137,8 @@ def load_encoder(target: RunLike, *, plugins: Iterable[str] = ()) -> Encoder:
     backbone's; a text encoder also has ``encoder.encode(sentences)``, as sentence-transformers' models do.
     """
     load_plugins(plugins)
-    run_dir, checkpoint_file = checkpoint.resolve(Path(os.fspath(target)).expanduser())
+    run_dir, candidates = checkpoint.resolve(Path(os.fspath(target)).expanduser())
+    checkpoint_file, _ = checkpoint.load_newest_readable(candidates)
     encoder, _ = build_encoder(load_config(run_dir / "config.yaml"), checkpoint_file)
     return encoder.eval()
 
@@ -133,7 +146,7 @@ def load_encoder(target: RunLike, *, plugins: Iterable[str] = ()) -> Encoder:
 def quickstart(output_dir: str = "runs", overrides: Sequence[str] | None = None) -> dict:
     """``mmcl quickstart``: pretrain on the bundled digits images, then evaluate beside a random-init encoder."""
     run = pretrain("quickstart", [f"train.output_dir={output_dir}", *(overrides or [])])
-    pretrained, baseline = evaluate(run), evaluate(run, random_init=True)
+    pretrained, baseline = evaluate(run), evaluate(run, random_init=True)  # both kept in the run's eval.json
     lines = ["", f"{'':22}{'random init':>12}{'pretrained':>12}"]
     for task in ("knn", "linear"):
         if task in pretrained:

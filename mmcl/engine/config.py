@@ -2,65 +2,84 @@
 
 A config has the sections ``modality``, ``model``, ``data`` (validated by the modality adapter's
 ``ModelConfig``/``DataConfig``), ``loss`` (``name`` plus that loss's options), ``optim``, ``train`` and
-``eval``. Files are read with ``yaml.safe_load`` and can only name registered components (losses,
-modalities, backbones, tasks), never an import path::
+``eval``. Files are read with ``yaml.safe_load`` (with YAML 1.2's numbers: ``3e-4`` is a float) and can only
+name registered components (losses, modalities, backbones, tasks), never an import path::
 
     mmcl pretrain quickstart loss.name=dhel loss.temperature=0.3 train.epochs=5
+
+Every key is checked on load: unknown keys (with the valid ones), types, the ranges that the sections'
+type hints declare (:mod:`mmcl.contract.options`), registered names and options that cannot take effect.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from mmcl import losses
-from mmcl.contract import ModalityAdapter
+from mmcl.contract import (
+    Fraction,
+    ModalityAdapter,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+)
 from mmcl.engine.configs import packaged_config
 from mmcl.modalities import modality_class
 from mmcl.tasks import available_tasks, get_task
+
+log = logging.getLogger("mmcl")
 
 
 @dataclass
 class OptimConfig:
     name: Literal["adamw", "sgd", "lars", "adam"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 0
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 1e-6
+    momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9
+    betas: list[Annotated[float, Range(ge=0, lt=1)]] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: NonNegativeInt = 0  # must be shorter than the run
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr_ratio: float = 0.0
-    lars_trust_coefficient: float = 0.001
+    min_lr_ratio: Fraction = 0.0
+    lars_trust_coefficient: PositiveFloat = 0.001
     exclude_bias_and_norm: bool = True  # from weight decay and the LARS adaptation
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 1
-    max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
-    batch_size: int = 256  # per process; the loss sees world_size * batch_size pairs
-    seed: int = 0
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = None  # stop after this many optimiser steps (overrides epochs)
+    batch_size: Annotated[int, Range(ge=2)] = 256  # per process; the loss sees world_size * batch_size pairs
+    seed: NonNegativeInt = 0
     shuffle: Literal["every_epoch", "once"] = "every_epoch"  # once: the same batch order every epoch (GraphCL TU)
     drop_last: bool = True  # false: an epoch ends with the smaller remaining batch (one process only; GraphCL TU)
-    precision: Literal["no", "fp16", "bf16"] = "no"
-    grad_clip: float | None = None
-    grad_accumulation: int = 1  # accumulates gradients; does NOT add negatives to the loss
-    grad_cache_chunk: int | None = None  # GradCache: encode the batch in chunks of this many rows (no batch norm)
-    log_every: int = 10
-    checkpoint_every: int | None = None  # steps; a checkpoint is always written at the end
-    validate_every: int | None = None  # steps; keep checkpoints/best.pt by the adapter's selection metric
-    keep_checkpoints: int = 2
-    num_workers: int = 0
+    precision: Literal["no", "fp16", "bf16"] = "no"  # fp16 needs a GPU
+    grad_clip: PositiveFloat | None = None
+    grad_accumulation: PositiveInt = 1  # accumulates gradients; does NOT add negatives to the loss
+    grad_cache_chunk: PositiveInt | None = None  # GradCache: encode the batch in chunks of this many rows
+    log_every: PositiveInt = 10
+    checkpoint_every: PositiveInt | None = None  # steps; a checkpoint is always written at the end
+    validate_every: PositiveInt | None = None  # steps; keep checkpoints/best.pt by the adapter's validation
+    keep_checkpoints: PositiveInt = 2
+    num_workers: NonNegativeInt = 0
+    threads: PositiveInt | None = None  # torch's intra-op threads (None: torch's default); recorded in run.json
     output_dir: str = "runs"
     run_name: str | None = None
+    auto_resume: bool = False  # continue the run folder holding a checkpoint of the same config, else start anew
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a non-finite loss or gradient: stop the run, or skip the step
+    allow_label_leak: bool = False  # a supervised loss on data whose evaluation scores the same items
     cpu: bool = False
     progress_bar: bool = True
 
@@ -70,8 +89,8 @@ class EvalConfig:
     """``eval`` section: which tasks run, shared settings, and per-task options as ``eval.<task>.<key>``."""
 
     tasks: list[str] | None = None  # None: the modality adapter's default_eval_tasks
-    batch_size: int = 512
-    seed: int = 0
+    batch_size: PositiveInt = 512
+    seed: NonNegativeInt = 0
     options: dict = field(default_factory=dict)  # task name -> its options dataclass
 
     def to_dict(self) -> dict:
@@ -93,9 +112,9 @@ def build_eval_config(values: dict) -> EvalConfig:
     config = build_dataclass(EvalConfig, {k: v for k, v in values.items() if k in shared}, "eval")
     for name in config.tasks or []:
         get_task(name)  # raises for an unknown task, listing the available ones
+    named = set(values) - shared | set(config.tasks or [])  # the listed tasks' options are recorded, defaults too
     config.options = {
-        name: build_dataclass(get_task(name).options, values[name] or {}, f"eval.{name}")
-        for name in sorted(set(values) - shared)
+        name: build_dataclass(get_task(name).options, values.get(name) or {}, f"eval.{name}") for name in sorted(named)
     }
     return config
 
@@ -124,30 +143,93 @@ class Config:
             "eval": self.eval.to_dict(),
         }
 
-    def save(self, path: Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``section.key=value`` overrides; values are parsed as YAML scalars/lists."""
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` with YAML 1.2's floats: ``3e-4`` and ``1.0e6`` are numbers, not strings."""
+
+
+_Loader.yaml_implicit_resolvers = {key: list(value) for key, value in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+for _first in "-+0123456789.":
+    _Loader.yaml_implicit_resolvers[_first] = [
+        (tag, regexp) for tag, regexp in _Loader.yaml_implicit_resolvers.get(_first, []) if not tag.endswith(":float")
+    ]
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML with the safe loader and YAML 1.2 floats."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (_Loader is a SafeLoader)
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``section.key=value`` overrides; values are parsed as YAML scalars/lists.
+
+    When ``loss.name`` is overridden, the options of the file's loss that the new loss does not take are dropped,
+    with a note: ``loss.name=kcl`` on a file with ``loss.temperature`` trains KCL with its own defaults.
+    """
     raw = copy.deepcopy(raw)  # nested sections are edited in place below; the caller's dict stays as it was
+    file_loss = dict(raw.get("loss") or {}) if isinstance(raw.get("loss"), dict) else None
     for override in overrides:
-        if "=" not in override:
-            raise ValueError(f"override {override!r} must look like section.key=value (e.g. loss.temperature=0.3)")
-        dotted, value = override.split("=", 1)
-        keys = dotted.strip().split(".")
-        if keys[0] not in SECTIONS:
-            raise ValueError(f"override {override!r}: unknown section {keys[0]!r}; valid sections: {list(SECTIONS)}")
+        keys, value = _parse_override(override)
         if len(keys) == 1:
-            raw[keys[0]] = yaml.safe_load(value)
+            raw[keys[0]] = value
             continue
         node = raw.setdefault(keys[0], {})
         for key in keys[1:-1]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {override!r}: {key!r} is not a section")
-        node[keys[-1]] = yaml.safe_load(value)
+        node[keys[-1]] = value
+    _drop_options_of_a_replaced_loss(raw, file_loss, overrides)
     return raw
+
+
+def _parse_override(override: str) -> tuple[list[str], Any]:
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like section.key=value (e.g. loss.temperature=0.3)")
+    dotted, text = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    if keys[0] not in SECTIONS:
+        raise ValueError(f"override {override!r}: unknown section {keys[0]!r}; valid sections: {list(SECTIONS)}")
+    try:
+        return keys, parse_yaml(text)
+    except yaml.YAMLError as error:
+        problem = str(error).splitlines()[0]
+        raise ValueError(
+            f"override {override!r}: the value is not valid YAML ({problem}); quote it or fix the brackets"
+        ) from error
+
+
+def _drop_options_of_a_replaced_loss(raw: dict, file_loss: dict | None, overrides: Sequence[str]) -> None:
+    loss = raw.get("loss")
+    if not file_loss or not isinstance(loss, dict) or loss.get("name") == file_loss.get("name"):
+        return
+    given = {override.split("=", 1)[0].strip().split(".")[1] for override in overrides if override.startswith("loss.")}
+    try:
+        valid = losses.options(loss.get("name", "nt_xent"))
+    except ValueError:
+        return  # an unknown loss name is reported by validate_loss
+    dropped = sorted(key for key in file_loss if key != "name" and key not in given and key not in valid)
+    for key in dropped:
+        del loss[key]
+    if dropped:
+        log.warning(
+            "note: loss.name=%s does not take the config's loss option(s) %s; they are dropped (the loss's defaults "
+            "apply; set them as loss.<option>=... if you meant them)",
+            loss.get("name"),
+            dropped,
+        )
 
 
 ConfigSource = str | Path | Mapping[str, Any]
@@ -167,7 +249,7 @@ def read_config(config: ConfigSource) -> tuple[dict, str]:
             )
         path = packaged
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise ValueError(f"config file {path} is not valid YAML: {error}") from error
     return raw or {}, str(path)
@@ -180,7 +262,11 @@ def load_config(config: ConfigSource, overrides: Sequence[str] | None = None) ->
         raise ValueError(
             f"a config must be a mapping of sections {list(SECTIONS)}; {origin} holds {type(raw).__name__}"
         )
-    raw = apply_overrides(raw, list(overrides or []))
+    return config_from_dict(apply_overrides(raw, list(overrides or [])))
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Validate the sections of a raw config (overrides already applied)."""
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown config section(s) {unknown}; valid sections: {list(SECTIONS)}")
@@ -195,8 +281,24 @@ def load_config(config: ConfigSource, overrides: Sequence[str] | None = None) ->
         train=build_dataclass(TrainConfig, raw.get("train") or {}, "train"),
         eval=build_eval_config(raw.get("eval") or {}),
     )
+    check_effective(config)
     build_adapter(config)  # the adapter checks its options (names of registered components, ranges) without data
     return config
+
+
+def check_effective(config: Config) -> None:
+    """Refuse options that cannot take effect together."""
+    train, optim = config.train, config.optim
+    if train.precision == "fp16" and train.cpu:
+        raise ValueError(
+            "train.precision=fp16 with train.cpu=true: fp16 mixed precision needs a GPU; use train.precision=bf16 "
+            "on the CPU, or train.precision=no"
+        )
+    if train.max_steps is not None and optim.warmup_steps >= train.max_steps:
+        raise ValueError(
+            f"optim.warmup_steps={optim.warmup_steps} is not shorter than the run (train.max_steps={train.max_steps}): "
+            "the learning rate would never reach optim.lr; lower optim.warmup_steps"
+        )
 
 
 def build_adapter(config: Config) -> ModalityAdapter:
@@ -224,13 +326,19 @@ def build_dataclass(cls: type, values: dict, section: str):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in config section {section!r}; valid keys: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     checked = {key: _check_type(f"{section}.{key}", value, hints[key]) for key, value in values.items()}
     return cls(**checked)
 
 
 def _check_type(name: str, value: Any, hint: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        value = _check_type(name, value, args[0])
+        for bound in (a for a in hint.__metadata__ if isinstance(a, Range)):
+            if value is not None and not bound.contains(value):
+                raise ValueError(f"{name}={value!r} must be {bound}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -253,8 +361,12 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # data.augment=28 reads as a number in YAML
     if hint is dict and isinstance(value, dict):
         return value
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ValueError(f"{name}={value!r} must be of type {getattr(hint, '__name__', hint)}")
+    if hint is float and value != value:
+        raise ValueError(f"{name}={value!r} must be a number, not NaN")
     return value

@@ -1,27 +1,40 @@
-"""Evaluate a pretrained encoder: run the configured evaluation tasks on it frozen, and write JSON.
+"""Evaluate a pretrained encoder: run the configured evaluation tasks on it frozen, and keep every result.
 
 Tasks are looked up in :mod:`mmcl.tasks`' registry (``knn``, ``linear``, ``metrics`` for images; each modality
 names its defaults), so this module knows nothing about any one modality or task.
+
+Every evaluation is stored in its run folder's ``eval.json`` under the encoder it scored (a checkpoint's name,
+``random_init``, or ``as_built`` for a config's encoder without training), one entry per task with the task's
+options, the seed, the library versions and the time, merged with what is there (:func:`mmcl.engine.runs.
+record_evaluation`). Evaluating a config creates an evaluation folder under ``train.output_dir`` for its results.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from mmcl.contract import Encoder, ModalityAdapter
-from mmcl.engine import checkpoint
+from mmcl.engine import checkpoint, runs
 from mmcl.engine.config import Config, ConfigSource, EvalConfig, build_adapter, load_config
 from mmcl.tasks import EvalContext, available_tasks, get_task
 
+log = logging.getLogger("mmcl")
 
-def evaluate_encoder(encoder: Encoder, adapter: ModalityAdapter, config: EvalConfig, tasks=None, device="cpu") -> dict:
-    """Run the evaluation tasks (``tasks``, else ``config.tasks``, else the adapter's defaults) on a frozen encoder."""
+
+def evaluate_encoder(
+    encoder: Encoder, adapter: ModalityAdapter, config: EvalConfig, tasks: Sequence[str] | None = None, device="cpu"
+) -> dict[str, dict]:
+    """Run the evaluation tasks (``tasks``, else ``config.tasks``, else the adapter's defaults) on a frozen encoder.
+
+    Returns ``{task: result}``; each result also holds the task's ``options`` and its ``seconds``.
+    """
     names = list(tasks or config.tasks or adapter.default_eval_tasks)
     selected = [get_task(name) for name in names]  # raises for an unknown task before any work
     device = torch.device(device)
@@ -29,17 +42,27 @@ def evaluate_encoder(encoder: Encoder, adapter: ModalityAdapter, config: EvalCon
     results: dict = {}
     for task in selected:
         options = config.options.get(task.name) or task.options()
-        results[task.name] = task.run(context, options)
+        started = time.perf_counter()
+        result = task.run(context, options)
+        results[task.name] = {
+            **result,
+            "options": dataclasses.asdict(options),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
     return results
 
 
-def build_encoder(config: Config, checkpoint_file: Path | None) -> tuple[Encoder, ModalityAdapter]:
-    """The config's encoder with the checkpoint's weights (freshly initialised, seeded by ``train.seed``, without)."""
+def build_encoder(
+    config: Config, checkpoint_file: Path | None, random_init: bool = False
+) -> tuple[Encoder, ModalityAdapter]:
+    """The config's encoder with the checkpoint's weights; without one, as the adapter builds it (seeded by
+    ``train.seed``), or freshly initialised with ``random_init`` (even where the modality starts from pretrained
+    weights)."""
     torch.manual_seed(config.train.seed)
     adapter = build_adapter(config)
-    encoder = adapter.build_encoder()
+    encoder = adapter.build_random_encoder() if random_init else adapter.build_encoder()
     if checkpoint_file is not None:
-        encoder.load_state_dict(checkpoint.load_checkpoint(checkpoint_file)["model"])
+        checkpoint.load_model_state(encoder, checkpoint.load_checkpoint(checkpoint_file), checkpoint_file)
     return encoder, adapter
 
 
@@ -59,42 +82,59 @@ def validation_score(encoder: Encoder, adapter: ModalityAdapter, config: Config,
 
 def evaluate_run(
     target: ConfigSource,
-    tasks=None,
+    tasks: Sequence[str] | None = None,
     random_init: bool = False,
     output: str | Path | None = None,
-    overrides: list[str] | None = None,
+    overrides: Sequence[str] | None = None,
 ) -> dict:
-    """Evaluate a run folder (its best, else latest, checkpoint), a checkpoint file, or a config's encoder
-    as the adapter builds it (a file, packaged name or mapping; e.g. a published text model); write the results
-    as JSON.
+    """Evaluate a run folder (its best, else latest readable, checkpoint), a checkpoint file, or a config's encoder
+    as the adapter builds it (a file, packaged name or mapping; e.g. a published text model).
 
-    Results go to ``output``, else to ``RUN/eval.json`` for a run (nowhere for a config). ``overrides``
-    (dotted ``section.key=value``) apply to a config only.
+    The results are merged into the run's ``eval.json`` (a config gets an evaluation folder under
+    ``train.output_dir``) and, with ``output``, also written there as one JSON file. ``overrides`` (dotted
+    ``section.key=value``) apply to a config only.
+
+    Returns:
+        ``{task: result, ..., "encoder", "checkpoint", "loss", "seconds", "run_dir", "results_file"}``.
     """
+    started = time.perf_counter()
     if is_run(target):
         if overrides:
-            raise ValueError(f"overrides {overrides} apply to a config only, not to the run {target}")
-        run_dir, checkpoint_file = checkpoint.resolve(target)
+            raise ValueError(f"overrides {list(overrides)} apply to a config only, not to the run {target}")
+        run_dir, candidates = checkpoint.resolve(target)
         config = load_config(run_dir / "config.yaml")
+        checkpoint_file = None if random_init else checkpoint.load_newest_readable(candidates)[0]
     else:
-        config, checkpoint_file, run_dir = load_config(target, overrides), None, None
-    if random_init:
-        checkpoint_file = None
-    encoder, adapter = build_encoder(config, checkpoint_file)
+        config, checkpoint_file = load_config(target, overrides), None
+        run_dir = _evaluation_folder(config)
+    key = "random_init" if random_init else checkpoint_file.stem if checkpoint_file else "as_built"
+    encoder, adapter = build_encoder(config, checkpoint_file, random_init)
     device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
-    started = time.perf_counter()
     results = evaluate_encoder(encoder, adapter, config.eval, tasks, device)
+    stored = {"checkpoint": str(checkpoint_file) if checkpoint_file else None, "seed": config.eval.seed,
+              "versions": runs.library_versions(), "evaluated": runs.now()}  # fmt: skip
+    for task, result in results.items():
+        results_file = runs.record_evaluation(run_dir, key, task, {**result, **stored})
     results.update(
-        checkpoint=None if checkpoint_file is None else str(checkpoint_file),
-        encoder="random_init" if random_init else "pretrained" if checkpoint_file else "as_built",
+        encoder=key if key in ("random_init", "as_built") else "pretrained",
+        checkpoint=stored["checkpoint"],
         loss=config.loss["name"],
         seconds=round(time.perf_counter() - started, 2),
+        run_dir=str(run_dir),
+        results_file=str(results_file),
     )
-    if output is None and run_dir is not None:
-        output = run_dir / ("eval_random_init.json" if random_init else "eval.json")
     if output is not None:
         Path(output).write_text(json.dumps(results, indent=2))
     return results
+
+
+def _evaluation_folder(config: Config) -> Path:
+    """A folder under ``train.output_dir`` for the results of a config's encoder evaluated without training."""
+    dataset = getattr(config.data, "dataset", None) or Path(str(getattr(config.data, "path", None) or "data")).stem
+    name = f"{config.modality}-{dataset}-as_built-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = runs.create_run_folder(config.train.output_dir, None, name.replace("/", "_"))
+    runs.write_atomically(folder / "config.yaml", config.to_yaml())
+    return folder
 
 
 def is_run(target: ConfigSource) -> bool:
@@ -106,13 +146,15 @@ def is_run(target: ConfigSource) -> bool:
 
 
 def format_results(results: dict) -> str:
-    """A two-column table of each task's headline numbers."""
+    """A two-column table of each task's headline numbers, and where the results are stored."""
     rows = [(key, str(results[key])) for key in ("encoder", "loss") if key in results]
     for name in (name for name in results if name in available_tasks()):
         for key in get_task(name).headline:
             number = _lookup(results[name], key)
             if isinstance(number, float):
                 rows.append((f"{name} {key}", f"{number:.4g}"))
+    if "results_file" in results:
+        rows.append(("results", results["results_file"]))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 

@@ -11,11 +11,18 @@ Reproducibility: the data order is a permutation seeded by ``(seed, epoch)`` (``
 by ``seed`` alone, so every epoch sees the same batches, as GraphCL's TU code does), each item's views are
 drawn with torch's RNG seeded by ``(seed, epoch, index)``, and each step reseeds torch's RNG by
 ``(seed, step, rank)`` (dropout). A resumed run therefore continues exactly as an uninterrupted one.
+
+:func:`pretrain` applies the run-folder rules of :mod:`mmcl.engine.runs` (a new folder per run, resume only on
+request and with checked overrides, a lock, ``run.json``) around a :class:`Trainer`, whose methods each do one
+job: set-up, the step, its health checks, logging, checkpoints, validation and export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -29,11 +36,17 @@ from tqdm.auto import tqdm
 
 from mmcl import losses
 from mmcl.contract import ModalityAdapter, SeededViews, TrainBatch, derived_seed
-from mmcl.engine import checkpoint
-from mmcl.engine.config import Config, build_adapter
+from mmcl.engine import checkpoint, runs
+from mmcl.engine.config import Config, build_adapter, config_from_dict
 from mmcl.engine.evaluate import validation_score
 from mmcl.engine.gradcache import batch_dependent_layers, cached_step, split_inputs
 from mmcl.engine.optim import build_optimizer, build_scheduler
+from mmcl.tasks.metrics import effective_rank
+
+log = logging.getLogger("mmcl")
+
+#: Logging intervals in a row with collapsed embeddings before the run warns.
+COLLAPSE_INTERVALS = 3
 
 
 class EpochPermutation(Sampler):
@@ -51,6 +64,14 @@ class EpochPermutation(Sampler):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
+class NonFiniteError(ValueError):
+    """The embeddings, loss or gradients of a step are not finite (``train.on_nonfinite=stop``)."""
+
+
+class _NonFiniteEmbeddings(Exception):
+    """Raised inside a step when the encoder's output is not finite."""
+
+
 def build_loss(config: Config) -> torch.nn.Module:
     options = dict(config.loss)
     return losses.build(options.pop("name"), **options)
@@ -63,6 +84,11 @@ def embeddings_for_loss(output: torch.Tensor, batch: TrainBatch) -> dict:
     if batch.has_negatives:
         arguments["negatives"] = chunks[-1]
     return arguments
+
+
+def default_run_name(config: Config) -> str:
+    dataset = getattr(config.data, "dataset", None) or "data"
+    return f"{config.modality}-{dataset}-{config.loss['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 class _StopRequest:
@@ -85,202 +111,454 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def default_run_dir(config: Config) -> Path:
-    dataset = getattr(config.data, "dataset", None) or "data"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = config.train.run_name or f"{config.modality}-{dataset}-{config.loss['name']}-{stamp}"
-    return Path(config.train.output_dir) / name
+# ---------------------------------------------------------------- the run folder around a training session
 
 
-def pretrain(config: Config, run_dir: str | Path | None = None, resume: bool = False) -> Path:
-    """Pretrain the config's encoder; returns the run folder (config, metrics, checkpoints)."""
+def pretrain(
+    config: Config,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    allow_world_size_change: bool = False,
+) -> Path:
+    """Pretrain the config's encoder in a run folder (:mod:`mmcl.engine.runs`); returns the folder.
+
+    Args:
+        config: the validated config.
+        run_dir: the folder; None: ``train.output_dir/train.run_name`` (or a new timestamped name). Without
+            ``resume`` it must not hold a run yet.
+        resume: continue the folder from its newest readable checkpoint; ``config`` may differ from the saved one
+            only in :data:`mmcl.engine.runs.RESUMABLE` keys.
+        allow_world_size_change: accept resuming with another number of processes (it changes the global batch).
+    """
     train = config.train
-    # Accelerate keeps its state per process; a second run in the same process (notebooks, tests, benchmarks)
-    # may use another precision, so start from a fresh AcceleratorState (the process group is kept).
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    # Accelerate keeps its state per process; a second run in the same process (notebooks, tests, studies) may
+    # use another precision, so start from a fresh AcceleratorState (the process group is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     state = PartialState(cpu=train.cpu)  # starts the process group, so every rank agrees on the run folder
-    run_dir = Path(broadcast_object_list([str(run_dir or default_run_dir(config))])[0])
-    accelerator = Accelerator(
-        cpu=train.cpu,
-        mixed_precision=train.precision,
-        gradient_accumulation_steps=train.grad_accumulation,
-        log_with=_tensorboard(),
-        project_dir=str(run_dir),
-    )
-    del state
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / "config.yaml")
-    torch.manual_seed(train.seed)
+    with contextlib.ExitStack() as held:
+        outcome = [None, None, None]  # run folder, the checkpoint to resume from, an error message
+        if state.is_main_process:
+            try:
+                outcome[:2] = _open_run_folder(config, run_dir, resume, held)
+            except (ValueError, OSError) as error:
+                outcome[2] = f"{type(error).__name__}: {error}"
+        outcome = broadcast_object_list(outcome)
+        if outcome[2] is not None:
+            kind, message = outcome[2].split(": ", 1)
+            raise {"FileNotFoundError": FileNotFoundError, "OSError": OSError}.get(kind, ValueError)(message)
+        run_dir, start = Path(outcome[0]), outcome[1]
+        record = runs.RunRecord(run_dir) if state.is_main_process else None
+        trainer = Trainer(config, run_dir, record)
+        try:
+            trainer.set_up(start, allow_world_size_change)
+            trainer.fit()
+        except KeyboardInterrupt:
+            if record:
+                record.end_session("stopped", at_step=trainer.step)
+            raise
+        except Exception as error:
+            if record:
+                record.end_session("failed", error=f"{type(error).__name__}: {error}", at_step=trainer.step)
+            raise
+        if record:
+            record.end_session("finished", at_step=trainer.step)
+    return run_dir
 
-    adapter = build_adapter(config)
-    encoder = adapter.build_encoder()
-    loss_fn = build_loss(config).to(accelerator.device)
-    if train.grad_accumulation > 1 and accelerator.is_main_process:
-        note = "averages gradients; each micro-batch is contrasted on its own (no extra negatives)"
-        print(f"note: grad_accumulation={train.grad_accumulation} {note}")
-    if not train.drop_last and accelerator.num_processes > 1:
-        # Accelerate would complete the last batch of each process with repeated items, which the loss
-        # would then contrast with copies of themselves.
-        raise ValueError("train.drop_last=false needs a single process; keep train.drop_last=true to train on several")
-    data = SeededViews(adapter.train_dataset(), train.seed)
-    sampler = EpochPermutation(len(data), train.seed, train.shuffle == "every_epoch")
-    loader = DataLoader(
-        data,
-        batch_size=train.batch_size,
-        sampler=sampler,
-        drop_last=train.drop_last,
-        collate_fn=adapter.collate_train,
-        num_workers=train.num_workers,
-    )
-    if len(loader) == 0:
-        raise ValueError(f"train.batch_size={train.batch_size} is larger than the dataset ({len(data)} items)")
-    if train.grad_cache_chunk and batch_dependent_layers(encoder):
-        raise ValueError(
-            f"train.grad_cache_chunk needs an encoder without batch-dependent layers; this one has batch norm in "
-            f"{batch_dependent_layers(encoder)[:3]}... (turn it off, e.g. model.head_batch_norm=false)"
-        )
-    if train.validate_every and adapter.validation is None:
-        raise ValueError(f"train.validate_every: the {adapter.name} modality has no validation metric; unset it")
-    optimizer = build_optimizer(encoder, config.optim)
-    encoder, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
-    steps_per_epoch = max(1, len(loader) // train.grad_accumulation)
-    total_steps = train.max_steps or train.epochs * steps_per_epoch
-    scheduler = build_scheduler(optimizer, config.optim, total_steps)  # stepped once per optimiser step
 
-    step = 0
-    best: dict = {}  # the best validation so far: {"step", "metric", "value"}
+def _open_run_folder(config: Config, run_dir: str | Path | None, resume: bool, held: contextlib.ExitStack):
+    """The run folder, locked, with its config written; and the checkpoint to resume from (None: a new run)."""
+    train = config.train
+    if run_dir is None and not resume and train.auto_resume:
+        found = _resumable_folder(config)
+        if found is not None:
+            run_dir, resume = found
     if resume:
-        latest = checkpoint.latest_checkpoint(run_dir)
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-        state = checkpoint.load_checkpoint(latest, map_location=accelerator.device)
-        accelerator.unwrap_model(encoder).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        loss_fn.load_state_dict(state["loss"])
-        step = int(state["step"])
-        best = state.get("best", best)
-        if accelerator.is_main_process:
-            print(f"resumed from {latest} at step {step}")
-    if _tensorboard():
-        accelerator.init_trackers("tensorboard")
+        run_dir = Path(run_dir if run_dir is not None else Path(train.output_dir).expanduser() / (train.run_name or ""))
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"--resume: {run_dir} is not a run folder (it has no config.yaml)")
+        held.enter_context(runs.RunLock(run_dir))
+        return run_dir, _prepare_resume(config, run_dir)
+    if run_dir is None:
+        run_dir = runs.create_run_folder(train.output_dir, train.run_name, default_run_name(config))
+    else:
+        run_dir = Path(run_dir)
+        if run_dir.exists() and any(run_dir.iterdir()) and not _fresh_start_allowed(config, run_dir):
+            raise ValueError(
+                f"run folder {run_dir} exists: continue it with `mmcl pretrain {run_dir} --resume` (or "
+                "train.auto_resume=true), or start a new run in another folder (train.run_name)"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+    held.enter_context(runs.RunLock(run_dir))
+    runs.write_atomically(run_dir / "config.yaml", config.to_yaml())
+    runs.truncate_metrics(run_dir, 0)
+    runs.RunRecord(run_dir).start_session(kind="new")
+    return run_dir, None
 
-    def save(at_step: int) -> None:
+
+def _resumable_folder(config: Config) -> tuple[Path, bool] | None:
+    """``train.auto_resume``: the folder to continue (with a checkpoint of the same config: resume) or to restart
+    (the named folder of the same config that died before its first checkpoint), else None."""
+    output = Path(config.train.output_dir).expanduser()
+    if config.train.run_name:
+        candidates = [output / config.train.run_name]
+    else:
+        candidates = sorted((p for p in output.glob("*") if (p / "config.yaml").is_file()), reverse=True)
+    for folder in candidates:
+        if not (folder / "config.yaml").is_file():
+            continue
+        saved = runs.parse_saved_config(folder)
+        if runs.refused_changes(runs.config_changes(saved, config.to_dict())):
+            if config.train.run_name:
+                raise ValueError(
+                    f"train.auto_resume: {folder} holds a run of another config; set another train.run_name"
+                )
+            continue
+        if checkpoint.list_checkpoints(folder):
+            return folder, True
+        if config.train.run_name:
+            return None  # same config, no checkpoint: it starts afresh in its folder
+    return None
+
+
+def _fresh_start_allowed(config: Config, run_dir: Path) -> bool:
+    """An existing folder may take a fresh start only under ``train.auto_resume``, for the same config and when it
+    holds no checkpoint (its first attempt died before saving one)."""
+    if not config.train.auto_resume or checkpoint.list_checkpoints(run_dir) or not (run_dir / "config.yaml").is_file():
+        return False
+    return not runs.refused_changes(runs.config_changes(runs.parse_saved_config(run_dir), config.to_dict()))
+
+
+def _prepare_resume(config: Config, run_dir: Path) -> dict:
+    """Check the resume against the saved config and checkpoint, then record it; nothing is written before."""
+    candidates = checkpoint.list_checkpoints(run_dir)[::-1]
+    if not candidates:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start the run anew instead")
+    path, state = checkpoint.load_newest_readable(candidates)
+    skipped = [p.name for p in candidates[: candidates.index(path)]]
+    saved = runs.parse_saved_config(run_dir)
+    config_from_dict(saved)  # the saved config itself must still be valid (registered names, ranges)
+    changes = runs.config_changes(saved, config.to_dict())
+    runs.check_resume_changes(run_dir, changes, int(state["step"]))
+    runs.write_atomically(run_dir / "config.yaml", config.to_yaml())
+    runs.truncate_metrics(run_dir, int(state["step"]))
+    runs.RunRecord(run_dir).start_session(
+        kind="resume", resumed_from=path.name, resumed_at_step=int(state["step"]), changes=changes, skipped=skipped
+    )
+    log.info("resumed from %s at step %d%s", path, state["step"], f" (skipped unreadable {skipped})" if skipped else "")
+    return {"path": str(path), "step": int(state["step"]), "world_size": state.get("world_size")}
+
+
+# ---------------------------------------------------------------- the training session
+
+
+class Trainer:
+    """One training session in a prepared run folder: :meth:`set_up`, then :meth:`fit`."""
+
+    def __init__(self, config: Config, run_dir: Path, record: runs.RunRecord | None) -> None:
+        self.config, self.train, self.run_dir, self.record = config, config.train, run_dir, record
+        self.step, self.best = 0, {}
+        self.collapsed_intervals, self.skipped_steps = 0, 0
+
+    # ------------------------------------------------------------ set-up
+
+    def set_up(self, start: dict | None, allow_world_size_change: bool) -> None:
+        train = self.train
+        self.accelerator = Accelerator(
+            cpu=train.cpu,
+            mixed_precision=train.precision,
+            gradient_accumulation_steps=train.grad_accumulation,
+            log_with=_tensorboard(),
+            project_dir=str(self.run_dir),
+        )
+        accelerator = self.accelerator
+        if train.precision == "fp16" and accelerator.device.type == "cpu":
+            raise ValueError("train.precision=fp16 needs a GPU and none is in use; use train.precision=bf16 or no")
+        if not train.drop_last and accelerator.num_processes > 1:
+            # Accelerate would complete the last batch of each process with repeated items, which the loss
+            # would then contrast with copies of themselves.
+            raise ValueError(
+                "train.drop_last=false needs a single process; keep train.drop_last=true to train on several"
+            )
+        self.adapter = build_adapter(self.config)
+        self.data = SeededViews(self.adapter.train_dataset(), train.seed)  # data errors first: they are cheap to find
+        torch.manual_seed(train.seed)
+        encoder = self.adapter.build_encoder()
+        self.loss_fn = build_loss(self.config).to(accelerator.device)
+        self._check_components(encoder)
+        self.sampler = EpochPermutation(len(self.data), train.seed, train.shuffle == "every_epoch")
+        loader = DataLoader(self.data, batch_size=train.batch_size, sampler=self.sampler, drop_last=train.drop_last,
+                            collate_fn=self.adapter.collate_train, num_workers=train.num_workers)  # fmt: skip
+        if len(loader) == 0:
+            raise ValueError(f"train.batch_size={train.batch_size} is larger than the dataset ({len(self.data)} items)")
+        optimizer = build_optimizer(encoder, self.config.optim)
+        self.encoder, self.optimizer, self.loader = accelerator.prepare(encoder, optimizer, loader)
+        self.steps_per_epoch = max(1, len(self.loader) // train.grad_accumulation)
+        self.total_steps = train.max_steps or train.epochs * self.steps_per_epoch
+        if self.config.optim.warmup_steps >= self.total_steps:
+            raise ValueError(
+                f"optim.warmup_steps={self.config.optim.warmup_steps} is not shorter than the run "
+                f"({self.total_steps} steps): the learning rate would never reach optim.lr; lower optim.warmup_steps"
+            )
+        self.scheduler = build_scheduler(self.optimizer, self.config.optim, self.total_steps)
+        if start is not None:
+            self._restore(start, allow_world_size_change)
+        self._record_session()
+        if _tensorboard():
+            accelerator.init_trackers("tensorboard")
+
+    def _check_components(self, encoder: torch.nn.Module) -> None:
+        train, adapter = self.train, self.adapter
+        if train.grad_cache_chunk and batch_dependent_layers(encoder):
+            raise ValueError(
+                f"train.grad_cache_chunk needs an encoder without batch-dependent layers; this one has batch norm in "
+                f"{batch_dependent_layers(encoder)[:3]}... (turn it off, e.g. model.head_batch_norm=false)"
+            )
+        if train.validate_every and adapter.validation is None:
+            raise ValueError(f"train.validate_every: the {adapter.name} modality has no validation metric; unset it")
+        self.uses_labels = bool(self.loss_fn.accepts_labels and adapter.has_labels)
+        if self.uses_labels and adapter.evaluates_pretraining_items and not train.allow_label_leak:
+            raise ValueError(
+                f"loss.name={self.config.loss['name']} reads the class labels of the pretraining data, and the "
+                f"{adapter.name} modality's evaluation scores those same items (e.g. 10-fold cross-validation over "
+                "the whole dataset): the test folds' labels would shape the encoder. Use an unsupervised loss, or set "
+                "train.allow_label_leak=true to accept it knowingly (the scores are then not comparable to "
+                "unsupervised ones)"
+            )
+
+    def _restore(self, start: dict, allow_world_size_change: bool) -> None:
+        saved_world = start.get("world_size")
+        world = self.accelerator.num_processes
+        if saved_world is not None and saved_world != world and not allow_world_size_change:
+            raise ValueError(
+                f"--resume: the run was trained with {saved_world} process(es) and is resumed with {world}: the "
+                f"global batch (train.batch_size x processes) would change from {saved_world * self.train.batch_size} "
+                f"to {world * self.train.batch_size}. Resume with {saved_world} process(es), or pass "
+                "--allow-world-size-change to accept it"
+            )
+        path = Path(start["path"])
+        state = checkpoint.load_checkpoint(path)  # to the CPU: every rank, any device
+        checkpoint.load_model_state(self.accelerator.unwrap_model(self.encoder), state, path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.step, self.best = int(state["step"]), state.get("best", {})
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+    def _record_session(self) -> None:
+        if self.record is None:
+            return
+        labels = None
+        if self.uses_labels:
+            dataset = getattr(self.config.data, "dataset", "the data")
+            labels = f"loss.name={self.config.loss['name']} reads the class labels of data.dataset={dataset}"
+            log.info("supervised: %s", labels)
+        self.record.update_session(
+            device=str(self.accelerator.device),
+            world_size=self.accelerator.num_processes,
+            threads=torch.get_num_threads(),
+            precision=self.train.precision,
+            total_steps=self.total_steps,
+            labels=labels,
+        )
+
+    # ------------------------------------------------------------ the loop
+
+    def fit(self) -> None:
+        accelerator, train = self.accelerator, self.train
+        self.metrics_file = (self.run_dir / "metrics.jsonl").open("a") if accelerator.is_main_process else None
+        self.bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain",
+                        disable=not (accelerator.is_main_process and train.progress_bar))  # fmt: skip
+        self.encoder.train()
+        self.loss_fn.train()
+        stopped = False
+        try:
+            with _StopRequest() as stop:
+                while self.step < self.total_steps and not stopped:
+                    stopped = self._run_epoch(stop)
+        finally:
+            self.bar.close()
+            if self.metrics_file:
+                self.metrics_file.close()
+        if stopped:
+            accelerator.end_training()
+            raise KeyboardInterrupt(
+                f"stopped by signal at step {self.step}; resume with --resume (checkpoint saved in {self.run_dir})"
+            )
+        self._save()
+        self._export()
+        accelerator.end_training()
+
+    def _run_epoch(self, stop: _StopRequest) -> bool:
+        """Steps until the epoch ends, the run ends, or a stop is requested (then saved: returns True)."""
+        epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
+        self.sampler.epoch = self.data.epoch = epoch
+        accumulation = self.train.grad_accumulation
+        batches = (
+            self.accelerator.skip_first_batches(self.loader, done_in_epoch * accumulation)
+            if done_in_epoch
+            else self.loader
+        )
+        micro = 0
+        for batch in batches:
+            torch.manual_seed(derived_seed(self.train.seed, self.step, micro, self.accelerator.process_index))
+            micro += 1
+            loss, embeddings = self._train_step(batch)
+            if not self.accelerator.sync_gradients:
+                continue
+            micro = 0
+            self.scheduler.step()
+            self.step += 1
+            self.loss_fn.set_progress(self.step / self.total_steps)
+            self._log(epoch, loss, embeddings)
+            self.bar.update(1)
+            if _any(self.accelerator, stop.requested):
+                self._save()
+                return True
+            if (
+                self.train.checkpoint_every
+                and self.step % self.train.checkpoint_every == 0
+                and self.step < self.total_steps
+            ):
+                self._save()
+            if self.step >= self.total_steps:
+                break
+        return False
+
+    def _train_step(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward, loss, backward, health checks and optimiser step of one micro-batch; returns the detached loss
+        and embeddings (None for a skipped step)."""
+        accelerator, train = self.accelerator, self.train
+        labels = batch.labels if self.uses_labels else None
+
+        def loss_of(output: torch.Tensor) -> torch.Tensor:
+            if _any(accelerator, not bool(torch.isfinite(output.detach()).all())):
+                raise _NonFiniteEmbeddings  # before the loss, which refuses non-finite inputs
+            return self.loss_fn(**embeddings_for_loss(output, batch), labels=labels)
+
+        with accelerator.accumulate(self.encoder):
+            try:
+                if train.grad_cache_chunk:
+                    chunks = split_inputs(batch.inputs, train.grad_cache_chunk)
+                    no_sync = lambda: accelerator.no_sync(self.encoder)  # noqa: E731
+                    loss, embeddings = cached_step(
+                        self.encoder, chunks, loss_of, backward=accelerator.backward, no_sync=no_sync
+                    )
+                else:
+                    embeddings = self.encoder(batch.inputs)
+                    loss = loss_of(embeddings)
+                    accelerator.backward(loss)
+            except _NonFiniteEmbeddings:
+                self._non_finite("the embeddings")
+                self.optimizer.zero_grad()
+                return torch.tensor(math.nan), None
+            if accelerator.sync_gradients and self._healthy(loss):
+                self.optimizer.step()
+            self.optimizer.zero_grad()
+        return loss.detach(), embeddings.detach()
+
+    def _healthy(self, loss: torch.Tensor) -> bool:
+        """Whether the step may update the weights: its loss and gradient norm are finite (under fp16 the loss
+        scaler handles non-finite gradients itself). Clips the gradients with ``train.grad_clip``."""
+        norm = self.accelerator.clip_grad_norm_(self.encoder.parameters(), self.train.grad_clip or math.inf)
+        bad_loss = _any(self.accelerator, not bool(torch.isfinite(loss.detach()).all()))
+        bad_grad = self.train.precision != "fp16" and not bool(torch.isfinite(norm).all())
+        if bad_loss or bad_grad:
+            self._non_finite("the loss" if bad_loss else "the gradients")
+            return False
+        return True
+
+    def _non_finite(self, what: str) -> None:
+        """Stop the run with its last good checkpoint (``train.on_nonfinite=stop``), or record a skipped step."""
+        step = self.step + 1
+        if self.train.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            if self.record:
+                self.record.warn(f"step {step}: {what} not finite; the step was skipped (train.on_nonfinite=skip)")
+            return
+        latest = checkpoint.latest_checkpoint(self.run_dir)
+        raise NonFiniteError(
+            f"step {step}: {what} not finite; the run stops and keeps its last good checkpoint "
+            f"({latest.name if latest else 'none yet'}). Lower optim.lr, set train.grad_clip, or set "
+            "train.on_nonfinite=skip to skip such steps"
+        )
+
+    # ------------------------------------------------------------ logging and health
+
+    def _log(self, epoch: int, loss: torch.Tensor, embeddings: torch.Tensor | None) -> None:
+        train = self.train
+        validated = train.validate_every and (self.step % train.validate_every == 0 or self.step == self.total_steps)
+        if not (validated or self.step % train.log_every == 0 or self.step == self.total_steps):
+            return
+        record = {"step": self.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0]}
+        values = {"loss": loss, **self.loss_fn.diagnostics}
+        if embeddings is not None:
+            values["embedding_rank"] = _embedding_rank(embeddings)
+        record.update(_global_metrics(self.accelerator, values))
+        if self.skipped_steps:
+            record["skipped_steps"] = self.skipped_steps
+        if validated:
+            record.update(self._validate())
+        self.accelerator.log(record, step=self.step)
+        if self.metrics_file:
+            self.metrics_file.write(json.dumps(record) + "\n")
+            self.metrics_file.flush()
+        self._watch_collapse(record)
+        keys = ("loss", "pos_cos_mean", "neg_cos_mean", "tau")
+        self.bar.set_postfix({k: f"{record[k]:.3g}" for k in keys if k in record})
+
+    def _watch_collapse(self, record: dict) -> None:
+        """Warn once when the embeddings have collapsed for :data:`COLLAPSE_INTERVALS` logging intervals in a row."""
+        cosines_near_one = record.get("pos_cos_mean", 0) > 0.99 and record.get("neg_cos_mean", 0) > 0.99
+        collapsed = cosines_near_one or record.get("embedding_rank", math.inf) < 1.5
+        self.collapsed_intervals = self.collapsed_intervals + 1 if collapsed else 0
+        if self.collapsed_intervals == COLLAPSE_INTERVALS and self.record:
+            seen = {key: record.get(key, math.nan) for key in ("pos_cos_mean", "neg_cos_mean", "embedding_rank")}
+            self.record.warn(
+                f"the embeddings look collapsed at step {self.step} (positive cosine {seen['pos_cos_mean']:.3f}, "
+                f"negative cosine {seen['neg_cos_mean']:.3f}, effective rank {seen['embedding_rank']:.2f} for "
+                f"{COLLAPSE_INTERVALS} logging intervals); check optim.lr and the loss's temperature"
+            )
+
+    # ------------------------------------------------------------ checkpoints, validation, export
+
+    def _save(self) -> None:
+        accelerator = self.accelerator
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             state = {
-                "model": accelerator.unwrap_model(encoder).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "loss": loss_fn.state_dict(),
-                "step": at_step,
-                "total_steps": total_steps,
-                "best": best,
+                "model": accelerator.unwrap_model(self.encoder).state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "loss": self.loss_fn.state_dict(),
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "world_size": accelerator.num_processes,
+                "skipped_steps": self.skipped_steps,
+                "best": self.best,
             }
-            checkpoint.save_checkpoint(state, run_dir, at_step, keep=train.keep_checkpoints)
+            checkpoint.save_checkpoint(state, self.run_dir, self.step, keep=self.train.keep_checkpoints)
         accelerator.wait_for_everyone()
 
-    def validate(at_step: int) -> dict[str, float]:
+    def _validate(self) -> dict[str, float]:
         """Score the encoder on the main process; keep ``checkpoints/best.pt`` when it improves."""
         scores: dict[str, float] = {}
-        if accelerator.is_main_process:
-            model = accelerator.unwrap_model(encoder)
-            value = validation_score(model, adapter, config, accelerator.device)
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.encoder)
+            value = validation_score(model, self.adapter, self.config, self.accelerator.device)
             model.train()
-            metric = adapter.validation.name
-            if not best or value > best["value"]:
-                best.update(step=at_step, metric=metric, value=value)
-                checkpoint.save_best({"model": model.state_dict(), **best}, run_dir)
-            scores = {f"val_{metric}": value, "best_step": best["step"]}
-        accelerator.wait_for_everyone()
+            metric = self.adapter.validation.name
+            if not self.best or value > self.best["value"]:
+                self.best.update(step=self.step, metric=metric, value=value)
+                checkpoint.save_best({"model": model.state_dict(), **self.best}, self.run_dir)
+            scores = {f"val_{metric}": value, "best_step": self.best["step"]}
+        self.accelerator.wait_for_everyone()
         return scores
 
-    metrics_file = (run_dir / "metrics.jsonl").open("a") if accelerator.is_main_process else None
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        disable=not (accelerator.is_main_process and train.progress_bar),
-        desc="pretrain",
-    )
-    encoder.train()
-    loss_fn.train()
-    stopped = False
-    with _StopRequest() as stop:
-        while step < total_steps and not stopped:
-            epoch, done_in_epoch = divmod(step, steps_per_epoch)
-            sampler.epoch = data.epoch = epoch
-            batches = (
-                accelerator.skip_first_batches(loader, done_in_epoch * train.grad_accumulation)
-                if done_in_epoch
-                else loader
-            )
-            micro = 0
-            for batch in batches:
-                torch.manual_seed(derived_seed(train.seed, step, micro, accelerator.process_index))
-                micro += 1
-                with accelerator.accumulate(encoder):
-                    labels = batch.labels if loss_fn.accepts_labels else None
-
-                    def loss_of(output: torch.Tensor, batch: TrainBatch = batch, labels=labels) -> torch.Tensor:
-                        return loss_fn(**embeddings_for_loss(output, batch), labels=labels)
-
-                    if train.grad_cache_chunk:
-                        chunks = split_inputs(batch.inputs, train.grad_cache_chunk)
-                        loss, _ = cached_step(
-                            encoder,
-                            chunks,
-                            loss_of,
-                            backward=accelerator.backward,
-                            no_sync=lambda: accelerator.no_sync(encoder),
-                        )
-                    else:
-                        loss = loss_of(encoder(batch.inputs))
-                        accelerator.backward(loss)
-                    if accelerator.sync_gradients and train.grad_clip:
-                        accelerator.clip_grad_norm_(encoder.parameters(), train.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                step += 1
-                micro = 0
-                loss_fn.set_progress(step / total_steps)
-                validated = train.validate_every and (step % train.validate_every == 0 or step == total_steps)
-                if validated or step % train.log_every == 0 or step == total_steps:
-                    record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
-                    record.update(_global_metrics(accelerator, {"loss": loss.detach(), **loss_fn.diagnostics}))
-                    if validated:
-                        record.update(validate(step))
-                    accelerator.log(record, step=step)
-                    if metrics_file:
-                        metrics_file.write(json.dumps(record) + "\n")
-                        metrics_file.flush()
-                    bar.set_postfix(
-                        {k: f"{record[k]:.3g}" for k in ("loss", "pos_cos_mean", "neg_cos_mean", "tau") if k in record}
-                    )
-                bar.update(1)
-                if _any(accelerator, stop.requested):
-                    save(step)
-                    stopped = True
-                    break
-                if train.checkpoint_every and step % train.checkpoint_every == 0 and step < total_steps:
-                    save(step)
-                if step >= total_steps:
-                    break
-    bar.close()
-    if not stopped:
-        save(step)
-        export(accelerator, adapter, encoder, run_dir)
-    if metrics_file:
-        metrics_file.close()
-    accelerator.end_training()
-    if stopped:
-        raise KeyboardInterrupt(
-            f"stopped by signal at step {step}; resume with --resume (checkpoint saved in {run_dir})"
-        )
-    return run_dir
+    def _export(self) -> None:
+        """``RUN/model``: the adapter's own format (e.g. ``save_pretrained``) of the best weights, else the last."""
+        export(self.accelerator, self.adapter, self.encoder, self.run_dir)
 
 
 def export(accelerator: Accelerator, adapter: ModalityAdapter, encoder: torch.nn.Module, run_dir: Path) -> None:
@@ -289,18 +567,24 @@ def export(accelerator: Accelerator, adapter: ModalityAdapter, encoder: torch.nn
         model = accelerator.unwrap_model(encoder)
         best = checkpoint.best_path(run_dir)
         if best.is_file():
-            model.load_state_dict(checkpoint.load_checkpoint(best, map_location=accelerator.device)["model"])
+            checkpoint.load_model_state(model, checkpoint.load_checkpoint(best), best)
         folder = adapter.export(model, run_dir / "model")
         if folder is not None:
-            print(f"exported {'best' if best.is_file() else 'final'} encoder to {folder}")
+            log.info("exported %s encoder to %s", "best" if best.is_file() else "final", folder)
     accelerator.wait_for_everyone()
+
+
+def _embedding_rank(embeddings: torch.Tensor) -> float:
+    """Effective rank (RankMe) of the step's local loss embeddings: near 1 when they have collapsed."""
+    value = effective_rank(embeddings.float().cpu(), max_samples=None)
+    return 1.0 if math.isnan(value) else value
 
 
 def _global_metrics(accelerator: Accelerator, values: dict) -> dict[str, float]:
     """Loss and diagnostics over all processes: counts (``n_*``) summed, the rest averaged.
 
     Each rank's loss is scaled so that the mean over ranks is the global batch's loss (see
-    ``losses.core.EmbeddingLoss``), so the averaged loss is the global one.
+    ``mmcl.losses.core.EmbeddingLoss``), so the averaged loss is the global one.
     """
     names = sorted(values)
     local = torch.stack(
@@ -312,7 +596,7 @@ def _global_metrics(accelerator: Accelerator, values: dict) -> dict[str, float]:
 
 def _any(accelerator: Accelerator, flag: bool) -> bool:
     if accelerator.num_processes == 1:
-        return flag
+        return bool(flag)
     value = torch.tensor(float(flag), device=accelerator.device)
     return bool(accelerator.reduce(value, reduction="sum") > 0)
 

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import AddSelfLoops
 
+from mmcl.contract import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
 from mmcl.contract.adapter import Encoder, ModalityAdapter, TrainBatch
 from mmcl.modalities import register_modality
 from mmcl.modalities.graph.augment import GRAPHCL_TU_STRENGTHS, Augmentation, Identity, build_augmentation
@@ -37,15 +38,15 @@ from mmcl.modalities.graph.encoders import ENCODERS, GraphBackbone, projection_h
 @dataclass
 class GraphModelConfig:
     encoder: str = "gin"  # gin | gcn | sage | a plug-in's (register_encoder)
-    hidden_dim: int = 32
-    num_layers: int = 3
+    hidden_dim: PositiveInt = 32
+    num_layers: PositiveInt = 3
     pooling: Literal["sum", "mean", "max"] = "sum"
     jumping_knowledge: Literal["cat", "last"] = "cat"  # cat: every layer's pooled output, concatenated (GraphCL)
     batch_norm: bool = True
     batch_norm_per_view: bool = False  # in training, each view's nodes get their own batch statistics (GraphCL)
-    head_layers: int = 2  # GraphCL: Linear-ReLU-Linear; 0 = no head
-    head_hidden_dim: int | None = None  # default: the embedding width (GraphCL: 96)
-    head_dim: int | None = None  # default: the embedding width (GraphCL: 96)
+    head_layers: NonNegativeInt = 2  # GraphCL: Linear-ReLU-Linear; 0 = no head
+    head_hidden_dim: PositiveInt | None = None  # default: the embedding width (GraphCL: 96)
+    head_dim: PositiveInt | None = None  # default: the embedding width (GraphCL: 96)
     xavier_init: bool = True  # Xavier-uniform Linear weights, zero biases (GraphCL's init_emb)
 
 
@@ -58,15 +59,15 @@ class GraphDataConfig:
     cache_dir: str | None = None  # where torch-geometric's processed files go (default ~/.cache/mmcl)
     download: bool = False  # fetch from the TU server into cache_dir when root lacks the dataset
     node_features: Literal["auto", "labels", "attributes", "labels_and_attributes", "degree", "constant", "x"] = "auto"
-    max_degree: int | None = None  # node_features=degree: clip (default: the dataset's maximum degree)
+    max_degree: NonNegativeInt | None = None  # node_features=degree: clip (default: the dataset's maximum degree)
     edge_attributes: bool = False  # keep TU edge labels/attributes as edge_attr (the built-in encoders ignore it)
     augmentations: list[str] = field(default_factory=lambda: ["node_drop", "subgraph"])  # one drawn per view
     first_view_unaugmented: bool = True  # GraphCL's TU code contrasts the graph with one augmented view
-    node_drop_ratio: float = GRAPHCL_TU_STRENGTHS["node_drop"]
-    edge_perturb_ratio: float = GRAPHCL_TU_STRENGTHS["edge_perturb"]
-    edge_add_ratio: float = 0.0
-    attr_mask_ratio: float = GRAPHCL_TU_STRENGTHS["attr_mask"]
-    subgraph_keep_ratio: float = GRAPHCL_TU_STRENGTHS["subgraph"]
+    node_drop_ratio: Fraction = GRAPHCL_TU_STRENGTHS["node_drop"]
+    edge_perturb_ratio: Fraction = GRAPHCL_TU_STRENGTHS["edge_perturb"]
+    edge_add_ratio: NonNegativeFloat = 0.0
+    attr_mask_ratio: Fraction = GRAPHCL_TU_STRENGTHS["attr_mask"]
+    subgraph_keep_ratio: Fraction = GRAPHCL_TU_STRENGTHS["subgraph"]
     subgraph_frontier: Literal["grow", "start"] = "grow"  # start: GraphCL's TU code (start node's neighbours only)
     self_loops: bool = False  # a self-loop on every node of the un-augmented graphs (GraphCL's TU loader)
 
@@ -111,6 +112,7 @@ class GraphAdapter(ModalityAdapter):
     ModelConfig = GraphModelConfig
     DataConfig = GraphDataConfig
     default_eval_tasks = ("graph_classification",)
+    evaluates_pretraining_items = True  # GraphCL's protocol cross-validates over the whole dataset
 
     def __init__(self, model: GraphModelConfig, data: GraphDataConfig) -> None:
         super().__init__(model, data)

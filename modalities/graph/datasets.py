@@ -125,7 +125,11 @@ def _sync_raw(source: Path, name: str, target_root: Path) -> None:
     """Copy the dataset's TU files from ``source`` to ``target_root/<name>/raw``; drop stale processed data."""
     raw = target_root / name / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    changed = False
+    sources = {file.name for file in source.glob(f"{name}_*.txt")}
+    stale = [copy for copy in raw.glob(f"{name}_*.txt") if copy.name not in sources]  # deleted from the source
+    for copy in stale:
+        copy.unlink()
+    changed = bool(stale)
     for file in sorted(source.glob(f"{name}_*.txt")):
         copy = raw / file.name
         stat = file.stat()
@@ -150,7 +154,14 @@ def tu_dataset(dataset: str, root: str | None, cache_dir: str | None, download: 
         target = cache_root(cache_dir) / "tu" / key
         with _locked(target):
             _sync_raw(source, dataset, target)
-            return TUDataset(str(target), dataset, use_node_attr=True, use_edge_attr=True)
+            try:
+                return TUDataset(str(target), dataset, use_node_attr=True, use_edge_attr=True)
+            except (ValueError, IndexError, RuntimeError) as error:  # a truncated or inconsistent file
+                shutil.rmtree(target / dataset / "processed", ignore_errors=True)
+                raise ValueError(
+                    f"TU dataset {dataset!r}: the files in {source} are inconsistent ({type(error).__name__}: "
+                    f"{error}); check that every {dataset}_*.txt file is complete"
+                ) from None
     if not download:
         where = "data.root is not set" if root is None else f"not found under data.root={root!r}"
         raise FileNotFoundError(
@@ -211,7 +222,17 @@ def load_graphs(
     Cached per process (a pretraining run and its evaluation read the data once).
     """
     options = json.dumps(dataset_options or {}, sort_keys=True)
-    return _load_graphs(dataset, root, cache_dir, download, node_features, edge_attributes, max_degree, source, options)
+    files = _source_files(dataset, root) if source == "tu" else ()  # a changed TU file is read again
+    return _load_graphs(
+        dataset, root, cache_dir, download, node_features, edge_attributes, max_degree, source, options, files
+    )
+
+
+def _source_files(dataset: str, root: str | None) -> tuple:
+    folder = find_raw_folder(root, dataset) if root is not None else None
+    if folder is None:
+        return ()
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.glob(f"{dataset}_*.txt")))
 
 
 @functools.lru_cache(maxsize=8)
@@ -225,6 +246,7 @@ def _load_graphs(
     max_degree: int | None,
     source: str,
     dataset_options: str,
+    source_files: tuple,
 ) -> GraphSource:
     if node_features not in NODE_FEATURES:
         raise ValueError(f"data.node_features={node_features!r} is not one of {list(NODE_FEATURES)}")

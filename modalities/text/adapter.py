@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmcl.contract import ModalityAdapter, TrainBatch, Validation
+from mmcl.contract import ModalityAdapter, PositiveInt, TrainBatch, Validation
 from mmcl.modalities import register_modality
 from mmcl.modalities.text.data import SentenceTuples, build_rows, load_table
 
@@ -42,8 +42,8 @@ class TextModelConfig:
     pooler: PoolerName = "cls"
     mlp_only_train: bool = True  # cls: the MLP only in training, the bare [CLS] at evaluation (SimCSE unsup)
     mlp_init: Literal["random", "pretrained"] = "random"  # cls MLP: fresh (SimCSE) or the model's own pooler
-    max_length: int = 32  # training tokens per sentence (SimCSE: 32)
-    eval_max_length: int | None = None  # None: the tokenizer's model_max_length (512 for BERT)
+    max_length: PositiveInt = 32  # training tokens per sentence (SimCSE: 32)
+    eval_max_length: PositiveInt | None = None  # None: the tokenizer's model_max_length (512 for BERT)
     local_files_only: bool = False  # never ask the hub (also set by HF_HUB_OFFLINE=1)
 
 
@@ -60,7 +60,8 @@ class TextDataConfig:
     columns: list[str] | None = None  # unsup: [sentence]; pairs: [a, b]; nli: [premise, entailment, contradiction]
     label_column: str | None = None  # nli from labelled rows: columns = [premise, hypothesis]
     hard_negatives: bool = True  # nli: feed the contradictions to the loss as negatives
-    max_samples: int | None = None  # keep the first N rows
+    max_samples: PositiveInt | None = None  # keep the first N rows
+    cache_dir: str | None = None  # Hugging Face datasets' cache (default ~/.cache/huggingface/datasets)
 
 
 @register_modality
@@ -89,21 +90,25 @@ class TextAdapter(ModalityAdapter):
             self._tokenizer = load_tokenizer(self.model_config.name_or_path, self.model_config.local_files_only)
         return self._tokenizer
 
-    def build_encoder(self):
+    def build_encoder(self, random_init: bool = False):
         from mmcl.modalities.text.encoder import TextEncoder, load_pretrained
 
         model = self.model_config
-        transformer, tokenizer = load_pretrained(model.name_or_path, model.local_files_only)
+        transformer, tokenizer = load_pretrained(model.name_or_path, model.local_files_only, random_init)
         if self._tokenizer is None:
             self._tokenizer = tokenizer
         return TextEncoder(
             transformer, self.tokenizer, model.pooler, model.mlp_only_train, model.mlp_init, model.eval_max_length
         )
 
+    def build_random_encoder(self):
+        """The architecture of ``model.name_or_path`` with freshly initialised weights (``AutoModel.from_config``)."""
+        return self.build_encoder(random_init=True)
+
     def train_dataset(self) -> Dataset:
         if self._train is None:
             data = self.data_config
-            table = load_table(data.path, data.dataset, data.dataset_config, data.split, data.format)
+            table = load_table(data.path, data.dataset, data.dataset_config, data.split, data.format, data.cache_dir)
             self._train = SentenceTuples(
                 build_rows(table, data.mode, data.columns, data.label_column, data.hard_negatives, data.max_samples)
             )

@@ -53,10 +53,12 @@ def load_table(
     dataset_config: str | None = None,
     split: str = "train",
     file_format: str = "auto",
+    cache_dir: str | None = None,
 ) -> Any:
-    """A ``datasets.Dataset`` from local files (``path``: one or a list, one format) or a hub dataset (online)."""
-    from datasets import load_dataset
+    """A ``datasets.Dataset`` from local files (``path``: one or a list, one format) or a hub dataset (online).
 
+    ``cache_dir`` (``data.cache_dir``) holds Hugging Face datasets' cache instead of ``~/.cache/huggingface``.
+    """
     if path:
         files = [Path(p).expanduser() for p in ([path] if isinstance(path, str) else path)]
         for file in files:
@@ -65,6 +67,8 @@ def load_table(
                     f"data.path: {file} does not exist; set data.path to a local text/CSV/TSV/JSON(L) "
                     "file or a list of them (or data.dataset to a hub dataset name when online)"
                 )
+            if file.stat().st_size == 0:
+                raise ValueError(f"data.path: {file} is empty; it must hold the sentences (one per line for .txt)")
         kinds = {FORMATS.get(file.suffix.lower()) if file_format == "auto" else file_format for file in files}
         if len(kinds) != 1 or None in kinds:
             raise ValueError(
@@ -73,13 +77,26 @@ def load_table(
             )
         kind, data_files = kinds.pop(), [str(file) for file in files]
         if kind in ("text", "json"):
-            return load_dataset(kind, data_files=data_files, split="train")
+            return _load(f"data.path={path}", kind, data_files=data_files, split="train", cache_dir=cache_dir)
         # keep_default_na=False: a sentence "NA" or "null" stays a string; TSV has no quoting (quotes are text)
         options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if kind == "tsv" else {"delimiter": ","}
-        return load_dataset("csv", data_files=data_files, split="train", keep_default_na=False, **options)
+        return _load(f"data.path={path}", "csv", data_files=data_files, split="train", keep_default_na=False,
+                     cache_dir=cache_dir, **options)  # fmt: skip
     if dataset:
-        return load_dataset(dataset, dataset_config, split=split)
+        return _load(f"data.dataset={dataset}", dataset, dataset_config, split=split, cache_dir=cache_dir)
     raise ValueError("the text modality needs data.path (a local file) or data.dataset (a hub dataset name)")
+
+
+def _load(what: str, *args: Any, **kwargs: Any) -> Any:
+    """``datasets.load_dataset`` with its reading errors named after the config key."""
+    from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        return load_dataset(*args, **kwargs)
+    except DatasetGenerationError as error:
+        cause = error.__cause__ or error
+        raise ValueError(f"{what}: the data cannot be read ({type(cause).__name__}: {cause})") from None
 
 
 def build_rows(

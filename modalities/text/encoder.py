@@ -263,16 +263,21 @@ def load_tokenizer(name_or_path: str, local_files_only: bool = False) -> Any:
     return _from_pretrained(AutoTokenizer, name_or_path, local_files_only)
 
 
-def load_pretrained(name_or_path: str, local_files_only: bool = False) -> tuple[nn.Module, Any]:
+def load_pretrained(
+    name_or_path: str, local_files_only: bool = False, random_init: bool = False
+) -> tuple[nn.Module, Any]:
     """``(AutoModel, AutoTokenizer)`` from a hub name or a local folder.
 
     ``local_files_only`` (or ``HF_HUB_OFFLINE=1``) keeps hub names to the local cache, so an offline
     machine fails fast rather than waiting on the network; failures raise ``FileNotFoundError`` naming
-    ``model.name_or_path``.
+    ``model.name_or_path``. ``random_init``: the same architecture with freshly initialised weights.
     """
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel
 
-    return _from_pretrained(AutoModel, name_or_path, local_files_only), load_tokenizer(name_or_path, local_files_only)
+    tokenizer = load_tokenizer(name_or_path, local_files_only)
+    if random_init:
+        return AutoModel.from_config(_from_pretrained(AutoConfig, name_or_path, local_files_only)), tokenizer
+    return _from_pretrained(AutoModel, name_or_path, local_files_only), tokenizer
 
 
 def _from_pretrained(factory: Any, name_or_path: str, local_files_only: bool) -> Any:

@@ -11,11 +11,13 @@ Example config (the packaged ``vision/cifar10``)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mmcl.contract import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from mmcl.contract.adapter import Encoder, ModalityAdapter, TrainBatch
 from mmcl.modalities import register_modality
 from mmcl.modalities.vision.backbones import backbone_options, build_backbone, build_head
@@ -27,9 +29,9 @@ from mmcl.modalities.vision.transforms import eval_transform, simclr_view, view_
 class VisionModelConfig:
     backbone: str = "resnet18"  # small_cnn | resnet18 | resnet50 | vit_tiny | vit
     backbone_options: dict = field(default_factory=dict)  # e.g. {cifar_stem: true}, {channels: [32, 64]}
-    head_layers: int = 2  # SimCLR: Linear-BN-ReLU-Linear; 0 = no head
-    head_hidden_dim: int | None = None  # default: the backbone's feature dimension (SimCLR)
-    head_dim: int = 128
+    head_layers: NonNegativeInt = 2  # SimCLR: Linear-BN-ReLU-Linear; 0 = no head
+    head_hidden_dim: PositiveInt | None = None  # default: the backbone's feature dimension (SimCLR)
+    head_dim: PositiveInt = 128
     head_batch_norm: bool = True
 
 
@@ -40,18 +42,18 @@ class VisionDataConfig:
     dataset_options: dict = field(default_factory=dict)  # options of a plug-in dataset's loader
     download: bool = False
     cache_dir: str | None = None  # where .gz/.zip sources are unpacked (default ~/.cache/mmcl)
-    image_size: int | None = None  # ImageFolder view size (default 224; other datasets use their native size)
-    train_subset: int | None = None  # seeded subset sizes (quick runs)
-    test_subset: int | None = None
-    subset_seed: int = 0
-    n_views: int = 2
+    image_size: PositiveInt | None = None  # ImageFolder view size (default 224; other datasets use their native size)
+    train_subset: PositiveInt | None = None  # seeded subset sizes (quick runs)
+    test_subset: PositiveInt | None = None
+    subset_seed: NonNegativeInt = 0
+    n_views: Annotated[int, Range(ge=2)] = 2
     augment: str = "auto"  # a view preset (digits, 28, 32, 96, 224), none, or auto (by image size)
-    crop_min_scale: float | None = None  # overrides of the preset's entries
-    flip_prob: float | None = None
-    jitter_strength: float | None = None
-    jitter_prob: float | None = None
-    grayscale_prob: float | None = None
-    blur_prob: float | None = None
+    crop_min_scale: Annotated[float, Range(gt=0, le=1)] | None = None  # overrides of the preset's entries
+    flip_prob: Fraction | None = None
+    jitter_strength: NonNegativeFloat | None = None
+    jitter_prob: Fraction | None = None
+    grayscale_prob: Fraction | None = None
+    blur_prob: Fraction | None = None
 
 
 class MultiView(Dataset):

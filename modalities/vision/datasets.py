@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
@@ -199,9 +200,21 @@ def _unpacked_image_folder(root: Path, split: str, cache_dir: str | None) -> Pat
     return found[0]
 
 
+def read_image(path: str) -> Image.Image:
+    """An RGB image file; a damaged or truncated file is a ``ValueError`` naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:  # PIL reports damaged files with these
+        raise ValueError(f"cannot read the image {path} ({error}); repair or remove the file") from None
+
+
 def _image_folder(root: str | None, cache_dir: str | None, download: bool, size: int = 224) -> ImageSource:
     base = _require(require_root(root, "imagefolder"), "ImageFolder root")
-    train, test = (tvd.ImageFolder(str(_unpacked_image_folder(base, split, cache_dir))) for split in ("train", "test"))
+    train, test = (
+        tvd.ImageFolder(str(_unpacked_image_folder(base, split, cache_dir)), loader=read_image)
+        for split in ("train", "test")
+    )
     if train.classes != test.classes:
         raise ValueError(f"ImageFolder train and test class folders differ: {train.classes} vs {test.classes}")
     return ImageSource(train, train, test, 3, size, *IMAGENET_STATS, labelled=True, resize_for_eval=True)

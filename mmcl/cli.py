@@ -71,6 +71,74 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmcl.engine.compare.report import build_report
+    from mmcl.engine.compare.runner import estimate, format_estimate, plan, run_study
+    from mmcl.engine.compare.study import read_study
+    from mmcl.engine.plugins import load_plugins
+
+    load_plugins(args.plugin)
+    if args.report:
+        folders = [Path(folder) for folder in [args.study, *args.more] if folder]
+        print(f"report: {build_report(folders, Path(args.output) if args.output else None, plots=not args.no_plots)}")
+        return 0
+    if not args.study:
+        raise ValueError("mmcl compare needs a study (a YAML file or a packaged study name) or --report DIR")
+    variables = dict(_assignment(item, "--var") for item in args.var)
+    study = read_study(args.study, variables)
+    output = Path(args.output or f"runs/study-{study.name}")
+    shard = _shard(args.shard) if args.shard else None
+    if args.dry_run:
+        print(format_estimate(estimate(study, plan(study, output, shard, args.retry_failed), output),
+                              plan(study, output, shard, args.retry_failed)))  # fmt: skip
+        return 0
+    work = run_study(study, output, args.jobs, shard, args.retry_failed)
+    report = build_report([output], plots=not args.no_plots)
+    failed = len(work.failed) + sum(1 for c in work.todo if _failed(output, c))
+    print(
+        f"study folder: {output}\nreport: {report}" + (f"\n{failed} cell(s) failed: see the report" if failed else "")
+    )
+    return 0
+
+
+def _failed(output, cell) -> bool:
+    import json
+
+    from mmcl.engine.compare.runner import record_path
+
+    path = record_path(output, cell.id)
+    return path.is_file() and json.loads(path.read_text())["status"] != "ok"
+
+
+def _assignment(text: str, flag: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"{flag} {text!r} must look like NAME=VALUE")
+    name, value = text.split("=", 1)
+    return name, value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r} must look like I/N (e.g. 2/4)") from None
+    if not 1 <= index <= count:
+        raise ValueError(f"--shard {text!r}: I must be between 1 and N")
+    return index, count
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmcl.engine.plots import plot_runs
+
+    paths = plot_runs([Path(run) for run in args.runs], Path(args.output), args.name)
+    print("\n".join(str(path) for path in paths))
+    return 0
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     from mmcl.engine.api import quickstart
 
@@ -135,6 +203,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", nargs="?", help="a loss name: show its options and defaults")
     p.set_defaults(run=_losses)
+
+    p = commands.add_parser(
+        "compare",
+        parents=[plugin],
+        help="compare losses across tasks and modalities in a study, with statistics and figures",
+        description="Run every (task, loss, seed) cell of a study (resumable), then write report.md, report.csv and "
+        "plots/ into the study folder. With --report, rebuild them from the records of one or several folders.",
+    )
+    p.add_argument("study", nargs="?", help="a study YAML file or a packaged study name (mmcl configs lists them)")
+    p.add_argument("more", nargs="*", help="with --report: more study folders (shards) to merge")
+    p.add_argument("--output", help="the study folder (default runs/study-<name>); with --report, the report's")
+    p.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (threads split)")
+    p.add_argument("--shard", help="I/N: run only this machine's share of the cells (a cluster's job array)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells to run and estimate their cost")
+    p.add_argument("--retry-failed", action="store_true", help="run the cells that failed before again")
+    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a study variable (${NAME})")
+    p.add_argument("--report", action="store_true", help="only rebuild the report from the records (STUDY is a folder)")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.set_defaults(run=_compare)
+
+    p = commands.add_parser(
+        "plot",
+        help="draw the training curves (and scores) of one or several runs to PNG and SVG",
+        description="Loss, positive and negative cosine, effective temperature, learning rate, monitored losses.",
+    )
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--output", default=".", help="folder for the figures (default: here)")
+    p.add_argument("--name", default="runs", help="file name of the figures (NAME.png, NAME.svg)")
+    p.set_defaults(run=_plot)
 
     p = commands.add_parser(
         "configs",

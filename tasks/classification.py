@@ -46,7 +46,13 @@ def _splits(context: EvalContext) -> tuple[dict, dict, int]:
     return train, test, num_classes
 
 
-@register_task("knn", KNNOptions, headline=("top1",))
+@register_task(
+    "knn",
+    KNNOptions,
+    headline=("top1",),
+    primary="top1",
+    protocol="weighted kNN top-1 (%) on frozen backbone features (k={k}, T={temperature}), train -> test split",
+)
 def knn(context: EvalContext, options: KNNOptions) -> dict:
     train, test, num_classes = _splits(context)
     return knn_accuracy(
@@ -60,7 +66,13 @@ def knn(context: EvalContext, options: KNNOptions) -> dict:
     )
 
 
-@register_task("linear", LinearOptions, headline=("top1",))
+@register_task(
+    "linear",
+    LinearOptions,
+    headline=("top1",),
+    primary="top1",
+    protocol="linear probe top-1 (%) on frozen backbone features ({method}, preset {preset}), train -> test split",
+)
 def linear(context: EvalContext, options: LinearOptions) -> dict:
     train, test, num_classes = _splits(context)
     settings = {"method": options.method, "seed": context.seed, "standardize": options.standardize}
@@ -70,7 +82,10 @@ def linear(context: EvalContext, options: LinearOptions) -> dict:
 
 
 @register_task(
-    "metrics", MetricsOptions, headline=("backbone.alignment", "backbone.uniformity", "backbone.effective_rank")
+    "metrics",
+    MetricsOptions,
+    headline=("backbone.alignment", "backbone.uniformity", "backbone.effective_rank"),
+    protocol="alignment, uniformity and effective rank on two views of {pairs} training items",
 )
 def metrics(context: EvalContext, options: MetricsOptions) -> dict:
     pairs = embed_view_pairs(context, options.pairs)
@@ -82,15 +97,22 @@ def metrics(context: EvalContext, options: MetricsOptions) -> dict:
 
 @torch.no_grad()
 def embed_view_pairs(context: EvalContext, count: int) -> dict[str, torch.Tensor]:
-    """Two augmented views of the first ``count`` training items: ``{backbone,head}_{a,b}`` of shape (n, *)."""
-    encoder, adapter = context.encoder.eval(), context.adapter
+    """Two augmented views of the first ``count`` training items: ``{backbone,head}_{a,b}`` of shape (n, *).
+
+    Views that differ by dropout only (text, SimCSE) are embedded with dropout on, seeded, as in training.
+    """
+    adapter = context.adapter
+    encoder = context.encoder.train(adapter.dropout_views)
     data = SeededViews(adapter.train_dataset(), context.seed)
     subset = Subset(data, range(min(count, len(data))))
     out: dict[str, list] = {"backbone_a": [], "backbone_b": [], "head_a": [], "head_b": []}
-    for batch in DataLoader(subset, batch_size=context.batch_size, shuffle=False, collate_fn=adapter.collate_train):
-        feature = encoder.features(batch.to(context.device).inputs)
-        for layer, value in (("backbone", feature), ("head", encoder.head(feature))):
-            first, second = value.float().cpu().chunk(batch.n_views + int(batch.has_negatives))[:2]
-            out[f"{layer}_a"].append(first)
-            out[f"{layer}_b"].append(second)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(context.seed)
+        for batch in DataLoader(subset, batch_size=context.batch_size, shuffle=False, collate_fn=adapter.collate_train):
+            feature = encoder.features(batch.to(context.device).inputs)
+            for layer, value in (("backbone", feature), ("head", encoder.head(feature))):
+                first, second = value.float().cpu().chunk(batch.n_views + int(batch.has_negatives))[:2]
+                out[f"{layer}_a"].append(first)
+                out[f"{layer}_b"].append(second)
+    encoder.eval()
     return {key: torch.cat(value) for key, value in out.items()}

@@ -15,7 +15,7 @@ Reference: GraphCL (You et al. 2020, arXiv:2010.13902), ``unsupervised_TU/evalua
 The result holds the accuracy in percent, its standard deviation over folds (mean over split seeds) and
 over split seeds, per-seed fold accuracies and chosen ``C``; standard deviations are population ones
 (``ddof=0``, numpy's default, as GraphCL's aggregation presumably used). The standard deviation GraphCL
-publishes is over 5 *pretraining* seeds; that is the benchmark's job (``benchmarks/graph_tu.py``), since
+publishes is over 5 *pretraining* seeds; that is a study's job (``mmcl compare graphcl-tu``), since
 one evaluation sees one encoder.
 
 ``method="logreg"`` swaps the SVC for scikit-learn's ``LogisticRegression`` (lbfgs, same grid over ``C``);
@@ -160,7 +160,13 @@ def cross_validated_accuracy(
     }
 
 
-@register_task("graph_classification", GraphClassificationOptions, headline=("accuracy", "std_over_folds"))
+@register_task(
+    "graph_classification",
+    GraphClassificationOptions,
+    headline=("accuracy", "std_over_folds"),
+    primary="accuracy",
+    protocol="accuracy (%) of {method} (grid search over C: {search}) in {folds}-fold cross-validation (GraphCL)",
+)
 def graph_classification(context: EvalContext, options: GraphClassificationOptions) -> dict:
     """GraphCL's protocol on the adapter's ``"all"`` split (every graph, un-augmented)."""
     split = context.embed("all")

@@ -69,6 +69,12 @@ class EvalTask:
     options: type  # a dataclass: the task's ``eval.<name>`` keys and defaults
     run: Callable[[EvalContext, Any], dict]
     headline: tuple[str, ...]  # result keys printed in the summary table (dotted for nested dicts)
+    primary: str | None = None  # the result key a comparison ranks encoders on (higher is better); None: none
+    protocol: str = ""  # one line naming the protocol, formatted with the options (``{k}``)
+
+    def describe(self, options: Any) -> str:
+        """The protocol with this evaluation's options, e.g. ``weighted kNN (k=200, T=0.1) ...``."""
+        return self.protocol.format(**dataclasses.asdict(options)) if self.protocol else self.name
 
 
 TASKS: Registry[EvalTask] = Registry(
@@ -79,17 +85,20 @@ TASKS: Registry[EvalTask] = Registry(
 )
 
 
-def register_task(name: str, options: type, headline: tuple[str, ...] = ()) -> Callable:
+def register_task(
+    name: str, options: type, headline: tuple[str, ...] = (), primary: str | None = None, protocol: str = ""
+) -> Callable:
     """Decorator registering ``run(context, options) -> dict`` as the evaluation task ``name``.
 
     ``options`` is a dataclass of the task's ``eval.<name>.<key>`` settings; ``headline`` names the result
-    keys (dotted for nested dicts) that ``mmcl evaluate`` prints.
+    keys (dotted for nested dicts) that ``mmcl evaluate`` prints; ``primary`` the one that ``mmcl compare``
+    ranks on (higher is better); ``protocol`` describes the protocol in one line, with ``{option}`` fields.
     """
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"task {name!r}: options must be a dataclass")
 
     def decorate(run: Callable[[EvalContext, Any], dict]) -> Callable[[EvalContext, Any], dict]:
-        TASKS.register(name)(EvalTask(name, options, run, headline))
+        TASKS.register(name)(EvalTask(name, options, run, headline, primary, protocol))
         return run
 
     return decorate

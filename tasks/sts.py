@@ -302,7 +302,13 @@ def evaluate_sts(embed: Callable[[list[str]], object], options: STSOptions | Non
     return out
 
 
-@register_task("sts", STSOptions, headline=(*(f"{name}.spearman" for name in ALL_TASKS), "avg"))
+@register_task(
+    "sts",
+    STSOptions,
+    headline=(*(f"{name}.spearman" for name in ALL_TASKS), "avg"),
+    primary="avg",
+    protocol="Spearman x 100 of cosine similarities (SentEval 'all'), {split} split, average over the tasks",
+)
 def sts(context: EvalContext, options: STSOptions) -> dict:
     """STS on the frozen encoder's evaluation embedding (``features``; the pooler is recorded)."""
     encoder = context.encoder

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mmcl.engine.compare.study import read_study
 from mmcl.engine.config import load_config
 from mmcl.engine.configs import packaged_config
 
@@ -57,7 +58,9 @@ def test_command_runs_from_any_folder(document, block, command, tmp_path, monkey
     words = shlex.split(re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), m.group(0)), command))
     assert "$" not in " ".join(words), f"unknown variable in {command!r}"
     subcommand, rest = words[1], words[2:]
-    assert subcommand in ("pretrain", "evaluate", "quickstart", "losses", "configs"), subcommand
+    assert subcommand in ("pretrain", "evaluate", "quickstart", "losses", "configs", "compare", "plot"), subcommand
+    if subcommand == "compare":
+        return check_compare(rest, env)
     if subcommand not in ("pretrain", "evaluate") or not rest:
         return
     target, overrides = rest[0], [word for word in rest[1:] if "=" in word and not word.startswith("-")]
@@ -70,3 +73,13 @@ def test_command_runs_from_any_folder(document, block, command, tmp_path, monkey
         return
     assert packaged_config(target) is not None, f"{target!r} is not a packaged config (mmcl configs)"
     load_config(target, overrides)
+
+
+def check_compare(words: list[str], env: dict[str, str]) -> None:
+    """``mmcl compare STUDY --var NAME=VALUE ...``: the packaged study reads with those variables (a report of a
+    folder needs the folder, which the documents create by running the study first)."""
+    if "--report" in words:
+        return
+    variables = dict(words[i + 1].split("=", 1) for i, word in enumerate(words) if word == "--var")
+    study = read_study(words[0], {**env, **variables})
+    assert study.cells()

@@ -353,3 +353,20 @@ def test_random_init_means_fresh_weights_not_the_pretrained_model(tiny_model):
     assert all(torch.equal(as_built.transformer.state_dict()[k], v) for k, v in saved.items())
     assert fresh.transformer.state_dict()[key].shape == saved[key].shape
     assert not torch.equal(fresh.transformer.state_dict()[key], saved[key])
+
+
+def test_representation_metrics_of_dropout_views(tiny_model, tmp_path):
+    """The text modality's views differ by dropout only: the metrics task embeds them with dropout on (seeded), so
+    their alignment is positive and repeatable, as SimCSE's analysis measures it."""
+    from mmcl.engine.config import load_config
+    from mmcl.engine.evaluate import build_encoder, evaluate_encoder
+
+    text = tmp_path / "sentences.txt"
+    text.write_text("\n".join(f"{w} {v} is playing" for w in WORDS[:8] for v in WORDS[8:12]) + "\n")
+    model = {"name_or_path": str(tiny_model), "local_files_only": True, "pooler": "mean"}
+    config = load_config({"modality": "text", "model": model, "data": {"path": str(text)},
+                          "eval": {"metrics": {"pairs": 16}}})  # fmt: skip
+    encoder, adapter = build_encoder(config, None)
+    first = evaluate_encoder(encoder, adapter, config.eval, ["metrics"])["metrics"]["backbone"]
+    again = evaluate_encoder(encoder, adapter, config.eval, ["metrics"])["metrics"]["backbone"]
+    assert first["alignment"] > 0 and first == again and not encoder.training

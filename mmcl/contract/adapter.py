@@ -96,6 +96,9 @@ class ModalityAdapter(ABC):
     #: Whether the evaluation scores the pretraining items themselves (graph classification's cross-validation over
     #: the whole dataset): then a supervised loss would see the test labels, and the engine refuses it by default.
     evaluates_pretraining_items: ClassVar[bool] = False
+    #: Whether the views of an item differ only by the encoder's dropout (SimCSE): representation metrics then
+    #: embed the two views with dropout on, as training does.
+    dropout_views: ClassVar[bool] = False
 
     @abstractmethod
     def build_encoder(self) -> Encoder:

@@ -80,6 +80,7 @@ class TrainConfig:
     auto_resume: bool = False  # continue the run folder holding a checkpoint of the same config, else start anew
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a non-finite loss or gradient: stop the run, or skip the step
     allow_label_leak: bool = False  # a supervised loss on data whose evaluation scores the same items
+    monitor_losses: list[Any] = field(default_factory=list)  # other losses logged without gradient: names or {name,...}
     cpu: bool = False
     progress_bar: bool = True
 
@@ -281,6 +282,10 @@ def config_from_dict(raw: dict) -> Config:
         train=build_dataclass(TrainConfig, raw.get("train") or {}, "train"),
         eval=build_eval_config(raw.get("eval") or {}),
     )
+    config.train.monitor_losses = [
+        validate_loss({"name": m} if isinstance(m, str) else m, f"train.monitor_losses[{i}]")
+        for i, m in enumerate(config.train.monitor_losses)
+    ]
     check_effective(config)
     build_adapter(config)  # the adapter checks its options (names of registered components, ranges) without data
     return config
@@ -306,15 +311,16 @@ def build_adapter(config: Config) -> ModalityAdapter:
     return modality_class(config.modality)(config.model, config.data)
 
 
-def validate_loss(section: dict) -> dict:
+def validate_loss(section: dict, key: str = "loss") -> dict:
+    """A loss section ``{name, **options}`` checked against the registry (``key`` names it in messages)."""
+    if not isinstance(section, dict):
+        raise ValueError(f"{key} must be a loss name or a mapping with 'name' and options, got {section!r}")
     section = dict(section)
     name = section.pop("name", "nt_xent")
     valid = losses.options(name)  # raises for an unknown loss name, listing the available ones
     unknown = sorted(set(section) - set(valid))
     if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for loss {name!r} in config section 'loss'; valid: {sorted(valid)}"
-        )
+        raise ValueError(f"unknown option(s) {unknown} for loss {name!r} in {key}; valid: {sorted(valid)}")
     losses.build(name, **section)  # validates the values (temperature > 0, ...)
     return {"name": name, **section}
 

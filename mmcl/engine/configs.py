@@ -16,11 +16,15 @@ def _root() -> Path:
     return Path(str(resources.files("mmcl.configs")))
 
 
-def packaged_configs() -> dict[str, Path]:
-    """Every packaged config by name (``graph/mutag``, ``quickstart``, ...), sorted."""
+STUDIES = "studies/"  # the folder of the packaged studies (``mmcl compare``), named ``studies/<name>``
+
+
+def packaged_configs(studies: bool = False) -> dict[str, Path]:
+    """Every packaged config by name (``graph/mutag``, ``quickstart``, ...), or every packaged study, sorted."""
     root = _root()
     found = [path for path in root.rglob("*") if path.suffix in SUFFIXES and path.is_file()]
-    return {path.relative_to(root).with_suffix("").as_posix(): path for path in sorted(found)}
+    named = {path.relative_to(root).with_suffix("").as_posix(): path for path in sorted(found)}
+    return {name: path for name, path in named.items() if name.startswith(STUDIES) == studies}
 
 
 def describe(path: Path) -> str:
@@ -34,13 +38,17 @@ def describe(path: Path) -> str:
 
 
 def packaged_config(name: str) -> Path | None:
-    """The packaged config ``name`` (with or without ``.yaml``), or None."""
+    """The packaged config or study ``name`` (with or without ``.yaml``), or None."""
     stem = name[: -len(Path(name).suffix)] if Path(name).suffix in SUFFIXES else name
-    return packaged_configs().get(stem)
+    return {**packaged_configs(), **packaged_configs(studies=True)}.get(stem)
 
 
 def format_configs() -> str:
-    """``mmcl configs``: each packaged config's name and description."""
-    configs = packaged_configs()
-    width = max(len(name) for name in configs)
-    return "\n".join(f"{name.ljust(width)}  {describe(path)}" for name, path in configs.items())
+    """``mmcl configs``: each packaged config's and study's name and description."""
+    configs, studies = packaged_configs(), packaged_configs(studies=True)
+    width = max(len(name) for name in [*configs, *studies])
+    lines = ["configs (mmcl pretrain NAME, mmcl evaluate NAME):"]
+    lines += [f"  {name.ljust(width)}  {describe(path)}" for name, path in configs.items()]
+    lines += ["", "studies (mmcl compare NAME):"]
+    lines += [f"  {name.removeprefix(STUDIES).ljust(width)}  {describe(path)}" for name, path in studies.items()]
+    return "\n".join(lines)

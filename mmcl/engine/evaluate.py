@@ -74,7 +74,7 @@ def validation_score(encoder: Encoder, adapter: ModalityAdapter, config: Config,
     task = get_task(spec.task)
     options = dataclasses.replace(config.eval.options.get(spec.task) or task.options(), **spec.options)
     context = EvalContext(encoder.eval(), adapter, torch.device(device), config.eval.batch_size, config.eval.seed)
-    score = _lookup(task.run(context, options), spec.metric)
+    score = lookup(task.run(context, options), spec.metric)
     if not isinstance(score, float):
         raise ValueError(f"validation: the {spec.task} task's result has no number at {spec.metric!r}")
     return score
@@ -129,10 +129,16 @@ def evaluate_run(
 
 
 def _evaluation_folder(config: Config) -> Path:
-    """A folder under ``train.output_dir`` for the results of a config's encoder evaluated without training."""
+    """The folder for the results of a config's encoder evaluated without training: ``train.output_dir/run_name``
+    (kept and merged into when it holds the same config), else a new timestamped folder."""
     dataset = getattr(config.data, "dataset", None) or Path(str(getattr(config.data, "path", None) or "data")).stem
-    name = f"{config.modality}-{dataset}-as_built-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder = runs.create_run_folder(config.train.output_dir, None, name.replace("/", "_"))
+    name = f"{config.modality}-{dataset}-as_built-{time.strftime('%Y%m%d-%H%M%S')}".replace("/", "_")
+    existing = Path(config.train.output_dir).expanduser() / (config.train.run_name or name)
+    if config.train.run_name and (existing / "config.yaml").is_file():
+        if runs.parse_saved_config(existing) != config.to_dict():
+            raise ValueError(f"{existing} holds the evaluation of another config; set another train.run_name")
+        return existing
+    folder = runs.create_run_folder(config.train.output_dir, config.train.run_name, name)
     runs.write_atomically(folder / "config.yaml", config.to_yaml())
     return folder
 
@@ -150,7 +156,7 @@ def format_results(results: dict) -> str:
     rows = [(key, str(results[key])) for key in ("encoder", "loss") if key in results]
     for name in (name for name in results if name in available_tasks()):
         for key in get_task(name).headline:
-            number = _lookup(results[name], key)
+            number = lookup(results[name], key)
             if isinstance(number, float):
                 rows.append((f"{name} {key}", f"{number:.4g}"))
     if "results_file" in results:
@@ -159,7 +165,8 @@ def format_results(results: dict) -> str:
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 
 
-def _lookup(results: dict, dotted: str):
+def lookup(results: dict, dotted: str):
+    """``results["a"]["b"]`` for ``"a.b"``; None when a key is missing."""
     for key in dotted.split("."):
         if not isinstance(results, dict) or key not in results:
             return None

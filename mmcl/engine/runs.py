@@ -56,6 +56,7 @@ RESUMABLE = (
     "train.progress_bar",
     "train.validate_every",
     "train.auto_resume",
+    "train.monitor_losses",  # logged without gradient: they never change the weights
     "eval.",  # every evaluation option
 )
 LIBRARIES = ("torch", "torchvision", "transformers", "torch_geometric", "accelerate", "datasets", "scikit-learn")

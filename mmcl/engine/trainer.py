@@ -287,6 +287,7 @@ class Trainer:
         encoder = self.adapter.build_encoder()
         self.loss_fn = build_loss(self.config).to(accelerator.device)
         self._check_components(encoder)
+        self.monitors = self._monitor_losses()
         self.sampler = EpochPermutation(len(self.data), train.seed, train.shuffle == "every_epoch")
         loader = DataLoader(self.data, batch_size=train.batch_size, sampler=self.sampler, drop_last=train.drop_last,
                             collate_fn=self.adapter.collate_train, num_workers=train.num_workers)  # fmt: skip
@@ -326,6 +327,18 @@ class Trainer:
                 "train.allow_label_leak=true to accept it knowingly (the scores are then not comparable to "
                 "unsupervised ones)"
             )
+
+    def _monitor_losses(self) -> dict[str, torch.nn.Module]:
+        """``train.monitor_losses``: other losses of the core, evaluated without gradient on each logged batch."""
+        monitors = {}
+        for section in self.train.monitor_losses:
+            options = dict(section)
+            name = options.pop("name")
+            needs_labels = "labels" in losses.info(name).inputs and "optional" not in losses.info(name).inputs
+            if needs_labels and not self.adapter.has_labels:
+                raise ValueError(f"train.monitor_losses: {name} needs class labels, and the pretraining data has none")
+            monitors[name] = losses.build(name, **options).to(self.accelerator.device)
+        return monitors
 
     def _restore(self, start: dict, allow_world_size_change: bool) -> None:
         saved_world = start.get("world_size")
@@ -411,7 +424,7 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             self.loss_fn.set_progress(self.step / self.total_steps)
-            self._log(epoch, loss, embeddings)
+            self._log(epoch, loss, embeddings, batch)
             self.bar.update(1)
             if _any(self.accelerator, stop.requested):
                 self._save()
@@ -486,7 +499,7 @@ class Trainer:
 
     # ------------------------------------------------------------ logging and health
 
-    def _log(self, epoch: int, loss: torch.Tensor, embeddings: torch.Tensor | None) -> None:
+    def _log(self, epoch: int, loss: torch.Tensor, embeddings: torch.Tensor | None, batch: TrainBatch) -> None:
         train = self.train
         validated = train.validate_every and (self.step % train.validate_every == 0 or self.step == self.total_steps)
         if not (validated or self.step % train.log_every == 0 or self.step == self.total_steps):
@@ -495,6 +508,7 @@ class Trainer:
         values = {"loss": loss, **self.loss_fn.diagnostics}
         if embeddings is not None:
             values["embedding_rank"] = _embedding_rank(embeddings)
+            values.update(self._monitored(embeddings, batch))
         record.update(_global_metrics(self.accelerator, values))
         if self.skipped_steps:
             record["skipped_steps"] = self.skipped_steps
@@ -507,6 +521,15 @@ class Trainer:
         self._watch_collapse(record)
         keys = ("loss", "pos_cos_mean", "neg_cos_mean", "tau")
         self.bar.set_postfix({k: f"{record[k]:.3g}" for k in keys if k in record})
+
+    @torch.no_grad()
+    def _monitored(self, embeddings: torch.Tensor, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        """``monitor/<name>``: each monitored loss on this step's embeddings (without gradient)."""
+        values = {}
+        for name, monitor in self.monitors.items():
+            labels = batch.labels.to(embeddings.device) if monitor.accepts_labels and batch.labels is not None else None
+            values[f"monitor/{name}"] = monitor(**embeddings_for_loss(embeddings, batch), labels=labels)
+        return values
 
     def _watch_collapse(self, record: dict) -> None:
         """Warn once when the embeddings have collapsed for :data:`COLLAPSE_INTERVALS` logging intervals in a row."""

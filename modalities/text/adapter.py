@@ -72,6 +72,7 @@ class TextAdapter(ModalityAdapter):
     ModelConfig: ClassVar[type] = TextModelConfig
     DataConfig: ClassVar[type] = TextDataConfig
     default_eval_tasks: ClassVar[tuple[str, ...]] = ("sts",)
+    dropout_views: ClassVar[bool] = True  # unsup: the two views of a sentence differ by dropout only
     #: SimCSE's checkpoint selection: STS-B dev Spearman x 100 (files under ``eval.sts.root``).
     validation: ClassVar[Validation | None] = Validation(
         "sts", {"split": "dev", "tasks": ["STSBenchmark"]}, metric="STSBenchmark.spearman", name="stsb_dev_spearman"

@@ -147,17 +147,28 @@ def _mnist_like(name: str, stats: tuple) -> Callable[[str, str | None, bool], Im
                     with gzip.open(packed) as fin, open(unpacked.with_suffix(".part"), "wb") as fout:
                         shutil.copyfileobj(fin, fout)
                     unpacked.with_suffix(".part").replace(unpacked)
-        splits = [reader(str(base), train=train, download=download) for train in (True, False)]
+        splits = [_read(reader, str(base), train=train, download=download) for train in (True, False)]
         train, test = (TensorImages(s.data.unsqueeze(1), s.targets) for s in splits)
         return ImageSource(train, train, test, 1, 28, *stats, labelled=True)
 
     return load
 
 
+def _read(reader: type, root: str, **options):
+    """A torchvision dataset; its "not found or corrupted" error names ``data.root`` and the fix."""
+    try:
+        return reader(root, **options)
+    except RuntimeError as error:
+        raise FileNotFoundError(
+            f"{reader.__name__} data not found or incomplete under data.root={root} ({error}); set data.root to the "
+            "folder holding it, or data.download=true where it can be downloaded"
+        ) from None
+
+
 def _cifar(reader: type, stats: tuple) -> Callable[[str, str | None, bool], ImageSource]:
     def load(root: str | None, cache_dir: str | None, download: bool) -> ImageSource:
         root = str(require_root(root, reader.__name__, cache_dir, download))
-        splits = [reader(root, train=train, download=download) for train in (True, False)]
+        splits = [_read(reader, root, train=train, download=download) for train in (True, False)]
         train, test = (
             TensorImages(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets))
             for s in splits
@@ -171,7 +182,7 @@ def _stl10(root: str | None, cache_dir: str | None, download: bool) -> ImageSour
     root = str(require_root(root, "stl10", cache_dir, download))
 
     def split(name: str) -> TensorImages:
-        data = tvd.STL10(root, split=name, download=download)
+        data = _read(tvd.STL10, root, split=name, download=download)
         return TensorImages(torch.from_numpy(data.data), torch.from_numpy(data.labels))
 
     train = split("train")

@@ -1,0 +1,317 @@
+"""Study files: which losses, tasks and seeds a comparison runs, checked before any cell starts.
+
+A study is a YAML file (or a packaged name, ``studies/cpu-small``)::
+
+    name: cpu-small
+    description: six losses on images, graphs and sentences at a CPU budget
+    variables:                      # filled from --var NAME=VALUE or the environment
+      DATA: the folder holding tu/, stsb/, wiki1m_slice/ (this repository's ../shared/data)
+    seeds: [0, 1, 2]
+    baseline: nt_xent               # a loss label; paired differences are taken against it
+    random_init: true               # an untrained-encoder row per task (evaluated, never trained)
+    losses:
+      - nt_xent                     # a registered loss with its defaults
+      - {name: hcl, beta: 1.0, label: hcl-b1}
+    tasks:
+      - name: mutag
+        config: graph/mutag         # a packaged config or a YAML file
+        overrides: [data.root=${DATA}/tu]   # or a mapping {data.root: ...}
+        metric: graph_classification.accuracy   # default: the first evaluation task's primary score
+        loss_options:               # the task's own defaults for the losses that take them (a loss entry's win)
+          "*": {temperature: 0.2}   # every loss with a temperature
+          dystress: {tau_min: 0.1, tau_max: 0.3}
+    claims: [...]                   # optional verdicts (mmcl.engine.compare.claims)
+
+The budget is the task's: a loss entry holds loss options only, so it never changes steps, batch size or data.
+Every (task, loss, seed) is a :class:`Cell` with a stable id and a definition hash over its resolved config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmcl import losses
+from mmcl.engine.compare.claims import check_claims
+from mmcl.engine.config import Config, apply_overrides, build_adapter, config_from_dict, read_config, validate_loss
+from mmcl.engine.configs import packaged_config
+from mmcl.engine.runs import flatten
+from mmcl.tasks import get_task
+
+#: Config keys that do not change what a cell computes: left out of its definition hash.
+PLACEMENT_KEYS = (
+    "train.threads",
+    "train.progress_bar",
+    "train.output_dir",
+    "train.run_name",
+    "train.num_workers",
+    "train.auto_resume",
+)
+RANDOM_INIT = "random_init"
+_VARIABLE = re.compile(r"\$\{(\w+)\}")
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    label: str
+    section: dict  # {"name": ..., **options}
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    name: str
+    config: Config  # the task's config with its overrides, before a loss and a seed are set
+    raw: dict  # the same as a dict (what cells are built from)
+    metric: str  # dotted key of the evaluation result: "knn.top1"
+    protocol: str  # one line naming the evaluation protocol
+    loss_options: dict  # {"*" or a loss name: {option: value}}: the task's defaults for the losses
+
+    def loss_section(self, entry: LossEntry) -> dict:
+        """The entry's loss section on this task: the task's defaults that the loss takes, then the entry's."""
+        name = entry.section["name"]
+        valid = losses.options(name)
+        shared = {k: v for k, v in (self.loss_options.get("*") or {}).items() if k in valid}
+        return {"name": name, **shared, **(self.loss_options.get(name) or {}), **entry.section}
+
+    @property
+    def modality(self) -> str:
+        return self.config.modality
+
+    @property
+    def dataset(self) -> str:
+        data = self.config.data
+        return str(getattr(data, "dataset", None) or Path(str(getattr(data, "path", "") or "data")).stem)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a study: a task, a loss (or ``random_init``) and a seed."""
+
+    task: str
+    loss: str  # the loss label, or RANDOM_INIT
+    seed: int
+    raw: dict = field(repr=False)  # the resolved config sections
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}/{self.loss}/seed{self.seed}"
+
+    @property
+    def definition(self) -> str:
+        """A hash of what the cell computes (its config, less where it runs and how it reports)."""
+        flat = {key: value for key, value in flatten(self.raw).items() if key not in PLACEMENT_KEYS}
+        return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def shard(self, count: int) -> int:
+        """The 1-based shard that runs this cell among ``count`` (stable: a hash of the cell's id)."""
+        return int(hashlib.sha1(self.id.encode()).hexdigest(), 16) % count + 1
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    description: str
+    seeds: tuple[int, ...]
+    losses: tuple[LossEntry, ...]
+    tasks: tuple[TaskEntry, ...]
+    baseline: str | None
+    random_init: bool
+    claims: tuple[dict, ...]
+    source: dict = field(repr=False)  # the study as read, variables filled in (saved beside the records)
+
+    def cells(self) -> list[Cell]:
+        """Every cell, tasks in order, then losses (the random-init row first), then seeds."""
+        entries = [None] * self.random_init + list(self.losses)
+        out = []
+        for task in self.tasks:
+            for entry in entries:
+                section = None if entry is None else task.loss_section(entry)
+                label = RANDOM_INIT if entry is None else entry.label
+                out.extend(Cell(task.name, label, seed, _cell_config(task.raw, section, seed)) for seed in self.seeds)
+        return out
+
+    def task(self, name: str) -> TaskEntry:
+        return next(task for task in self.tasks if task.name == name)
+
+
+def _cell_config(task: dict, loss: dict | None, seed: int) -> dict:
+    raw = json.loads(json.dumps(task))  # a deep copy
+    if loss is not None:
+        raw["loss"] = dict(loss)
+    raw.setdefault("train", {})["seed"] = seed
+    raw.setdefault("eval", {})["seed"] = seed
+    return raw
+
+
+# ---------------------------------------------------------------- reading a study
+
+
+def read_study(source: str | Path | dict, variables: dict[str, str] | None = None) -> Study:
+    """Read and check a study: a YAML file, a packaged study name (``studies/cpu-small`` or ``cpu-small``) or a
+    mapping. ``variables`` fill ``${NAME}`` in the study (default: the environment)."""
+    raw = _load(source)
+    if not isinstance(raw, dict):
+        raise ValueError(f"a study must be a mapping with name, seeds, losses and tasks; got {type(raw).__name__}")
+    unknown = sorted(set(raw) - {"name", "description", "variables", "seeds", "losses", "tasks", "baseline",
+                                 "random_init", "claims"})  # fmt: skip
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in the study; valid: name, description, variables, seeds, "
+                         "losses, tasks, baseline, random_init, claims")  # fmt: skip
+    raw = _fill_variables(raw, raw.get("variables") or {}, variables)
+    for key in ("name", "seeds", "losses", "tasks"):
+        if not raw.get(key):
+            raise ValueError(f"the study needs {key!r}")
+    seeds = _seeds(raw["seeds"])
+    loss_entries = tuple(_loss_entry(entry, i) for i, entry in enumerate(raw["losses"]))
+    _check_unique("loss label", [loss.label for loss in loss_entries] + [RANDOM_INIT])
+    tasks = tuple(_task_entry(entry, i) for i, entry in enumerate(raw["tasks"]))
+    _check_unique("task name", [task.name for task in tasks])
+    baseline = raw.get("baseline")
+    if baseline is not None and baseline not in {loss.label for loss in loss_entries}:
+        raise ValueError(
+            f"baseline={baseline!r} is not one of the study's loss labels {[l.label for l in loss_entries]}"
+        )
+    for task in tasks:
+        for loss in loss_entries:
+            validate_loss(task.loss_section(loss), f"the loss {loss.label!r} on task {task.name!r}")
+            _check_feeds(task, loss)
+    check_claims(list(raw.get("claims") or []), [loss.label for loss in loss_entries], [task.name for task in tasks])
+    return Study(
+        name=str(raw["name"]),
+        description=str(raw.get("description", "")),
+        seeds=seeds,
+        losses=loss_entries,
+        tasks=tasks,
+        baseline=baseline,
+        random_init=bool(raw.get("random_init", False)),
+        claims=tuple(raw.get("claims") or ()),
+        source=raw,
+    )
+
+
+def _load(source: str | Path | dict) -> Any:
+    if isinstance(source, dict):
+        return source
+    path = Path(source).expanduser()
+    if not path.is_file():
+        name = str(source)
+        packaged = packaged_config(name if name.startswith("studies/") else f"studies/{name}")
+        if packaged is None:
+            raise FileNotFoundError(f"study {name!r} is neither a file nor a packaged study; `mmcl configs` lists them")
+        path = packaged
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"study file {path} is not valid YAML: {error}") from error
+
+
+def _fill_variables(raw: dict, declared: dict, given: dict[str, str] | None) -> dict:
+    """``${NAME}`` in every string of the study, from ``given`` (``--var``), else the environment."""
+    values = {**os.environ, **(given or {})}
+    used = set(_VARIABLE.findall(json.dumps(raw)))
+    missing = sorted(name for name in used if name not in values)
+    if missing:
+        hints = "; ".join(f"{name}: {declared.get(name, 'no description')}" for name in missing)
+        raise ValueError(
+            f"the study needs the variable(s) {missing} ({hints}); set them with --var NAME=VALUE or in the environment"
+        )
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return _VARIABLE.sub(lambda m: values[m.group(1)], value)
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    return {key: (value if key == "variables" else fill(value)) for key, value in raw.items()}
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise ValueError(f"seeds must be a list of integers >= 0, got {value!r}")
+    _check_unique("seed", value)
+    return tuple(value)
+
+
+def _loss_entry(entry: Any, index: int) -> LossEntry:
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ValueError(f"losses[{index}] must be a loss name or a mapping with 'name' and options, got {entry!r}")
+    entry = dict(entry)
+    label = str(entry.pop("label", entry["name"]))
+    section = validate_loss(entry, f"the study's losses[{index}] ({label})")
+    return LossEntry(label, section)
+
+
+def _task_entry(entry: Any, index: int) -> TaskEntry:
+    if not isinstance(entry, dict) or "name" not in entry or "config" not in entry:
+        raise ValueError(f"tasks[{index}] must be a mapping with 'name' and 'config' (and optional overrides, metric)")
+    unknown = sorted(set(entry) - {"name", "config", "overrides", "metric", "loss_options"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in tasks[{index}] ({entry['name']}); valid: name, config, "
+                         "overrides, metric, loss_options")  # fmt: skip
+    overrides = entry.get("overrides") or []
+    if isinstance(overrides, dict):
+        overrides = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    raw, _ = read_config(entry["config"])
+    try:
+        raw = apply_overrides(raw, [str(o) for o in overrides])
+        config = config_from_dict(raw)
+    except (ValueError, FileNotFoundError) as error:
+        raise ValueError(f"task {entry['name']!r}: {error}") from None
+    metric, protocol = _metric(entry.get("metric"), config, entry["name"])
+    loss_options = entry.get("loss_options") or {}
+    if not isinstance(loss_options, dict) or not all(isinstance(v, dict) for v in loss_options.values()):
+        raise ValueError(f"tasks[{index}].loss_options must map '*' or loss names to option mappings")
+    return TaskEntry(str(entry["name"]), config, config.to_dict(), metric, protocol, loss_options)
+
+
+def _metric(metric: str | None, config: Config, task: str) -> tuple[str, str]:
+    """The cell's primary score (``eval_task.key``) and the protocol that produces it."""
+    names = list(config.eval.tasks or build_adapter(config).default_eval_tasks)
+    if metric is None:
+        primary = [name for name in names if get_task(name).primary]
+        if not primary:
+            raise ValueError(f"task {task!r}: none of its evaluation tasks {names} has a primary score; set metric")
+        metric = f"{primary[0]}.{get_task(primary[0]).primary}"
+    evaluation = metric.split(".")[0]
+    if evaluation not in names:
+        raise ValueError(f"task {task!r}: metric {metric!r} names the evaluation task {evaluation!r}, which the "
+                         f"task does not run (its eval.tasks: {names})")  # fmt: skip
+    spec = get_task(evaluation)
+    return metric, spec.describe(config.eval.options.get(evaluation) or spec.options())
+
+
+def _check_unique(what: str, values: list) -> None:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"duplicated {what}(s) {repeated} in the study; give each its own (a loss entry's 'label')")
+
+
+def _check_feeds(task: TaskEntry, loss: LossEntry) -> None:
+    """Refuse a loss that the task's data cannot feed (labels), and the supervised-on-evaluated-items leak."""
+    info = losses.info(loss.section["name"])
+    needs_labels = "labels" in info.inputs and "optional" not in info.inputs
+    adapter = build_adapter(task.config)
+    try:
+        has_labels = adapter.has_labels
+    except (OSError, ValueError):  # data not reachable here (a GPU study's --dry-run): the run will tell
+        return
+    if needs_labels and not has_labels:
+        raise ValueError(f"loss {loss.label!r} ({info.name}) needs class labels, and task {task.name!r} "
+                         f"({task.modality}, {task.dataset}) provides none")  # fmt: skip
+    uses_labels = "labels" in info.inputs and has_labels
+    if uses_labels and adapter.evaluates_pretraining_items and not task.config.train.allow_label_leak:
+        raise ValueError(f"loss {loss.label!r} reads the class labels that task {task.name!r}'s evaluation scores "
+                         "(the items are pretrained on and evaluated); use an unsupervised loss there, or set "
+                         "train.allow_label_leak=true in the task's overrides knowingly")  # fmt: skip

@@ -1,0 +1,306 @@
+"""``mmcl compare``: study parsing and its errors, cell identity and idempotence, resume after a kill, failures,
+shards, statistics against scipy and hand values, the report recomputed from records, figures, and an end-to-end
+study on a tiny budget."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from mmcl.engine.compare.analysis import TaskInfo
+from mmcl.engine.compare.claims import verdicts
+from mmcl.engine.compare.report import build_report
+from mmcl.engine.compare.runner import plan, read_records
+from mmcl.engine.compare.statistics import holm, paired, ranks, summarize
+from mmcl.engine.compare.study import read_study
+
+TINY_DIGITS = [
+    "train.max_steps=2", "optim.warmup_steps=0", "data.train_subset=64", "data.test_subset=40", "train.batch_size=32",
+    "eval.tasks=[knn]", "eval.knn.k=5", "eval.metrics.pairs=32", "train.log_every=1",
+    "train.monitor_losses=[h_ucl, h_scl]",
+]  # fmt: skip
+STUDY = {
+    "name": "tiny",
+    "seeds": [0, 1],
+    "baseline": "nt_xent",
+    "random_init": True,
+    "losses": ["nt_xent", {"name": "dhel", "label": "dhel-t3", "temperature": 0.3}],
+    "tasks": [{"name": "digits", "config": "quickstart", "overrides": TINY_DIGITS}],
+    "claims": [
+        {"kind": "better", "loss": "dhel-t3", "than": "nt_xent"},
+        {"kind": "bound", "lower": "monitor/h_scl", "upper": "monitor/h_ucl"},
+    ],
+}
+
+
+def mmcl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmcl", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """The tiny study run end to end through the command line (2 processes): its study folder."""
+    folder = tmp_path_factory.mktemp("study")
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(STUDY))
+    result = mmcl("compare", "tiny.yaml", "--output", "out", "--jobs", "2", cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "out"
+
+
+# ---------------------------------------------------------------- parsing and errors
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"losses": ["nt_xnet"]}, "unknown loss 'nt_xnet'"),
+        ({"losses": [{"name": "dhel", "temprature": 0.3}]}, "unknown option(s) ['temprature'] for loss 'dhel'"),
+        ({"losses": ["nt_xent", "nt_xent"]}, "duplicated loss label(s) ['nt_xent']"),
+        ({"losses": ["nt_xent", {"name": "dcl", "label": "random_init"}]}, "duplicated loss label(s) ['random_init']"),
+        ({"tasks": [{"name": "x", "config": "no/such"}]}, "neither a file nor a packaged config"),
+        ({"tasks": [{"name": "x", "config": "quickstart", "overrides": ["train.bach_size=3"]}]}, "unknown key(s)"),
+        ({"tasks": [{"name": "x", "config": "quickstart", "metric": "sts.avg"}]}, "which the task does not run"),
+        ({"tasks": [{"name": "x", "config": "quickstart", "overrides": ["data.root=${NOWHERE}"]}]},
+         "the study needs the variable(s) ['NOWHERE']"),
+        ({"baseline": "simclr"}, "baseline='simclr' is not one of the study's loss labels"),
+        ({"seeds": [0, 0]}, "duplicated seed(s) ['0']"),
+        ({"budget": 3}, "unknown key(s) ['budget'] in the study"),
+        ({"claims": [{"kind": "better", "loss": "macl", "than": "nt_xent"}]}, "names loss label(s) ['macl']"),
+        ({"claims": [{"kind": "wins"}]}, "kind must be one of"),
+    ],
+)  # fmt: skip
+def test_study_errors_name_the_problem(change, message):
+    with pytest.raises((ValueError, FileNotFoundError)) as error:
+        read_study({**STUDY, **change})
+    assert message in str(error.value)
+
+
+def test_a_loss_the_data_cannot_feed_is_refused(tmp_path):
+    text = {"name": "sentences", "config": "text/minilm_eval", "overrides": ["model.name_or_path=unused"]}
+    with pytest.raises(ValueError, match=r"loss 'scl' \(scl\) needs class labels, and task 'sentences'"):
+        read_study({**STUDY, "losses": ["scl"], "baseline": None, "tasks": [text], "claims": []})
+    graphs = {"name": "graphs", "config": "graph/mutag", "overrides": [
+        "data.source=pyg", "data.dataset=FakeDataset", f"data.cache_dir={tmp_path}",
+        "data.dataset_options={num_graphs: 20, avg_num_nodes: 5, num_channels: 3, num_classes: 2}"]}  # fmt: skip
+    with pytest.raises(ValueError, match="reads the class labels that task 'graphs'"):
+        read_study({**STUDY, "losses": ["supcon"], "baseline": None, "tasks": [graphs], "claims": []})
+
+
+def test_variables_fill_the_study_and_cells_have_stable_ids():
+    study = read_study({**STUDY, "tasks": [{"name": "d", "config": "quickstart", "overrides": [
+        "train.max_steps=${STEPS}", "optim.warmup_steps=0"]}]}, {"STEPS": "7"})  # fmt: skip
+    cells = study.cells()
+    assert [c.id for c in cells] == [f"d/{loss}/seed{s}" for loss in ("random_init", "nt_xent", "dhel-t3")
+                                     for s in (0, 1)]  # fmt: skip
+    assert {c.raw["train"]["max_steps"] for c in cells} == {7}
+    assert cells[2].raw["loss"] == {"name": "nt_xent"} and cells[4].raw["loss"] == {"name": "dhel", "temperature": 0.3}
+    assert cells[3].raw["train"]["seed"] == cells[3].raw["eval"]["seed"] == 1  # seeds pair every loss
+    again = read_study({**STUDY, "tasks": study.source["tasks"]}).cells()
+    assert [c.definition for c in again] == [c.definition for c in cells]
+    assert len({c.definition for c in cells}) == len(cells)
+
+
+def test_shards_are_disjoint_and_complete():
+    cells = read_study({**STUDY, "seeds": list(range(7))}).cells()
+    for count in (1, 2, 3, 5):
+        shards = [{c.id for c in cells if c.shard(count) == i} for i in range(1, count + 1)]
+        assert sum(len(s) for s in shards) == len(cells) and set().union(*shards) == {c.id for c in cells}
+    assert {c.shard(3) for c in cells} == {1, 2, 3}
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_summary_and_paired_tests_against_scipy_and_hand_values():
+    a = {0: 91.0, 1: 93.5, 2: 90.25, 3: 94.0}
+    b = {0: 90.0, 1: 92.0, 2: 90.5, 3: 92.0, 9: 50.0}  # seed 9 has no partner: ignored
+    s = summarize(list(a.values()))
+    half = stats.t.ppf(0.975, 3) * np.std(list(a.values()), ddof=1) / 2
+    assert s.mean == pytest.approx(92.1875) and s.ci == pytest.approx((s.mean - half, s.mean + half))
+    comparison = paired(a, b)
+    assert comparison.seeds == (0, 1, 2, 3) and comparison.diff.mean == pytest.approx(1.0625)
+    assert comparison.p_t == pytest.approx(stats.ttest_rel([91, 93.5, 90.25, 94], [90, 92, 90.5, 92]).pvalue)
+    assert comparison.p_wilcoxon is None and comparison.test == "paired t"
+    many = paired({i: float(i) + 0.5 * (i % 3) for i in range(8)}, {i: float(i) for i in range(8)})
+    x, y = [i + 0.5 * (i % 3) for i in range(8)], list(range(8))
+    assert many.test == "Wilcoxon" and many.p == pytest.approx(stats.wilcoxon(x, y).pvalue)
+
+
+def test_holm_and_ranks_by_hand():
+    # sorted p: 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> monotone 0.06)
+    assert holm([0.04, 0.01, 0.03, math.nan]) == pytest.approx([0.06, 0.03, 0.06, math.nan], nan_ok=True)
+    assert ranks({"a": 90.0, "b": 92.0, "c": 90.0, "d": math.nan}) == {"a": 2.5, "b": 1.0, "c": 2.5, "d": 4.0}
+
+
+def test_claim_verdicts_by_hand():
+    infos = [TaskInfo("t1", "vision", "d", "value", ""), TaskInfo("t2", "graph", "g", "value", "")]
+
+    def value(loss: str, base: float, sign: int) -> float:
+        return base + (3.0 if loss == "a" else 0.0) * sign
+
+    records = [{"task": t, "loss": loss, "seed": s, "status": "ok", "value": value(loss, v, sign)}
+               for t, sign in (("t1", 1), ("t2", -1)) for loss in ("a", "b")
+               for s, v in enumerate([70, 71, 69])]  # fmt: skip
+    rows = {row["group"]: row for row in verdicts([{"kind": "better", "loss": "a", "than": "b"}], records, infos)}
+    assert rows["vision"]["verdict"] == "supported" and rows["vision"]["effect"] == pytest.approx(3.0)
+    assert rows["graph"]["verdict"] == "not supported (the opposite holds)"
+    curves = [{"step": i, "lo": 1.0, "hi": 2.0 if i < 3 else 0.5} for i in range(4)]
+    bound = verdicts([{"kind": "bound", "lower": "lo", "upper": "hi"}],
+                     [{"task": "t1", "loss": "a", "seed": 0, "status": "ok", "curves": curves}], infos)  # fmt: skip
+    assert bound[0]["effect"] == 0.75 and bound[0]["verdict"].startswith("inconclusive")
+
+
+# ---------------------------------------------------------------- the end-to-end study
+
+
+def test_the_study_records_every_cell_in_one_schema(finished):
+    records = [json.loads(line) for line in (finished / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and {r["status"] for r in records} == {"ok"}
+    for record in records:
+        assert {"task", "modality", "dataset", "loss", "loss_options", "seed", "status", "metric", "value", "scores",
+                "representation", "diagnostics", "steps", "samples_seen", "train_seconds", "eval_seconds",
+                "peak_memory_mb", "run_dir", "versions"} <= record.keys()  # fmt: skip
+        assert record["metric"] == "knn.top1" and record["value"] == record["scores"]["knn.top1"]
+        assert {"backbone.alignment", "backbone.uniformity", "backbone.effective_rank"} <= record[
+            "representation"
+        ].keys()
+    trained = [r for r in records if r["loss"] != "random_init"]
+    assert all(r["steps"] == 2 and r["samples_seen"] == 64 and len(r["curves"]) == 2 for r in trained)
+    assert all("monitor/h_scl" in r["curves"][0] for r in trained)
+    # paired seeds: every loss starts from the same weights at a seed (the random-init row scores them)
+    first = {(r["loss"], r["seed"]): finished / r["run_dir"] for r in records}
+    assert (first["nt_xent", 0] / "checkpoints").is_dir() and (first["random_init", 0] / "eval.json").is_file()
+
+
+def test_the_report_is_recomputed_from_the_records(finished):
+    records = [json.loads(line) for line in (finished / "records.jsonl").read_text().splitlines()]
+    rows = {row["loss"]: row for row in csv.DictReader((finished / "report.csv").open())}
+    for loss in ("random_init", "nt_xent", "dhel-t3"):
+        values = [r["value"] for r in records if r["loss"] == loss]
+        assert float(rows[loss]["mean"]) == pytest.approx(np.mean(values))
+        assert float(rows[loss]["std"]) == pytest.approx(np.std(values, ddof=1))
+        assert int(rows[loss]["n"]) == 2
+    by_seed = {loss: {r["seed"]: r["value"] for r in records if r["loss"] == loss} for loss in ("nt_xent", "dhel-t3")}
+    expected = np.mean([by_seed["dhel-t3"][s] - by_seed["nt_xent"][s] for s in (0, 1)])
+    assert float(rows["dhel-t3"]["diff_to_baseline"]) == pytest.approx(expected)
+    report = (finished / "report.md").read_text()
+    assert "weighted kNN top-1 (%)" in report and "## Claims" in report and "monitor/h_scl <= monitor/h_ucl" in report
+    mean = np.mean([r["value"] for r in records if r["loss"] == "nt_xent"])
+    assert f"{mean:.2f} +- " in report
+
+
+def test_figures_are_written_as_png_and_svg(finished):
+    names = {"scores", "baseline_differences", "alignment_uniformity", "rank_vs_score", "training_curves", "cost"}
+    for name in names:
+        png, svg = finished / "plots" / f"{name}.png", finished / "plots" / f"{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+        assert ElementTree.parse(svg).getroot().tag.endswith("svg")
+        assert f"plots/{name}.png" in (finished / "report.md").read_text()
+
+
+def test_running_the_study_again_repeats_nothing(finished):
+    before = {p.name: p.read_text() for p in (finished / "records").glob("*.json")}
+    again = mmcl("compare", "tiny.yaml", "--output", "out", cwd=finished.parent)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "6 done, 0 failed earlier, 0 to run" in again.stderr
+    assert {p.name: p.read_text() for p in (finished / "records").glob("*.json")} == before
+    dry = mmcl("compare", "tiny.yaml", "--output", "out", "--dry-run", cwd=finished.parent)
+    assert dry.returncode == 0 and "0 to run" in dry.stdout
+
+
+def test_a_changed_study_is_refused_under_an_existing_folder(finished, tmp_path):
+    changed = {**STUDY, "losses": ["nt_xent", {"name": "dhel", "label": "dhel-t3", "temperature": 0.5}]}
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    before = (finished / "study.yaml").read_text()
+    refused = mmcl("compare", str(tmp_path / "changed.yaml"), "--output", str(finished), cwd=tmp_path)
+    assert refused.returncode == 2 and "the study's definition changed for 2 cell(s)" in refused.stderr
+    assert (finished / "study.yaml").read_text() == before, "nothing is written before the check"
+
+
+def test_report_merges_shards(finished, tmp_path):
+    shards = [tmp_path / "shard1", tmp_path / "shard2"]
+    for i, record in enumerate(sorted((finished / "records").glob("*.json"))):
+        target = shards[i % 2] / "records"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(record, target)
+    shutil.copy(finished / "study.yaml", shards[0] / "study.yaml")
+    merged = mmcl("compare", "--report", *map(str, shards), "--output", str(tmp_path / "merged"), cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    assert (tmp_path / "merged" / "report.csv").read_text() == (finished / "report.csv").read_text()
+    assert len((tmp_path / "merged" / "records.jsonl").read_text().splitlines()) == 6
+
+
+def test_a_failing_cell_is_recorded_shown_and_retried_only_when_asked(tmp_path):
+    failing = {**STUDY, "seeds": [0], "random_init": False, "losses": ["nt_xent"], "claims": [],
+               "tasks": [{"name": "diverging", "config": "quickstart",
+                          "overrides": [*TINY_DIGITS, "optim.lr=1e30", "optim.name=sgd"]}]}  # fmt: skip
+    (tmp_path / "failing.yaml").write_text(yaml.safe_dump(failing))
+    first = mmcl("compare", "failing.yaml", "--output", "out", "--no-plots", cwd=tmp_path)
+    assert first.returncode == 0 and "1 cell(s) failed" in first.stdout, first.stderr[-2000:]
+    (record,) = read_records(tmp_path / "out").values()
+    assert record["status"] == "failed" and "NonFiniteError: step 2" in record["error"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Failed cells" in report and "diverging/nt_xent/seed0" in report and "(no result)" in report
+    again = mmcl("compare", "failing.yaml", "--output", "out", "--no-plots", cwd=tmp_path)
+    assert "0 done, 1 failed earlier, 0 to run" in again.stderr
+    retried = mmcl("compare", "failing.yaml", "--output", "out", "--no-plots", "--retry-failed", cwd=tmp_path)
+    assert (
+        "1 to run" in retried.stderr and read_records(tmp_path / "out")[record["id"]]["finished"] > record["finished"]
+    )
+
+
+def test_a_study_killed_in_the_middle_finishes_what_is_missing(tmp_path):
+    long = {**STUDY, "seeds": [0], "claims": [], "tasks": [{"name": "digits", "config": "quickstart", "overrides": [
+        *TINY_DIGITS[1:], "train.max_steps=25", "train.checkpoint_every=1"]}]}  # fmt: skip
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(long))
+    process = subprocess.Popen([sys.executable, "-m", "mmcl", "compare", "long.yaml", "--output", "out"],
+                               cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    records = tmp_path / "out" / "records"
+    interrupted = tmp_path / "out" / "runs" / "digits" / "nt_xent" / "seed0" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (len(list(records.glob("*.json"))) >= 1 and any(interrupted.glob("step_*.pt"))):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the study and its cell's process
+    process.wait()
+    done_before = {p.name: p.read_text() for p in records.glob("*.json")}
+    finished = mmcl("compare", "long.yaml", "--output", "out", "--no-plots", cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    after = {p.name: p.read_text() for p in records.glob("*.json")}
+    assert len(after) == 3 and all(after[name] == text for name, text in done_before.items())
+    sessions = json.loads((interrupted.parent / "run.json").read_text())["sessions"]
+    assert sessions[-1]["kind"] == "resume" and sessions[-1]["status"] == "finished"
+
+
+def test_plan_lists_missing_cells_without_running(finished):
+    study = read_study(yaml.safe_load((finished / "study.yaml").read_text()))
+    work = plan(study, finished)
+    assert len(work.done) == 6 and not work.todo
+    assert build_report([finished], plots=False).name == "report.md"
+
+
+def test_mmcl_plot_draws_runs(finished, tmp_path):
+    runs = [finished / "runs" / "digits" / loss / "seed0" for loss in ("nt_xent", "dhel-t3")]
+    drawn = mmcl("plot", *map(str, runs), "--output", str(tmp_path), "--name", "two", cwd=tmp_path)
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    assert (tmp_path / "two.png").read_bytes()[:4] == b"\x89PNG"
+    root = ElementTree.parse(tmp_path / "two.svg").getroot()
+    texts = " ".join(t.text or "" for t in root.iter() if t.tag.endswith("text"))
+    assert root.tag.endswith("svg") and (texts or (tmp_path / "two.svg").stat().st_size > 10000)
+    missing = mmcl("plot", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert missing.returncode == 2 and "has no metrics.jsonl" in missing.stderr

@@ -109,7 +109,8 @@ def embed_view_pairs(context: EvalContext, count: int) -> dict[str, torch.Tensor
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(context.seed)
         for batch in DataLoader(subset, batch_size=context.batch_size, shuffle=False, collate_fn=adapter.collate_train):
-            feature = encoder.features(batch.to(context.device).inputs)
+            batch = adapter.augment_batch(batch.to(context.device))
+            feature = encoder.features(batch.inputs)
             for layer, value in (("backbone", feature), ("head", encoder.head(feature))):
                 first, second = value.float().cpu().chunk(batch.n_views + int(batch.has_negatives))[:2]
                 out[f"{layer}_a"].append(first)

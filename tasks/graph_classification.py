@@ -40,6 +40,8 @@ from typing import Annotated, Literal
 
 import numpy as np
 import sklearn
+import torch
+from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -67,11 +69,10 @@ class GraphClassificationOptions:
     split_seeds: list[int] | None = None  # outer-split seeds; None: the evaluation seed
     layer: Literal["backbone", "head"] = "backbone"
     standardize: bool = False  # per-feature scaling fitted inside each training fold (GraphCL: none)
-    n_jobs: int | None = None  # GridSearchCV workers
+    n_jobs: int | None = None  # processes over the outer folds; None: torch's thread count (every core by default)
 
 
-def _classifier(method: str, search: bool, grid: Sequence[float], inner_folds: int, gamma: str, standardize: bool,
-                n_jobs: int | None):  # fmt: skip
+def _classifier(method: str, search: bool, grid: Sequence[float], inner_folds: int, gamma: str, standardize: bool):
     if method == "svc":
         model, key, fixed = SVC(gamma=gamma), "C", 10.0
     elif method == "logreg":
@@ -84,7 +85,19 @@ def _classifier(method: str, search: bool, grid: Sequence[float], inner_folds: i
         model.set_params(**{key: fixed})
         return model, key
     inner = StratifiedKFold(n_splits=inner_folds)  # GridSearchCV's cv=5 for a classifier: stratified, no shuffle
-    return GridSearchCV(model, {key: list(grid)}, cv=inner, scoring="accuracy", n_jobs=n_jobs), key
+    return GridSearchCV(model, {key: list(grid)}, cv=inner, scoring="accuracy"), key
+
+
+def _fold(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, method: str, search: bool,
+          grid: Sequence[float], inner_folds: int, gamma: str, standardize: bool) -> tuple[float, float]:  # fmt: skip
+    """One outer fold: fit (with the inner grid search) on ``train``, accuracy on ``test`` and the chosen C."""
+    classifier, key = _classifier(method, search, grid, inner_folds, gamma, standardize)
+    # One BLAS thread: these problems are tiny, and threaded BLAS on a busy machine makes lbfgs ~100x slower.
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", ConvergenceWarning)  # lbfgs on unscaled features
+        classifier.fit(x[train], y[train])
+    accuracy = float((classifier.predict(x[test]) == y[test]).mean())
+    return accuracy, float(classifier.best_params_[key]) if search else float(classifier.get_params()[key])
 
 
 def cross_validated_accuracy(
@@ -103,7 +116,9 @@ def cross_validated_accuracy(
 ) -> dict:
     """GraphCL's stratified k-fold accuracy (percent) of ``x`` ``(N, F)`` with labels ``y`` ``(N,)``.
 
-    Labels are re-encoded to ``0..C-1``; every class needs at least ``folds`` members.
+    Labels are re-encoded to ``0..C-1``; every class needs at least ``folds`` members. The outer folds run in
+    ``n_jobs`` processes (joblib; None: torch's thread count, every core by default); each fold is fitted with one
+    thread, so the result equals the serial one exactly.
     """
     x = as_features("x", x, min_rows=2).double().numpy()
     y = as_labels("y", y, x.shape[0]).numpy()
@@ -121,18 +136,17 @@ def cross_validated_accuracy(
     if not seeds:
         raise ValueError("seeds must name at least one outer-split seed")
 
+    outer = {int(seed): StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(seed)) for seed in seeds}
+    splits = [(seed, train, test) for seed, split in outer.items() for train, test in split.split(x, y)]
+    settings = (method, search, C, inner_folds, gamma, standardize)
+    workers = n_jobs if n_jobs is not None else torch.get_num_threads()
+    fitted = Parallel(n_jobs=min(workers, len(splits)))(
+        delayed(_fold)(x, y, train, test, *settings) for _, train, test in splits
+    )
     per_seed = []
     for seed in seeds:
-        outer = StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(seed))
-        accuracies, chosen = [], []
-        for train, test in outer.split(x, y):
-            classifier, key = _classifier(method, search, C, inner_folds, gamma, standardize, n_jobs)
-            # One BLAS thread: these problems are tiny, and threaded BLAS on a busy machine makes lbfgs ~100x slower.
-            with warnings.catch_warnings(), threadpool_limits(limits=1):
-                warnings.simplefilter("ignore", ConvergenceWarning)  # lbfgs on unscaled features
-                classifier.fit(x[train], y[train])
-            accuracies.append(float((classifier.predict(x[test]) == y[test]).mean()))
-            chosen.append(float(classifier.best_params_[key]) if search else float(classifier.get_params()[key]))
+        accuracies = [a for (s, _, _), (a, _) in zip(splits, fitted) if s == int(seed)]
+        chosen = [c for (s, _, _), (_, c) in zip(splits, fitted) if s == int(seed)]
         per_seed.append({
             "seed": int(seed),
             "accuracy": 100.0 * float(np.mean(accuracies)),

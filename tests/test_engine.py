@@ -279,20 +279,24 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 @pytest.mark.distributed
 def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
-    """2 gloo processes with batch B each take the same steps as 1 process with batch 2B."""
+    """2 gloo processes with batch B each take the same steps as 1 process with batch 2B. The views are drawn per
+    item (seeded by item), as views drawn on the device are seeded per (step, rank) and so depend on the split."""
     steps = {"max_steps": 4}
+    per_item = {"augment_on": "loader"}
     two = tmp_path / "two"
-    result = run_worker(tiny(train={**steps, "batch_size": 16}), two, nproc=2)
+    result = run_worker(tiny(data=per_item, train={**steps, "batch_size": 16}), two, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     one = tmp_path / "one"
-    pretrain(load_config(tiny(train={**steps, "batch_size": 32})), one)
+    pretrain(load_config(tiny(data=per_item, train={**steps, "batch_size": 32})), one)
     assert max_difference(weights(two), weights(one)) < 1e-5
     assert max_difference(weights(one), weights(one, None)) == 0.0
     logged = logged_metrics(two)
     single = logged_metrics(one)
     assert [r["loss"] for r in logged] == pytest.approx([r["loss"] for r in single], abs=1e-5)
     assert logged[0]["n_anchors"] == single[0]["n_anchors"] == 64
-    kept = run_worker(tiny(train={**steps, "batch_size": 16, "drop_last": False}), tmp_path / "kept", nproc=2)
+    kept = run_worker(
+        tiny(data=per_item, train={**steps, "batch_size": 16, "drop_last": False}), tmp_path / "kept", nproc=2
+    )
     assert kept.returncode != 0 and "train.drop_last=false needs a single process" in kept.stderr
 
 

@@ -104,3 +104,14 @@ def test_registered_task_on_synthetic_graphs():
     assert result["accuracy"] >= 95.0 and result["per_seed"][0]["seed"] == 3 and result["embedding_dim"] == 32
     head = task.run(context, GraphClassificationOptions(folds=5, search=False, layer="head", split_seeds=[0, 1]))
     assert head["layer"] == "head" and [run["seed"] for run in head["per_seed"]] == [0, 1]
+
+
+def test_parallel_folds_equal_the_serial_run():
+    """The outer folds in two processes give exactly the serial result (every fold fitted with one thread)."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(60, 6, generator=generator) + 0.4, torch.randn(60, 6, generator=generator) - 0.4])
+    y = torch.cat([torch.zeros(60), torch.ones(60)]).long()
+    options = {"folds": 4, "inner_folds": 3, "C": [0.1, 1.0, 10.0], "seeds": (0, 1)}
+    serial = cross_validated_accuracy(x, y, n_jobs=1, **options)
+    parallel = cross_validated_accuracy(x, y, n_jobs=2, **options)
+    assert parallel == serial and len(serial["per_seed"]) == 2 and len(serial["per_seed"][0]["C"]) == 4

@@ -103,7 +103,7 @@ def adapter(**data) -> VisionAdapter:
 
 
 def test_digits_adapter_contract():
-    vision = adapter(train_subset=20, test_subset=10)
+    vision = adapter(train_subset=20, test_subset=10, augment_on="loader")
     assert modality_class("vision") is VisionAdapter and vision.has_labels
     train = vision.train_dataset()
     items = [train[i] for i in range(4)]
@@ -188,3 +188,97 @@ def test_mnist_like_datasets_read_gzip_files_without_writing_next_to_them(name, 
     mean = source.eval_train.images.float().mean().item() / 255
     assert mean == pytest.approx(source.mean[0], abs=1e-3)
     assert sorted(p.name for p in (SHARED / folder / "raw").iterdir()) == before
+
+
+# ---------------------------------------------------------------- views on the device (kornia) vs per item
+
+
+def quadrants(size: int = 32) -> torch.Tensor:
+    """A uint8 RGB image whose four quadrants have distinct colours: a view's colour means reveal its crop and flip."""
+    image = torch.zeros(3, size, size, dtype=torch.uint8)
+    half = size // 2
+    image[0, :half, :half], image[1, :half, half:], image[2, half:, :half] = 255, 255, 255
+    image[:, half:, half:] = 128
+    return image
+
+
+def views_of(pipeline: str, settings, image: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
+    from mmcl.modalities.vision.transforms import BatchViews
+
+    torch.manual_seed(seed)
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if pipeline == "device":
+        return BatchViews(settings, 3, mean, std)(image.expand(count, -1, -1, -1).contiguous())
+    view = simclr_view(settings, 3, mean, std)
+    return torch.stack([view(image) for _ in range(count)])
+
+
+@pytest.mark.parametrize(
+    "preset, options",
+    [("32", {"solarize_prob": 0.2}), ("96", {"solarize_prob": 0.2}), ("32", {"jitter_prob": 0.0, "grayscale_prob": 0.0})],
+    ids=["cifar", "stl", "geometry-only"],
+)
+def test_device_views_have_the_distribution_of_the_per_item_views(preset, options):
+    """Two-sample Kolmogorov-Smirnov tests on fixed inputs: per channel, the view's mean and standard deviation
+    (crop position and area, flip, jitter, grayscale, blur all move them) agree between the pipelines."""
+    from scipy.stats import ks_2samp
+
+    settings = view_settings(preset, size=32, **options)
+    device, loader = (views_of(p, settings, quadrants(), 1500) for p in ("device", "loader"))
+    assert device.shape == loader.shape == (1500, 3, 32, 32)
+    for statistic in (lambda v: v.mean(dim=(2, 3)), lambda v: v.std(dim=(2, 3))):
+        a, b = statistic(device), statistic(loader)
+        for channel in range(3):
+            assert ks_2samp(a[:, channel].numpy(), b[:, channel].numpy()).pvalue > 1e-3, (preset, channel)
+
+
+def test_device_views_are_drawn_within_the_presets_ranges():
+    import kornia.augmentation as K
+
+    settings = view_settings("32", size=32)
+    from mmcl.modalities.vision.transforms import BatchViews
+
+    views = BatchViews(settings, 3, (0.0,) * 3, (1.0,) * 3)
+    crop = next(step for step in views.steps if isinstance(step, K.RandomResizedCrop))
+    params = crop.generate_parameters(torch.Size([4000, 3, 32, 32]))
+    corners = params["src"]
+    width = corners[:, 1, 0] - corners[:, 0, 0] + 1
+    height = corners[:, 2, 1] - corners[:, 1, 1] + 1
+    area = width * height / (32 * 32)
+    assert area.min() >= settings.crop_min_scale - 0.02 and area.max() <= 1.0
+    assert (corners >= 0).all() and (corners <= 31).all()
+    jitter = next(step for step in views.steps if isinstance(step, K.ColorJitter))
+    drawn = jitter.generate_parameters(torch.Size([4000, 3, 32, 32]))
+    s = settings.jitter_strength
+    assert drawn["brightness_factor"].min() >= 1 - 0.8 * s and drawn["brightness_factor"].max() <= 1 + 0.8 * s
+    assert drawn["hue_factor"].abs().max() <= 0.2 * s
+    images = torch.full((4000, 3, 8, 8), 100, dtype=torch.uint8)
+    images[:, :, :, :4] = 200  # left half brighter: a flip moves it
+    flip = BatchViews(view_settings("32", size=8, crop_min_scale=1.0, jitter_prob=0.0, grayscale_prob=0.0), 3,
+                      (0.0,) * 3, (1.0,) * 3)(images)  # fmt: skip
+    flipped = (flip[:, 0, 0, 0] < flip[:, 0, 0, -1]).double().mean().item()
+    assert abs(flipped - settings.flip_prob) < 0.03
+
+
+def test_every_image_of_a_batch_gets_its_own_view():
+    from mmcl.modalities.vision.transforms import BatchViews
+
+    torch.manual_seed(0)
+    views = BatchViews(view_settings("32", size=32), 3, (0.0,) * 3, (1.0,) * 3)(quadrants().expand(8, -1, -1, -1))
+    assert len({tuple(v.flatten()[:64].tolist()) for v in views}) == 8
+
+
+def test_the_adapter_draws_views_on_the_device_by_default_and_seeded():
+    vision = adapter(train_subset=20)
+    assert vision.on_device and not adapter(train_subset=20, augment_on="loader").on_device
+    items = [vision.train_dataset()[i] for i in range(4)]
+    assert items[0][0].dtype == torch.uint8 and items[0][0].shape == (1, 8, 8)  # the loader only decodes
+    raw = vision.collate_train(items)
+    assert raw.inputs.shape == (4, 1, 8, 8) and raw.n_views == 2
+    torch.manual_seed(5)
+    first = vision.augment_batch(raw)
+    torch.manual_seed(5)
+    again = vision.augment_batch(raw)
+    assert first.inputs.shape == (8, 1, 8, 8) and first.inputs.dtype == torch.float32
+    assert torch.equal(first.inputs, again.inputs) and not torch.equal(first.inputs[:4], first.inputs[4:])
+    assert first.labels.tolist() == raw.labels.tolist()

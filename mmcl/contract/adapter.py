@@ -5,9 +5,9 @@ The engine only ever talks to a :class:`ModalityAdapter`. An adapter provides
 * an **encoder**: an ``nn.Module`` whose ``forward(inputs)`` returns the projection-head embeddings
   used by the loss ``(n, d)`` and whose ``features(inputs)`` returns the backbone features used for
   evaluation ``(n, f)``;
-* the **pretraining data**: a ``Dataset`` whose items already hold ``n_views`` augmented views (the
-  adapter's view generator runs in ``__getitem__``, so data-loader workers do the work) and a
-  ``collate_train`` that batches items into one :class:`TrainBatch`;
+* the **pretraining data**: a ``Dataset`` and a ``collate_train`` that batches items into one
+  :class:`TrainBatch`; the views are drawn either per item in ``__getitem__`` (data-loader workers do the
+  work) or on whole batches on the training device by ``augment_batch``;
 * the **evaluation data**: un-augmented labelled splits (``"train"``, ``"test"``) and
   ``collate_eval`` returning ``(inputs, labels)``;
 * optionally, ``validation`` (a registered evaluation task and the score of its result that checkpoint
@@ -114,6 +114,12 @@ class ModalityAdapter(ABC):
 
     @abstractmethod
     def collate_train(self, items: list) -> TrainBatch: ...
+
+    def augment_batch(self, batch: TrainBatch) -> TrainBatch:
+        """The views of a collated batch, drawn on the training device where the modality does that (images with
+        kornia); the default returns the batch as collated (its views were drawn in the data loader). The engine
+        calls it on every batch after seeding torch's generator by (seed, step, rank)."""
+        return batch
 
     @abstractmethod
     def eval_datasets(self) -> dict[str, Dataset]:

@@ -108,6 +108,8 @@ def evaluate_run(
         config, checkpoint_file = load_config(target, overrides), None
         run_dir = _evaluation_folder(config)
     key = "random_init" if random_init else checkpoint_file.stem if checkpoint_file else "as_built"
+    if config.train.threads:  # the run's thread count (a study's cell shares the machine with others)
+        torch.set_num_threads(config.train.threads)
     encoder, adapter = build_encoder(config, checkpoint_file, random_init)
     device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
     results = evaluate_encoder(encoder, adapter, config.eval, tasks, device)

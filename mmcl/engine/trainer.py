@@ -443,6 +443,7 @@ class Trainer:
         """Forward, loss, backward, health checks and optimiser step of one micro-batch; returns the detached loss
         and embeddings (None for a skipped step)."""
         accelerator, train = self.accelerator, self.train
+        batch = self.adapter.augment_batch(batch)  # views drawn on the device, seeded by (seed, step, rank)
         labels = batch.labels if self.uses_labels else None
 
         def loss_of(output: torch.Tensor) -> torch.Tensor:

@@ -11,18 +11,19 @@ Example config (the packaged ``vision/cifar10``)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from mmcl.contract import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from mmcl.contract.adapter import Encoder, ModalityAdapter, TrainBatch
 from mmcl.modalities import register_modality
 from mmcl.modalities.vision.backbones import backbone_options, build_backbone, build_head
 from mmcl.modalities.vision.datasets import ImageSource, load_source, seeded_subset
-from mmcl.modalities.vision.transforms import eval_transform, simclr_view, view_settings
+from mmcl.modalities.vision.transforms import BatchViews, ViewSettings, eval_transform, simclr_view, view_settings
 
 
 @dataclass
@@ -48,12 +49,14 @@ class VisionDataConfig:
     subset_seed: NonNegativeInt = 0
     n_views: Annotated[int, Range(ge=2)] = 2
     augment: str = "auto"  # a view preset (digits, 28, 32, 96, 224), none, or auto (by image size)
+    augment_on: Literal["auto", "loader", "device"] = "auto"  # auto: device for images of one size, else loader
     crop_min_scale: Annotated[float, Range(gt=0, le=1)] | None = None  # overrides of the preset's entries
     flip_prob: Fraction | None = None
     jitter_strength: NonNegativeFloat | None = None
     jitter_prob: Fraction | None = None
     grayscale_prob: Fraction | None = None
     blur_prob: Fraction | None = None
+    solarize_prob: Fraction | None = None
 
 
 class MultiView(Dataset):
@@ -96,6 +99,7 @@ class VisionAdapter(ModalityAdapter):
         if data.n_views != 2:
             raise ValueError(f"data.n_views={data.n_views}: the loss core contrasts two views per instance; use 2")
         self._source: ImageSource | None = None
+        self._batch_views: BatchViews | None = None
 
     @property
     def source(self) -> ImageSource:
@@ -130,12 +134,13 @@ class VisionAdapter(ModalityAdapter):
         )
         return Encoder(backbone, head)
 
-    def view_transform(self):
+    def _settings(self) -> ViewSettings | None:
+        """The view settings of the preset with the config's overrides; None for ``data.augment=none``."""
         source, preset = self.source, self._preset()
         if preset == "none":
-            return eval_transform(source.size, source.mean, source.std, resize=source.resize_for_eval)
+            return None
         d = self.data_config
-        settings = view_settings(
+        return view_settings(
             preset,
             size=source.size if preset != "digits" else None,
             crop_min_scale=d.crop_min_scale,
@@ -144,18 +149,53 @@ class VisionAdapter(ModalityAdapter):
             jitter_prob=d.jitter_prob,
             grayscale_prob=d.grayscale_prob,
             blur_prob=d.blur_prob,
+            solarize_prob=d.solarize_prob,
         )
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the views are drawn on the training device (:class:`BatchViews`) rather than per item."""
+        mode = self.data_config.augment_on
+        if mode == "auto":  # images of varying size (ImageFolder) cannot be stacked before cropping
+            return not self.source.resize_for_eval and self._settings() is not None
+        return mode == "device" and self._settings() is not None
+
+    def view_transform(self):
+        """The per-item view (``data.augment_on=loader``): SimCLR's augmentations, or the evaluation transform."""
+        source, settings = self.source, self._settings()
+        if settings is None:
+            return eval_transform(source.size, source.mean, source.std, resize=source.resize_for_eval)
         return simclr_view(settings, source.channels, source.mean, source.std)
 
     def train_dataset(self) -> Dataset:
         d = self.data_config
         data = seeded_subset(self.source.pretrain, d.train_subset, d.subset_seed)
+        if self.on_device:  # the loader only decodes: items (uint8 image, label)
+            return Transformed(data, v2.ToImage())
         return MultiView(data, self.view_transform(), d.n_views)
 
     def collate_train(self, items: list) -> TrainBatch:
+        labels = torch.tensor([item[1] for item in items]) if self.has_labels else None
+        if self.on_device:
+            sizes = {tuple(item[0].shape) for item in items}
+            if len(sizes) > 1:
+                raise ValueError(
+                    f"data.augment_on=device needs images of one size to stack them, got {sorted(sizes)[:3]}...; "
+                    "set data.augment_on=loader to draw the views per image in the data loader"
+                )
+            return TrainBatch(torch.stack([item[0] for item in items]), n_views=self.data_config.n_views, labels=labels)
         views = [torch.stack([item[0][v] for item in items]) for v in range(len(items[0][0]))]
-        labels = torch.tensor([item[1] for item in items])
-        return TrainBatch(torch.cat(views), n_views=len(views), labels=labels if self.has_labels else None)
+        return TrainBatch(torch.cat(views), n_views=len(views), labels=labels)
+
+    def augment_batch(self, batch: TrainBatch) -> TrainBatch:
+        """With views on the device: ``n_views`` random views of every image, view-major, on the batch's device."""
+        if not self.on_device:
+            return batch
+        if self._batch_views is None:
+            source = self.source
+            self._batch_views = BatchViews(self._settings(), source.channels, source.mean, source.std)
+        views = [self._batch_views(batch.inputs) for _ in range(batch.n_views)]
+        return TrainBatch(torch.cat(views), batch.n_views, batch.labels, batch.has_negatives)
 
     def eval_datasets(self) -> dict[str, Dataset]:
         d, source = self.data_config, self.source

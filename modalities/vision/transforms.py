@@ -16,8 +16,15 @@ digits    8        0.5         0     0.5     0     0     scikit-learn digits (qu
 none      -        -           -     -       -     -     no augmentation: views equal (tests, ablations)
 ========  =======  ==========  ====  ======  ====  ====  ================================================
 
-Every entry can be overridden from the config (``data.crop_min_scale=0.2`` ...). Single-channel images
-get brightness/contrast jitter only (saturation and hue do not exist for them) and no grayscale step.
+Every entry can be overridden from the config (``data.crop_min_scale=0.2`` ...; ``data.solarize_prob`` adds
+BYOL's solarization, off in every preset). Single-channel images get brightness/contrast jitter only
+(saturation and hue do not exist for them) and no grayscale step.
+
+The same views come from two pipelines (``data.augment_on``): :func:`simclr_view`, per item in the data loader
+(torchvision v2), and :class:`BatchViews`, on whole batches on the training device with per-sample random
+parameters (kornia's augmentation module, which follows torchvision's formulas), so that the data loader only
+decodes and stacks. Each view of an image has the same distribution in both; within a batch, kornia draws the
+colour-jitter order once per call where torchvision draws it per image (each image's order is still uniform).
 """
 
 from __future__ import annotations
@@ -37,6 +44,20 @@ class ViewSettings:
     jitter_prob: float
     grayscale_prob: float
     blur_prob: float
+    solarize_prob: float = 0.0
+
+    @property
+    def blur_kernel(self) -> int:
+        """About 10% of the image side, odd (SimCLR)."""
+        return max(3, int(0.1 * self.size) // 2 * 2 + 1)
+
+    def colour(self, channels: int) -> dict[str, float]:
+        """Colour-jitter ranges of strength ``s``: brightness/contrast ``0.8 s``; RGB also saturation and hue."""
+        s = self.jitter_strength
+        colour = dict(brightness=0.8 * s, contrast=0.8 * s)
+        if channels == 3:
+            colour.update(saturation=0.8 * s, hue=min(0.2 * s, 0.5))
+        return colour
 
 
 VIEW_PRESETS: dict[str, ViewSettings] = {
@@ -53,7 +74,7 @@ def view_settings(preset: str, **overrides: float | None) -> ViewSettings:
     if preset not in VIEW_PRESETS:
         raise ValueError(f"data.augment={preset!r} is not a view preset; choose one of {[*VIEW_PRESETS, 'none']}")
     settings = replace(VIEW_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
-    for name in ("crop_min_scale", "flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
+    for name in ("crop_min_scale", "flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
         value = getattr(settings, name)
         if not 0 <= value <= 1 or (name == "crop_min_scale" and value == 0):
             raise ValueError(f"data.{name}={value} must be in {'(0, 1]' if name == 'crop_min_scale' else '[0, 1]'}")
@@ -67,24 +88,58 @@ def _normalise(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Trans
 
 
 def simclr_view(settings: ViewSettings, channels: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
-    """One random view ``(C, H, W) uint8 image or PIL -> (C, size, size) float``, normalised."""
-    s = settings.jitter_strength
-    colour = dict(brightness=0.8 * s, contrast=0.8 * s)
-    if channels == 3:
-        colour.update(saturation=0.8 * s, hue=min(0.2 * s, 0.5))
+    """One random view ``(C, H, W) uint8 image or PIL -> (C, size, size) float``, normalised (per item)."""
     steps: list[v2.Transform] = [
         v2.ToImage(),
         v2.RandomResizedCrop(settings.size, scale=(settings.crop_min_scale, 1.0), antialias=True),
         v2.RandomHorizontalFlip(settings.flip_prob),
     ]
-    if s > 0 and settings.jitter_prob > 0:
-        steps.append(v2.RandomApply([v2.ColorJitter(**colour)], p=settings.jitter_prob))
+    if settings.jitter_strength > 0 and settings.jitter_prob > 0:
+        steps.append(v2.RandomApply([v2.ColorJitter(**settings.colour(channels))], p=settings.jitter_prob))
     if channels == 3 and settings.grayscale_prob > 0:
         steps.append(v2.RandomGrayscale(settings.grayscale_prob))
     if settings.blur_prob > 0:
-        kernel = max(3, int(0.1 * settings.size) // 2 * 2 + 1)  # about 10% of the image side, odd (SimCLR)
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=settings.blur_prob))
+        steps.append(v2.RandomApply([v2.GaussianBlur(settings.blur_kernel, sigma=(0.1, 2.0))], p=settings.blur_prob))
+    if settings.solarize_prob > 0:
+        steps.append(v2.RandomSolarize(threshold=128, p=settings.solarize_prob))
     return v2.Compose(steps + _normalise(mean, std))
+
+
+class BatchViews(torch.nn.Module):
+    """Random views of a whole batch on its device: ``(B, C, H, W) uint8 -> (B, C, size, size) float``, normalised,
+    every image with its own random parameters (kornia), the same distribution as :func:`simclr_view`.
+
+    The images must share one size (the data loader stacks them); the randomness comes from torch's generator of
+    the batch's device, which the engine seeds per (seed, step, rank).
+    """
+
+    def __init__(self, settings: ViewSettings, channels: int, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        import kornia.augmentation as K
+
+        size = (settings.size, settings.size)
+        steps: list[torch.nn.Module] = [
+            K.RandomResizedCrop(size, scale=(settings.crop_min_scale, 1.0), align_corners=False),
+            K.RandomHorizontalFlip(p=settings.flip_prob),
+        ]
+        if settings.jitter_strength > 0 and settings.jitter_prob > 0:
+            steps.append(K.ColorJitter(**settings.colour(channels), p=settings.jitter_prob))
+        if channels == 3 and settings.grayscale_prob > 0:
+            steps.append(K.RandomGrayscale(p=settings.grayscale_prob))
+        if settings.blur_prob > 0:
+            kernel = settings.blur_kernel
+            steps.append(K.RandomGaussianBlur((kernel, kernel), sigma=(0.1, 2.0), p=settings.blur_prob))
+        if settings.solarize_prob > 0:  # torchvision's threshold 128 of 255: kornia's 0.5, no addition
+            steps.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=settings.solarize_prob))
+        self.steps = torch.nn.Sequential(*steps)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"BatchViews takes uint8 (B, C, H, W) images, got {images.dtype} {tuple(images.shape)}")
+        views = self.steps(images.float() / 255.0)
+        return (views - self.mean.to(views.device)) / self.std.to(views.device)
 
 
 def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...], resize: bool) -> v2.Compose:

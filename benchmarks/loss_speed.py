@@ -48,8 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import mmcl  # noqa: E402,F401  (torchvision CPU compatibility step, before lightly imports torchvision)
 from mmcl import losses  # noqa: E402
+from mmcl.contract import ensure_torchvision_ops  # noqa: E402
+
+ensure_torchvision_ops()  # CPU-only torch: before lightly imports torchvision
 
 MMCL_LOSSES = ("nt_xent", "supcon", "hcl", "dhel", "macl", "dystress")
 PEERS = ("log-softmax", "lightly", "pml NT-Xent", "pml SupCon")

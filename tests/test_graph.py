@@ -156,7 +156,7 @@ def test_encoder_shapes(encoder, pooling, jk, width):
 
 def test_adapter_encoder_and_batches_without_files():
     model = GraphModelConfig(encoder="gin", hidden_dim=16, num_layers=2)
-    adapter, graphs = synthetic_adapter(model, GraphDataConfig(dataset="SYNTH"))
+    adapter, graphs = synthetic_adapter(model, GraphDataConfig(dataset="SYNTH", augment_on="loader"))
     encoder = adapter.build_encoder()
     assert isinstance(encoder, Encoder)
     assert [m.out_features for m in encoder.head if hasattr(m, "out_features")] == [32, 32]
@@ -174,6 +174,27 @@ def test_adapter_encoder_and_batches_without_files():
     assert encoder.features(inputs).shape == (3, 32) and labels.tolist() == [0, 1, 0]
 
 
+def test_views_drawn_on_the_device_by_default():
+    """The loader only gathers graphs; augment_batch draws the views (GraphCL's self-loops on the first)."""
+    data = GraphDataConfig(dataset="SYNTH", self_loops=True, augmentations=["node_drop"], node_drop_ratio=0.5)
+    adapter, graphs = synthetic_adapter(GraphModelConfig(batch_norm_per_view=True), data)
+    assert adapter.on_device and adapter.train_dataset()[3] == (3, 1)
+    raw = adapter.collate_train([adapter.train_dataset()[i] for i in range(len(graphs))])
+    assert raw.inputs.num_graphs == len(graphs) and torch.equal(raw.labels, torch.tensor([0, 1] * 4))
+    torch.manual_seed(0)
+    batch = adapter.augment_batch(raw)
+    original = Batch.from_data_list(list(graphs))
+    first = batch.inputs.batch < len(graphs)
+    assert batch.n_views == 2 and batch.inputs.num_graphs == 2 * len(graphs)
+    assert torch.equal(batch.inputs.x[first], original.x)  # the first view is the graph itself
+    edges = batch.inputs.edge_index
+    loops = edges[0] == edges[1]
+    assert int(loops.sum()) == original.num_nodes and bool(first[edges[0][loops]].all())  # on the first view only
+    assert torch.bincount(batch.inputs.batch[~first] - len(graphs)).tolist() == [
+        g.num_nodes - min(int(0.5 * g.num_nodes), g.num_nodes - 1) for g in graphs]  # fmt: skip
+    assert adapter.build_encoder()(batch.inputs).shape == (16, 96)
+
+
 def synthetic_adapter(model: GraphModelConfig, data: GraphDataConfig) -> tuple[GraphAdapter, tuple[Data, ...]]:
     """An adapter over GRAPHS (labels 0, 1, 0, 1, ...) without reading any file."""
     from mmcl.modalities.graph.datasets import GraphSource
@@ -185,7 +206,8 @@ def synthetic_adapter(model: GraphModelConfig, data: GraphDataConfig) -> tuple[G
 
 
 def test_self_loops_on_unaugmented_graphs_only():
-    data = GraphDataConfig(dataset="SYNTH", self_loops=True, augmentations=["node_drop"], node_drop_ratio=0.5)
+    data = GraphDataConfig(dataset="SYNTH", self_loops=True, augmentations=["node_drop"], node_drop_ratio=0.5,
+                           augment_on="loader")  # fmt: skip
     adapter, graphs = synthetic_adapter(GraphModelConfig(), data)
     torch.manual_seed(0)
     for graph, (first, second) in zip(graphs, (views for views, _ in adapter.train_dataset())):
@@ -199,7 +221,8 @@ def test_self_loops_on_unaugmented_graphs_only():
 
 def test_batch_norm_per_view_equals_one_forward_per_view():
     torch.manual_seed(0)
-    adapter, graphs = synthetic_adapter(GraphModelConfig(batch_norm_per_view=True), GraphDataConfig(dataset="SYNTH"))
+    data = GraphDataConfig(dataset="SYNTH", augment_on="loader")
+    adapter, graphs = synthetic_adapter(GraphModelConfig(batch_norm_per_view=True), data)
     per_view = adapter.build_encoder().backbone.double()
     separate = GraphBackbone(5, 32, 3).double()
     separate.load_state_dict(per_view.state_dict())

@@ -21,15 +21,16 @@ WORDS = (
 ).split()
 
 
-def build_tiny_model(folder: Path) -> Path:
+def build_tiny_model(folder: Path, vocabulary: list[str] = WORDS) -> Path:
     """A random-init 2-layer BERT (hidden 32) and a WordPiece tokenizer over a small vocab, saved to ``folder``."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     chars = [chr(c) for c in range(97, 123)] + list("0123456789.,!?'\"-")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), *WORDS]
-    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=64)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), *vocabulary]
+    # the vocabulary as a mapping: transformers 5 ignores a vocab_file argument (leaving the special tokens only)
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(vocab))}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=64)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -160,7 +161,9 @@ def test_nli_triplets_and_collate(tiny_model, tmp_path):
     file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     adapter = _adapter(tiny_model, file, mode="nli")
     data = adapter.train_dataset()
-    assert data.rows == [("a man", "a person", "a woman"), ("the cat", "a pet", "a dog")]
+    tokenize = adapter.tokenizer
+    assert data.rows == [tuple(tokenize(list(row))["input_ids"]) for row in
+                         [("a man", "a person", "a woman"), ("the cat", "a pet", "a dog")]]  # fmt: skip
     batch = adapter.collate_train(list(data.rows))
     assert batch.has_negatives and batch.n_views == 2 and batch.inputs["input_ids"].shape[0] == 6
     encoder = adapter.build_encoder()
@@ -169,8 +172,8 @@ def test_nli_triplets_and_collate(tiny_model, tmp_path):
     arguments = embeddings_for_loss(encoder(batch.inputs), batch)
     assert set(arguments) == {"z_a", "z_b", "negatives"} and arguments["negatives"].shape == (2, 32)
     pairs = _adapter(tiny_model, file, mode="nli", hard_negatives=False).train_dataset()
-    assert pairs.rows == [("a man", "a person"), ("the dog", "an animal"), ("the cat", "a pet")]
-    assert not adapter.collate_train([("a", "b")]).has_negatives
+    assert len(pairs.rows) == 3 and all(len(row) == 2 for row in pairs.rows)
+    assert not adapter.collate_train([pairs.rows[0]]).has_negatives
     assert nli_triplets(["p", "p", "p"], ["e1", "c", "e2"], [0, 2, 0]) == [("p", "e1", "c"), ("p", "e2", "c")]
 
 
@@ -370,3 +373,26 @@ def test_representation_metrics_of_dropout_views(tiny_model, tmp_path):
     first = evaluate_encoder(encoder, adapter, config.eval, ["metrics"])["metrics"]["backbone"]
     again = evaluate_encoder(encoder, adapter, config.eval, ["metrics"])["metrics"]["backbone"]
     assert first["alignment"] > 0 and first == again and not encoder.training
+
+
+def test_rows_are_tokenized_once_and_the_cache_follows_tokenizer_and_length(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from mmcl.modalities.text import data as text_data
+
+    rows = [("a man is playing the guitar",), ("two dogs run in the park",)]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    first = text_data.tokenize_rows(rows, tokenizer, 32)
+    assert text_data.tokenize_rows(rows, AutoTokenizer.from_pretrained(tiny_model), 32) is first  # cached
+    assert first == [tuple(tokenizer(list(row), truncation=True, max_length=32)["input_ids"]) for row in rows]
+    short = text_data.tokenize_rows(rows, tokenizer, 5)
+    assert short is not first and all(len(ids) == 5 for (ids,) in short)  # another length: tokenized again
+    other = build_tiny_model(tmp_path / "other", vocabulary=["man", "guitar"])
+    changed = text_data.tokenize_rows(rows, AutoTokenizer.from_pretrained(other), 32)
+    assert changed is not first and changed != first  # another vocabulary: tokenized again
+    # a padded batch equals tokenizing the batch directly (what the model saw before the cache)
+    adapter = _adapter(tiny_model, tmp_path / "unused.txt")
+    batch = adapter.collate_train(first)
+    direct = tokenizer([row[0] for row in rows] * 2, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    assert torch.equal(batch.inputs["input_ids"], direct["input_ids"])
+    assert torch.equal(batch.inputs["attention_mask"], direct["attention_mask"])

@@ -215,7 +215,11 @@ def views_of(pipeline: str, settings, image: torch.Tensor, count: int, seed: int
 
 @pytest.mark.parametrize(
     "preset, options",
-    [("32", {"solarize_prob": 0.2}), ("96", {"solarize_prob": 0.2}), ("32", {"jitter_prob": 0.0, "grayscale_prob": 0.0})],
+    [
+        ("32", {"solarize_prob": 0.2}),
+        ("96", {"solarize_prob": 0.2}),
+        ("32", {"jitter_prob": 0.0, "grayscale_prob": 0.0}),
+    ],
     ids=["cifar", "stl", "geometry-only"],
 )
 def test_device_views_have_the_distribution_of_the_per_item_views(preset, options):

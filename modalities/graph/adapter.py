@@ -31,6 +31,7 @@ from mmcl.contract import Fraction, NonNegativeFloat, NonNegativeInt, PositiveIn
 from mmcl.contract.adapter import Encoder, ModalityAdapter, TrainBatch
 from mmcl.modalities import register_modality
 from mmcl.modalities.graph.augment import GRAPHCL_TU_STRENGTHS, Augmentation, Identity, build_augmentation
+from mmcl.modalities.graph.batched import BatchedAugmentation, GraphStore, view_major, with_self_loops
 from mmcl.modalities.graph.datasets import GraphSource, load_graphs
 from mmcl.modalities.graph.encoders import ENCODERS, GraphBackbone, projection_head, xavier_init_
 
@@ -70,6 +71,7 @@ class GraphDataConfig:
     subgraph_keep_ratio: Fraction = GRAPHCL_TU_STRENGTHS["subgraph"]
     subgraph_frontier: Literal["grow", "start"] = "grow"  # start: GraphCL's TU code (start node's neighbours only)
     self_loops: bool = False  # a self-loop on every node of the un-augmented graphs (GraphCL's TU loader)
+    augment_on: Literal["auto", "loader", "device"] = "auto"  # auto: batched on the device; loader: per graph
 
 
 class GraphViews(Dataset):
@@ -84,6 +86,19 @@ class GraphViews(Dataset):
     def __getitem__(self, index: int) -> tuple[list[Data], int]:
         graph = self.source.graphs[index]
         return [self.first(graph), self.second(graph)], graph_label(self.source, index)
+
+
+class GraphIndices(Dataset):
+    """Items ``(index, label)``: the graphs are gathered per batch from a :class:`GraphStore`."""
+
+    def __init__(self, source: GraphSource) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source.graphs)
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        return index, graph_label(self.source, index)
 
 
 class LabelledGraphs(Dataset):
@@ -116,20 +131,23 @@ class GraphAdapter(ModalityAdapter):
 
     def __init__(self, model: GraphModelConfig, data: GraphDataConfig) -> None:
         super().__init__(model, data)
-        self.augmentation = build_augmentation(
-            data.augmentations,
+        strengths = dict(
             node_drop_ratio=data.node_drop_ratio,
             edge_perturb_ratio=data.edge_perturb_ratio,
             edge_add_ratio=data.edge_add_ratio,
             attr_mask_ratio=data.attr_mask_ratio,
             subgraph_keep_ratio=data.subgraph_keep_ratio,
             subgraph_frontier=data.subgraph_frontier,
-        )  # fmt: skip  (validates names and strengths before any data is read)
+        )
+        # the per-graph views (data.augment_on=loader) and the batched ones; names and strengths checked here
+        self.augmentation = build_augmentation(data.augmentations, **strengths)
+        self.batched = BatchedAugmentation(data.augmentations, **strengths)
         ENCODERS.get(model.encoder)  # an unknown name fails here, before any data is read
         if model.num_layers < 1 or model.hidden_dim < 1:
             raise ValueError(f"model.num_layers and model.hidden_dim must be >= 1, "
                              f"got {model.num_layers}, {model.hidden_dim}")  # fmt: skip
         self._source: GraphSource | None = None
+        self._store: GraphStore | None = None
 
     @property
     def source(self) -> GraphSource:
@@ -157,16 +175,44 @@ class GraphAdapter(ModalityAdapter):
         """What an un-augmented graph goes through: nothing, or GraphCL's self-loops (``data.self_loops``)."""
         return AddSelfLoops() if self.data_config.self_loops else Identity()
 
+    @property
+    def on_device(self) -> bool:
+        """Whether the views are drawn on whole batches on the training device (:mod:`.batched`)."""
+        return self.data_config.augment_on != "loader"
+
     def train_dataset(self) -> Dataset:
+        if self.on_device:  # the loader only picks graphs: items (index, label), gathered from a flat store
+            return GraphIndices(self.source)
         first = self.unaugmented if self.data_config.first_view_unaugmented else self.augmentation
         return GraphViews(self.source, first, self.augmentation)
 
     def collate_train(self, items: list) -> TrainBatch:
+        if self.on_device:
+            labels = torch.tensor([item[1] for item in items]) if self.has_labels else None
+            return TrainBatch(self.store.gather(torch.tensor([item[0] for item in items])), n_views=2, labels=labels)
         n_views = len(items[0][0])
         batch = Batch.from_data_list([item[0][v] for v in range(n_views) for item in items])  # view-major
         batch.graph_view = torch.arange(n_views).repeat_interleave(len(items))  # for per-view batch norm
         labels = torch.tensor([item[1] for item in items]) if self.has_labels else None
         return TrainBatch(batch, n_views=n_views, labels=labels)
+
+    @property
+    def store(self) -> GraphStore:
+        if self._store is None:
+            self._store = GraphStore(self.source.graphs)
+        return self._store
+
+    def augment_batch(self, batch: TrainBatch) -> TrainBatch:
+        """With views on the device: the graph itself (with GraphCL's self-loops when asked) or an augmented view,
+        then an augmented view, as one view-major batch of ``2B`` graphs."""
+        if not self.on_device:
+            return batch
+        original = batch.inputs
+        if self.data_config.first_view_unaugmented:
+            first = with_self_loops(original) if self.data_config.self_loops else original
+        else:
+            first = self.batched(original)
+        return TrainBatch(view_major([first, self.batched(original)]), 2, batch.labels)
 
     def eval_datasets(self) -> dict[str, Dataset]:
         """``"all"``: the whole labelled dataset (graph classification); none without graph labels."""

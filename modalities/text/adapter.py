@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from mmcl.contract import ModalityAdapter, PositiveInt, TrainBatch, Validation
 from mmcl.modalities import register_modality
-from mmcl.modalities.text.data import SentenceTuples, build_rows, load_table
+from mmcl.modalities.text.data import TokenizedTuples, build_rows, load_table, tokenize_rows
 
 PoolerName = Literal[
     "cls", "cls_before_pooler", "mean", "first_last_avg", "top2_avg", "avg", "avg_first_last", "avg_top2"
@@ -81,7 +81,7 @@ class TextAdapter(ModalityAdapter):
     def __init__(self, model: TextModelConfig, data: TextDataConfig) -> None:
         super().__init__(model, data)
         self._tokenizer: Any = None
-        self._train: SentenceTuples | None = None
+        self._train: TokenizedTuples | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -107,27 +107,25 @@ class TextAdapter(ModalityAdapter):
         return self.build_encoder(random_init=True)
 
     def train_dataset(self) -> Dataset:
+        """The pretraining tuples, tokenized once (not per step; cached per tokenizer and ``model.max_length``)."""
         if self._train is None:
             data = self.data_config
             table = load_table(data.path, data.dataset, data.dataset_config, data.split, data.format, data.cache_dir)
-            self._train = SentenceTuples(
-                build_rows(table, data.mode, data.columns, data.label_column, data.hard_negatives, data.max_samples)
-            )
+            rows = build_rows(table, data.mode, data.columns, data.label_column, data.hard_negatives, data.max_samples)
+            self._train = TokenizedTuples(tokenize_rows(rows, self.tokenizer, self.model_config.max_length))
         return self._train
 
     def collate_train(self, items: list) -> TrainBatch:
-        """Tokenize a batch into one view-major ``BatchEncoding`` ``(V*B, L)`` (module docstring)."""
-        from transformers import BatchEncoding
-
+        """Pad a batch of tokenized tuples into one view-major ``BatchEncoding`` ``(V*B, L)`` (module docstring)."""
         width = len(items[0])
-        max_length = self.model_config.max_length
-        if width == 1:  # unsup: tokenize once, repeat; the two passes differ only by dropout
-            encoded = self._tokenize([item[0] for item in items], max_length)
-            inputs = BatchEncoding({key: torch.cat([value, value]) for key, value in encoded.items()})
-            return TrainBatch(inputs, n_views=2)
+        if width == 1:  # unsup: the sentence twice; the two passes differ only by dropout
+            ids = [item[0] for item in items]
+            return TrainBatch(self._pad(ids + ids), n_views=2)
         columns = list(zip(*items))
-        inputs = self._tokenize([sentence for column in columns for sentence in column], max_length)
-        return TrainBatch(inputs, n_views=2, has_negatives=width == 3)
+        return TrainBatch(self._pad([ids for column in columns for ids in column]), n_views=2, has_negatives=width == 3)
+
+    def _pad(self, ids: list[list[int]]) -> Any:
+        return self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
 
     def eval_datasets(self) -> dict[str, Dataset]:
         return {}  # the sts task reads its own files (eval.sts.root)

@@ -13,12 +13,14 @@ Each mode needs (sentence-transformers style):
              ``premise, hypothesis, label`` with 0 = entailment, 2 = contradiction), grouped by premise.
 ============ ==================================================================================================
 
-Rows with an empty sentence are dropped. Items are tuples of strings; the adapter tokenizes whole batches.
+Rows with an empty sentence are dropped. The rows are tokenized once (:func:`tokenize_rows`), not per step.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,17 +36,47 @@ _ENTAILMENT = ("entailment", 0)
 _CONTRADICTION = ("contradiction", 2)
 
 
-class SentenceTuples(Dataset):
-    """In-memory tuples of 1 (unsup), 2 (pairs) or 3 (triplets) sentences."""
+class TokenizedTuples(Dataset):
+    """Sentence tuples tokenized once (:func:`tokenize_rows`): items are tuples of token-id lists, unpadded; the
+    adapter pads each batch to its longest row."""
 
-    def __init__(self, rows: Sequence[tuple[str, ...]]) -> None:
-        self.rows = list(rows)
+    def __init__(self, rows: Sequence[tuple[list[int], ...]]) -> None:
+        self.rows = rows
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[str, ...]:
+    def __getitem__(self, index: int) -> tuple[list[int], ...]:
         return self.rows[index]
+
+
+_TOKENS: dict[tuple, list] = {}  # the tokenized rows of the last few (tokenizer, max_length, rows)
+_TOKENS_KEPT = 4
+
+
+def tokenize_rows(rows: Sequence[tuple[str, ...]], tokenizer: Any, max_length: int) -> list[tuple[list[int], ...]]:
+    """Every sentence of ``rows`` tokenized once (truncated to ``max_length``), cached per process and keyed by the
+    tokenizer's vocabulary and settings, ``max_length`` and the rows, so a changed tokenizer or length re-tokenizes."""
+    key = (
+        _fingerprint(tokenizer),
+        max_length,
+        hashlib.sha1("\x1f".join("\x1e".join(r) for r in rows).encode()).hexdigest(),
+    )
+    if key not in _TOKENS:
+        width = len(rows[0])
+        ids = tokenizer([s for row in rows for s in row], truncation=True, max_length=max_length)["input_ids"]
+        _TOKENS[key] = [tuple(ids[i * width : (i + 1) * width]) for i in range(len(rows))]
+        while len(_TOKENS) > _TOKENS_KEPT:
+            del _TOKENS[next(iter(_TOKENS))]
+    return _TOKENS[key]
+
+
+def _fingerprint(tokenizer: Any) -> str:
+    """The tokenizer's identity: its full definition for a fast tokenizer, else its class, name and vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    settings = f"{type(tokenizer).__name__}|{getattr(tokenizer, 'name_or_path', '')}|{tokenizer.padding_side}"
+    return hashlib.sha1((settings + text).encode()).hexdigest()
 
 
 def load_table(

@@ -297,6 +297,12 @@ def test_tiny_pretrain_then_evaluate(tiny_model, tmp_path):
     for name, value in exported.state_dict().items():
         if not name.startswith("pooler."):  # the cls MLP is exported into the pooler layer
             torch.testing.assert_close(value, encoder.transformer.state_dict()[name], msg=name)
+    # the model card names the base model, the loss and its options, the budget and the evaluation just stored
+    card = (run_dir / "model" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: sentence-transformers\n")
+    assert "`simcse` temperature=0.05" in card and "3 steps, batch 8 x 1 process(es)" in card
+    assert f"| best | sts | avg | {results['sts']['avg']:.4g} |" in card
+    assert f"the best on validation (stsb_dev_spearman = {saved_best['value']:.4g}), step {best['step']}" in card
     sentence_transformers = pytest.importorskip("sentence_transformers", reason="pip install sentence-transformers")
     model = sentence_transformers.SentenceTransformer(str(run_dir / "model"), device="cpu")
     cosine = torch.nn.functional.cosine_similarity(model.encode(SENTENCES, convert_to_tensor=True),

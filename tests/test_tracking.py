@@ -141,6 +141,22 @@ def test_model_card_and_export_follow_the_run_and_its_evaluations(tmp_path):
         mmcl.load_encoder(tmp_path / "nothing")
 
 
+def test_a_plugin_export_without_a_manifest_gets_no_card(tmp_path, monkeypatch):
+    """A modality whose export writes its own files only (no mmcl_export.json, as before the manifest) still ends
+    its run; the card needs the manifest and is skipped."""
+    from mmcl.modalities.vision.adapter import VisionAdapter
+
+    def export_weights(self, encoder, folder: Path) -> Path:
+        Path(folder).mkdir()
+        torch.save(encoder.state_dict(), Path(folder) / "weights.pt")
+        return Path(folder)
+
+    monkeypatch.setattr(VisionAdapter, "export", export_weights)
+    run = pretrain(load_config(tiny()), tmp_path / "run")
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["weights.pt"]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
 def test_weights_only_final_checkpoint(tmp_path):
     """train.save_optimizer_state=false: the final checkpoint holds the same weights without the optimiser's state
     (smaller: SGD's momentum buffers are the size of the weights), evaluates as usual, and a resume from it is

@@ -573,7 +573,7 @@ class Trainer:
         return scores
 
     def _export(self) -> None:
-        """``RUN/model``: the adapter's own format (e.g. ``save_pretrained``) of the best weights, else the last."""
+        """``RUN/model``: the adapter's own format (e.g. sentence-transformers) of the best weights, else the last."""
         export(self.accelerator, self.adapter, self.encoder, self.run_dir, self.step)
 
 
@@ -592,7 +592,8 @@ def export(
             weights = {"checkpoint": "best", "step": state["step"], "metric": state["metric"], "value": state["value"]}
         folder = adapter.export(model, run_dir / EXPORT_FOLDER)
         if folder is not None:
-            update_manifest(folder, run={"name": run_dir.name, **weights})
+            if is_export(folder):  # a plug-in's export may predate the manifest: then it gets no card either
+                update_manifest(folder, run={"name": run_dir.name, **weights})
             log.info("exported the %s encoder to %s", weights["checkpoint"], folder)
     accelerator.wait_for_everyone()
 

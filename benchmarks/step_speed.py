@@ -51,9 +51,17 @@ def configs(data: Path) -> dict[str, tuple[str, list[str]]]:
     return {
         "vision": ("quickstart", ["optim.warmup_steps=0"]),
         "graph": ("graph/nci1", [f"data.root={data / 'tu'}"]),
-        "text": ("text/minilm_eval", [f"model.name_or_path={minilm()}", "model.local_files_only=true",
-                                      f"data.path={wiki}", "optim.lr=3e-5", "train.batch_size=64",
-                                      "loss.temperature=0.05"]),  # fmt: skip
+        "text": (
+            "text/minilm_eval",
+            [
+                f"model.name_or_path={minilm()}",
+                "model.local_files_only=true",
+                f"data.path={wiki}",
+                "optim.lr=3e-5",
+                "train.batch_size=64",
+                "loss.temperature=0.05",
+            ],
+        ),  # fmt: skip
     }
 
 

@@ -76,6 +76,17 @@ class EvalTask:
         """The protocol with this evaluation's options, e.g. ``weighted kNN (k=200, T=0.1) ...``."""
         return self.protocol.format(**dataclasses.asdict(options)) if self.protocol else self.name
 
+    def headline_values(self, result: dict) -> dict[str, float]:
+        """The numbers of ``result`` at the :attr:`headline` keys (``{"top1": 93.1}``), those it has."""
+        values = {}
+        for key in self.headline:
+            value: Any = result
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[key] = float(value)
+        return values
+
 
 TASKS: Registry[EvalTask] = Registry(
     "evaluation task",

@@ -1,5 +1,6 @@
 """Graph modality: GraphCL's augmentations, encoders, TU loading, the adapter and a tiny MUTAG run."""
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -361,3 +362,44 @@ def test_pretrain_and_evaluate_on_a_pyg_dataset(tmp_path):
     run = mmcl.pretrain(config)
     results = mmcl.evaluate(run)["graph_classification"]
     assert 0 <= results["accuracy"] <= 100 and len(run.metrics()) >= 1
+
+
+@pytest.mark.parametrize(
+    "encoder, options",
+    [("gin", {}), ("gcn", {"pooling": "mean"}), ("sage", {"jumping_knowledge": "last", "batch_norm": False})],
+)
+def test_export_loads_into_the_pyg_classes_and_back_into_mmcl(encoder, options, tmp_path):
+    """RUN/model of a graph run: GraphBackbone rebuilt from the exported constructor arguments, and the same network
+    written with torch_geometric's own layer classes (the model card's code), load the state dict and give mmcl's
+    graph embeddings; mmcl.load_encoder gives the head's too."""
+    from safetensors.torch import load_file
+
+    import mmcl
+    from mmcl.modalities.graph.export import pyg_code
+
+    dataset_options = {"num_graphs": 24, "avg_num_nodes": 7, "num_channels": 3, "num_classes": 2}
+    data = GraphDataConfig(source="pyg", dataset="FakeDataset", dataset_options=dataset_options,
+                           cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    adapter = GraphAdapter(GraphModelConfig(encoder=encoder, hidden_dim=8, num_layers=3, **options), data)
+    torch.manual_seed(0)
+    model = adapter.build_encoder()
+    batch = Batch.from_data_list(list(adapter.source.graphs))
+    with torch.no_grad():
+        model.train()(batch)  # batch-norm statistics off their defaults, as training leaves them
+        model.eval()
+        features, embeddings = model.features(batch), model(batch)
+    folder = adapter.export(model, tmp_path / "model")
+    manifest = json.loads((folder / "mmcl_export.json").read_text())
+    arguments = manifest["backbone"]["arguments"]
+    assert arguments["in_dim"] == 3 and arguments["encoder"] == encoder and manifest["node_features"]["kind"] == "x"
+    with torch.no_grad():
+        backbone = GraphBackbone(**arguments)
+        backbone.load_state_dict(load_file(folder / "backbone.safetensors"))  # strict
+        torch.testing.assert_close(backbone.eval()(batch), features, rtol=0, atol=0)
+        namespace: dict = {}
+        exec(pyg_code(folder), namespace)  # torch_geometric's GINConv/GCNConv/SAGEConv, no mmcl
+        plain = namespace["backbone"](batch.x, batch.edge_index, batch.batch)
+        torch.testing.assert_close(plain, features, rtol=0, atol=1e-6)
+        loaded = mmcl.load_encoder(folder)
+        torch.testing.assert_close(loaded.features(batch), features, rtol=0, atol=0)
+        torch.testing.assert_close(loaded(batch), embeddings, rtol=0, atol=0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import mmcl  # noqa: F401  (torchvision compatibility step before transformers)
+import mmcl  # (also: the torchvision compatibility step before transformers)
 from mmcl.modalities.text.adapter import TextAdapter, TextDataConfig, TextModelConfig
 from mmcl.modalities.text.data import build_rows, load_table, nli_triplets
 from mmcl.modalities.text.encoder import TextEncoder, load_pretrained, masked_mean
@@ -21,8 +21,12 @@ WORDS = (
 ).split()
 
 
-def build_tiny_model(folder: Path, vocabulary: list[str] = WORDS) -> Path:
-    """A random-init 2-layer BERT (hidden 32) and a WordPiece tokenizer over a small vocab, saved to ``folder``."""
+def build_tiny_model(
+    folder: Path, layers: int = 2, initializer_range: float = 0.02, vocabulary: list[str] = WORDS
+) -> Path:
+    """A random-init BERT of ``layers`` layers (hidden 32) and a WordPiece tokenizer over a small vocab, saved to
+    ``folder``. With BERT's ``initializer_range`` (0.02) every layer stays close to its input (the residual
+    dominates); a larger one makes the layers, hence the poolers, differ."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -34,10 +38,11 @@ def build_tiny_model(folder: Path, vocabulary: list[str] = WORDS) -> Path:
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=37,
         max_position_embeddings=64,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
@@ -208,20 +213,21 @@ def test_missing_local_model_fails_fast():
 def test_export_loads_with_automodel_and_state_dict_is_weights_only(tiny_model, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
-    from mmcl.modalities.text.export import save_pretrained
+    from mmcl.modalities.text.export import export_sentence_transformer
 
     encoder = _encoder(tiny_model, "cls", mlp_only_train=True, mlp_init="random")
     with torch.no_grad():
         encoder.mlp.dense.bias.fill_(0.5)  # a "trained" MLP
-    folder = save_pretrained(encoder, encoder.tokenizer, tmp_path / "model")
+    folder = export_sentence_transformer(encoder, tmp_path / "model")
     model, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
     inputs = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     with torch.no_grad():
         out = model(**inputs)
         torch.testing.assert_close(out.last_hidden_state[:, 0], encoder.features(inputs))
         torch.testing.assert_close(out.pooler_output, encoder(inputs))  # the MLP went into BERT's pooler
-    info = json.loads((folder / "mmcl_sentence_embedding.json").read_text())
+    info = json.loads((folder / "mmcl_export.json").read_text())
     assert info["evaluation_pooler"] == "cls_before_pooler" and info["mlp_in_pooler_layer"]
+    assert info["simcse_evaluation_pooler"] == "cls_before_pooler" and info["modality"] == "text"
     torch.save(encoder.state_dict(), tmp_path / "state.pt")
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     fresh = _encoder(tiny_model, "cls", mlp_only_train=True, mlp_init="random")
@@ -296,6 +302,17 @@ def test_tiny_pretrain_then_evaluate(tiny_model, tmp_path):
     for name, value in exported.state_dict().items():
         if not name.startswith("pooler."):  # the cls MLP is exported into the pooler layer
             torch.testing.assert_close(value, encoder.transformer.state_dict()[name], msg=name)
+    # the model card names the base model, the loss and its options, the budget and the evaluation just stored
+    card = (run_dir / "model" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: sentence-transformers\n")
+    assert "`simcse` temperature=0.05" in card and "3 steps, batch 8 x 1 process(es)" in card
+    assert f"| best | sts | avg | {results['sts']['avg']:.4g} |" in card
+    assert f"the best on validation (stsb_dev_spearman = {saved_best['value']:.4g}), step {best['step']}" in card
+    sentence_transformers = pytest.importorskip("sentence_transformers", reason="pip install sentence-transformers")
+    model = sentence_transformers.SentenceTransformer(str(run_dir / "model"), device="cpu")
+    cosine = torch.nn.functional.cosine_similarity(model.encode(SENTENCES, convert_to_tensor=True),
+                                                   encoder.encode(SENTENCES))  # fmt: skip
+    assert cosine.min() > 0.9999
 
 
 def test_validation_scores_stsb_dev(tiny_model, tmp_path):
@@ -396,3 +413,68 @@ def test_rows_are_tokenized_once_and_the_cache_follows_tokenizer_and_length(tiny
     direct = tokenizer([row[0] for row in rows] * 2, padding=True, truncation=True, max_length=32, return_tensors="pt")
     assert torch.equal(batch.inputs["input_ids"], direct["input_ids"])
     assert torch.equal(batch.inputs["attention_mask"], direct["attention_mask"])
+
+
+# (pooler, mlp_only_train, layers): cls with SimCSE's MLP at evaluation (supervised SimCSE) and in training only
+# (unsupervised SimCSE: evaluated as the bare [CLS]); first_last_avg on 3 layers, where it differs from averaging
+# every layer after the first and from top2_avg. The model's large initialisation makes the poolers' embeddings
+# differ (cosine 0.65-0.83 between the layer averages; BERT's 0.02 would leave them above 0.9999).
+ST_POOLERS = [
+    ("cls", False, 2),
+    ("cls", True, 2),
+    ("cls_before_pooler", True, 2),
+    ("mean", True, 2),
+    ("first_last_avg", True, 3),
+    ("top2_avg", True, 3),
+]
+
+
+@pytest.mark.parametrize("pooler, mlp_only_train, layers", ST_POOLERS)
+def test_sentence_transformers_embeds_the_export_as_mmcl_evaluates(pooler, mlp_only_train, layers, tmp_path):
+    """SentenceTransformer(RUN/model).encode equals mmcl's evaluation embeddings (cosine > 0.9999), normalised,
+    with the run's max_seq_length; mmcl.load_encoder restores the encoder (evaluation and loss embeddings)."""
+    sentence_transformers = pytest.importorskip("sentence_transformers", reason="pip install sentence-transformers")
+    from mmcl.modalities.text.export import export_sentence_transformer
+
+    model_folder = build_tiny_model(tmp_path / "tiny", layers=layers, initializer_range=0.5)
+    transformer, tokenizer = load_pretrained(str(model_folder), local_files_only=True)
+    torch.manual_seed(1)
+    encoder = TextEncoder(transformer, tokenizer, pooler, mlp_only_train, "random", eval_max_length=48).eval()
+    if encoder.mlp is not None:
+        with torch.no_grad():
+            encoder.mlp.dense.bias.normal_()  # a "trained" MLP: unlike BERT's own pooler layer
+    folder = export_sentence_transformer(encoder, tmp_path / "model")
+    model = sentence_transformers.SentenceTransformer(str(folder), device="cpu")
+    sentences = [*SENTENCES, "the cat sat down", "stocks fell sharply in the park"]
+    exported = model.encode(sentences, convert_to_tensor=True)
+    expected = encoder.encode(sentences)
+    assert torch.nn.functional.cosine_similarity(exported, expected).min() > 0.9999
+    torch.testing.assert_close(exported, torch.nn.functional.normalize(expected), rtol=0, atol=1e-5)
+    torch.testing.assert_close(exported.norm(dim=1), torch.ones(len(sentences)))  # mmcl scores by cosine
+    assert model.max_seq_length == 48
+    loaded = mmcl.load_encoder(folder)
+    torch.testing.assert_close(loaded.encode(sentences), expected, rtol=0, atol=1e-6)
+    inputs = encoder.tokenize(sentences, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(inputs), encoder(inputs), rtol=0, atol=1e-6)
+
+
+def test_export_pipeline_is_what_sentence_transformers_reads(tiny_model, tmp_path):
+    """The folder's modules: Transformer, Pooling (cls), Dense (SimCSE's MLP, tanh), Normalize, with the run's
+    maximum length; the legacy configuration keys load without a warning."""
+    pytest.importorskip("sentence_transformers", reason="pip install sentence-transformers")
+    import warnings
+
+    from sentence_transformers import SentenceTransformer
+
+    from mmcl.modalities.text.export import export_sentence_transformer
+
+    encoder = _encoder(tiny_model, "cls", mlp_only_train=False, mlp_init="random")
+    folder = export_sentence_transformer(encoder, tmp_path / "model")
+    modules = json.loads((folder / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    assert json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"] == 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = SentenceTransformer(str(folder), device="cpu")
+    assert type(model[2].activation_function).__name__ == "Tanh"

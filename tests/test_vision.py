@@ -1,5 +1,6 @@
 """The vision modality: backbones, SimCLR views, datasets from local files, and the adapter contract."""
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -286,3 +287,65 @@ def test_the_adapter_draws_views_on_the_device_by_default_and_seeded():
     assert first.inputs.shape == (8, 1, 8, 8) and first.inputs.dtype == torch.float32
     assert torch.equal(first.inputs, again.inputs) and not torch.equal(first.inputs[:4], first.inputs[4:])
     assert first.labels.tolist() == raw.labels.tolist()
+
+
+def _trained_encoder(adapter: VisionAdapter, seed: int = 0):
+    """The adapter's encoder with batch-norm statistics moved off their defaults (as training leaves them)."""
+    torch.manual_seed(seed)
+    encoder = adapter.build_encoder().train()
+    source = adapter.source
+    with torch.no_grad():
+        encoder(torch.randn(8, source.channels, source.size, source.size))
+    return encoder.eval()
+
+
+@pytest.mark.parametrize(
+    "backbone, options",
+    [("resnet18", {}), ("resnet18", {"cifar_stem": False}), ("vit_tiny", {"num_layers": 2}), ("small_cnn", {})],
+)
+def test_export_loads_in_torchvision_and_back_into_mmcl(backbone, options, tmp_path):
+    """RUN/model of an image run: torchvision's own model classes load the backbone (after the documented stem and
+    head changes) and give mmcl's features; mmcl.load_encoder gives the same features and head embeddings."""
+    import torchvision
+    from safetensors.torch import load_file
+
+    import mmcl
+    from mmcl.modalities.vision.export import torchvision_code
+
+    adapter = VisionAdapter(VisionModelConfig(backbone=backbone, backbone_options=options), VisionDataConfig())
+    encoder = _trained_encoder(adapter)
+    folder = adapter.export(encoder, tmp_path / "model")
+    images = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        features, embeddings = encoder.features(images), encoder(images)
+        weights = load_file(folder / "backbone.safetensors")
+        if backbone == "resnet18":  # by hand, as the README shows it
+            model = torchvision.models.resnet18()
+            if options.get("cifar_stem", True):
+                model.conv1 = torch.nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
+                model.maxpool = torch.nn.Identity()
+            else:
+                model.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            model.fc = torch.nn.Identity()
+            model.load_state_dict(weights)  # strict: every key of torchvision's layout, nothing else
+            torch.testing.assert_close(model.eval()(images), features, rtol=0, atol=0)
+        elif backbone == "vit_tiny":
+            model = torchvision.models.VisionTransformer(8, 4, num_layers=2, num_heads=3, hidden_dim=192, mlp_dim=768)
+            model.conv_proj = torch.nn.Conv2d(1, 192, kernel_size=4, stride=4)
+            model.heads = torch.nn.Identity()
+            model.load_state_dict(weights)
+            torch.testing.assert_close(model.eval()(images), features, rtol=0, atol=0)
+        code = torchvision_code(folder)  # what the model card shows
+        if backbone == "small_cnn":
+            assert code is None  # not a torchvision model: mmcl's layout, loaded by mmcl only
+        else:
+            namespace: dict = {}
+            exec(code, namespace)
+            torch.testing.assert_close(namespace["backbone"](images), features, rtol=0, atol=0)
+        loaded = mmcl.load_encoder(folder)
+        assert not loaded.training
+        torch.testing.assert_close(loaded.features(images), features, rtol=0, atol=0)
+        torch.testing.assert_close(loaded(images), embeddings, rtol=0, atol=0)
+    manifest = json.loads((folder / "mmcl_export.json").read_text())
+    assert manifest["modality"] == "vision" and manifest["preprocess"]["mean"] == list(adapter.source.mean)
+    assert sorted(p.name for p in folder.iterdir()) == ["backbone.safetensors", "head.safetensors", "mmcl_export.json"]

@@ -4,14 +4,15 @@ Modalities and tasks depend on this package and on :mod:`mmcl.losses`, never on 
 depends on all of them and finds plug-ins through the registries (import-linter's contracts in
 ``pyproject.toml``, checked by ``tests/test_packaging.py``):
 
-* :class:`ModalityAdapter`, :class:`Encoder`, :class:`TrainBatch`, :class:`Validation`: what a modality provides;
+* :class:`ModalityAdapter`, :class:`Encoder`, :class:`TrainBatch`, :class:`Validation`, :class:`ModelCard`: what a
+  modality provides; :mod:`mmcl.contract.export`: the manifest and weight files every export folder shares;
 * :class:`Registry`: the one registration mechanism (decorators, built-ins imported on first lookup);
 * :class:`Range` and the typed aliases (:data:`PositiveInt`, ...): the ranges of numeric options;
 * :func:`derived_seed`, :class:`SeededViews`: reproducible randomness shared by training and evaluation;
 * :func:`ensure_torchvision_ops`: the CPU-torch compatibility step, run before torchvision or transformers.
 """
 
-from mmcl.contract.adapter import Encoder, ModalityAdapter, TrainBatch, Validation
+from mmcl.contract.adapter import Encoder, ModalityAdapter, ModelCard, TrainBatch, Validation
 from mmcl.contract.compat import ensure_torchvision_ops
 from mmcl.contract.options import (
     Fraction,
@@ -28,6 +29,7 @@ __all__ = [
     "Encoder",
     "Fraction",
     "ModalityAdapter",
+    "ModelCard",
     "NonNegativeFloat",
     "NonNegativeInt",
     "PositiveFloat",

@@ -11,8 +11,9 @@ The engine only ever talks to a :class:`ModalityAdapter`. An adapter provides
 * the **evaluation data**: un-augmented labelled splits (``"train"``, ``"test"``) and
   ``collate_eval`` returning ``(inputs, labels)``;
 * optionally, ``validation`` (a registered evaluation task and the score of its result that checkpoint
-  selection maximises, for ``train.validate_every``) and ``export`` (the trained encoder in its ecosystem's
-  format, e.g. ``save_pretrained``).
+  selection maximises, for ``train.validate_every``), ``export`` (the trained encoder in its ecosystem's
+  format, with the manifest of :mod:`mmcl.contract.export`), ``load_export`` (that folder read back) and
+  ``model_card`` (what the modality adds to the model card the engine writes beside the export).
 
 All views of a batch travel as *one* input (view-major: the ``B`` first views, then the ``B``
 second views, then optional hard negatives), so the encoder runs once per step: batch-norm sees the
@@ -24,7 +25,7 @@ nested lists/dicts of tensors, so that Accelerate can place them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -72,6 +73,17 @@ class Validation:
     options: dict
     metric: str
     name: str
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a modality adds to the model card (``RUN/model/README.md``) that the engine writes beside its export:
+    Hugging Face card ``metadata`` (the YAML front matter: ``library_name``, ``tags``, ``pipeline_tag``, ...) and
+    ``usage``, Markdown showing how the export loads in its ecosystem's own tools. The engine adds the training
+    (config, loss, data, budget) and the evaluation results."""
+
+    metadata: dict = field(default_factory=dict)
+    usage: str = ""
 
 
 class ModalityAdapter(ABC):
@@ -130,8 +142,23 @@ class ModalityAdapter(ABC):
     def collate_eval(self, items: list) -> tuple[Any, Tensor]: ...
 
     def export(self, encoder: Encoder, folder: Path) -> Path | None:
-        """Write the trained encoder in its ecosystem's own format at the end of a run (None: nothing to write)."""
+        """Write the trained encoder in its ecosystem's own format at the end of a run (None: nothing to write),
+        with the manifest (:func:`mmcl.contract.export.write_manifest`) that :meth:`load_export` reads."""
         return None
+
+    @classmethod
+    def load_export(cls, folder: Path) -> Encoder:
+        """The encoder of an export folder written by :meth:`export`, in eval mode (``mmcl.load_encoder``)."""
+        raise NotImplementedError(f"the {cls.name} modality does not read export folders; load its checkpoint instead")
+
+    def model_card(self, folder: Path) -> ModelCard:
+        """The modality's part of the model card of the export in ``folder`` (default: loading it with mmcl)."""
+        usage = (
+            "```python\nimport mmcl\n\n"
+            f'encoder = mmcl.load_encoder("{folder}")\n'
+            "# encoder(x): the projection head's embeddings; encoder.features(x): the backbone's\n```"
+        )
+        return ModelCard(metadata={"library_name": "mmcl", "tags": ["mmcl", self.name]}, usage=usage)
 
     @property
     def has_labels(self) -> bool:

@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmcl.contract import Encoder
+from mmcl.contract.export import is_export, read_manifest
 from mmcl.engine import checkpoint
 from mmcl.engine.config import Config, ConfigSource, load_config
 from mmcl.engine.evaluate import build_encoder, evaluate_run
 from mmcl.engine.plugins import load_plugins
 from mmcl.engine.runs import read_evaluations
+from mmcl.modalities import modality_class
 
 
 @dataclass(frozen=True)
@@ -131,13 +133,17 @@ def evaluate(
 
 
 def load_encoder(target: RunLike, *, plugins: Iterable[str] = ()) -> Encoder:
-    """The trained encoder of a run (its best, else latest, checkpoint) or of a checkpoint file, in eval mode.
+    """The trained encoder of a run (its best, else latest, checkpoint), of a checkpoint file, or of an export
+    folder (a run's ``model/``, written at the end of training, which needs no run folder), in eval mode.
 
     ``encoder(inputs)`` gives the loss embeddings (the projection head's), ``encoder.features(inputs)`` the
     backbone's; a text encoder also has ``encoder.encode(sentences)``, as sentence-transformers' models do.
     """
     load_plugins(plugins)
-    run_dir, candidates = checkpoint.resolve(Path(os.fspath(target)).expanduser())
+    path = Path(os.fspath(target)).expanduser()
+    if is_export(path):
+        return modality_class(read_manifest(path)["modality"]).load_export(path).eval()
+    run_dir, candidates = checkpoint.resolve(path)
     checkpoint_file, _ = checkpoint.load_newest_readable(candidates)
     encoder, _ = build_encoder(load_config(run_dir / "config.yaml"), checkpoint_file)
     return encoder.eval()

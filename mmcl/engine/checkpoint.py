@@ -2,9 +2,11 @@
 ``weights_only=True``; an unreadable newest checkpoint is skipped for the newest readable one.
 
 ``RUN/checkpoints/step_NNNNNNNN.pt`` holds the model, optimiser, scheduler and loss states, the step, the world
-size and the best validation so far; ``best.pt`` (with ``train.validate_every``) the weights with the best
-validation score. A process killed while saving leaves only a ``.tmp`` file, so the previous checkpoint stays the
-latest; a checkpoint cut short by a full disk or a copy error is skipped on resume and evaluation, with a note.
+size and the best validation so far (the run's last one without the optimiser and scheduler states under
+``train.save_optimizer_state=false``: weights only, not resumable); ``best.pt`` (with ``train.validate_every``) the
+weights with the best validation score. A process killed while saving leaves only a ``.tmp`` file, so the previous
+checkpoint stays the latest; a checkpoint cut short by a full disk or a copy error is skipped on resume and
+evaluation, with a note.
 """
 
 from __future__ import annotations

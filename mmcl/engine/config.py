@@ -83,6 +83,13 @@ class TrainConfig:
     monitor_losses: list[Any] = field(default_factory=list)  # other losses logged without gradient: names or {name,...}
     cpu: bool = False
     progress_bar: bool = True
+    # Accelerate's experiment trackers (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab,
+    # trackio); [] logs to metrics.jsonl only. Each gets the flattened config as hyperparameters; TensorBoard also
+    # the evaluation results (mmcl.engine.tracking). wandb runs offline unless you are logged in.
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # false: the final checkpoint holds the weights without the optimiser's and scheduler's state (a third the
+    # size with Adam), for runs only evaluated or exported afterwards; it cannot be resumed
+    save_optimizer_state: bool = True
 
 
 @dataclass

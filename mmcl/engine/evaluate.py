@@ -7,6 +7,8 @@ Every evaluation is stored in its run folder's ``eval.json`` under the encoder i
 ``random_init``, or ``as_built`` for a config's encoder without training), one entry per task with the task's
 options, the seed, the library versions and the time, merged with what is there (:func:`mmcl.engine.runs.
 record_evaluation`). Evaluating a config creates an evaluation folder under ``train.output_dir`` for its results.
+An evaluation of a trained run is also shown where runs are compared (:func:`publish_evaluation`): the model card of
+its export is rewritten from ``eval.json`` and, when the run logs to TensorBoard, its headline numbers are added there.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from pathlib import Path
 import torch
 
 from mmcl.contract import Encoder, ModalityAdapter
-from mmcl.engine import checkpoint, runs
+from mmcl.contract.export import is_export
+from mmcl.engine import checkpoint, runs, tracking
+from mmcl.engine.card import EXPORT_FOLDER, write_model_card
 from mmcl.engine.config import Config, ConfigSource, EvalConfig, build_adapter, load_config
 from mmcl.tasks import EvalContext, available_tasks, get_task
 
@@ -117,6 +121,8 @@ def evaluate_run(
               "versions": runs.library_versions(), "evaluated": runs.now()}  # fmt: skip
     for task, result in results.items():
         results_file = runs.record_evaluation(run_dir, key, task, {**result, **stored})
+    if checkpoint_file is not None or random_init:
+        publish_evaluation(run_dir, config, adapter, key, results, checkpoint_file)
     results.update(
         encoder=key if key in ("random_init", "as_built") else "pretrained",
         checkpoint=stored["checkpoint"],
@@ -128,6 +134,24 @@ def evaluate_run(
     if output is not None:
         Path(output).write_text(json.dumps(results, indent=2))
     return results
+
+
+def publish_evaluation(
+    run_dir: Path, config: Config, adapter: ModalityAdapter, key: str, results: dict, checkpoint_file: Path | None
+) -> None:
+    """Show a stored evaluation of a trained run where runs are compared: the model card of its export (rewritten
+    from ``eval.json``) and, when the run logs to TensorBoard, its scalars for the HParams view."""
+    if is_export(run_dir / EXPORT_FOLDER):
+        write_model_card(run_dir, adapter)
+    if "tensorboard" in config.train.loggers:
+        step = 0 if checkpoint_file is None else checkpoint_step(checkpoint_file)
+        tracking.log_evaluation(run_dir, key, results, step)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The training step of a checkpoint file (``step_NNNNNNNN.pt`` by its name, ``best.pt`` by its content)."""
+    match = checkpoint.PATTERN.search(Path(path).name)
+    return int(match.group(1)) if match else int(checkpoint.load_checkpoint(path).get("step", 0))
 
 
 def _evaluation_folder(config: Config) -> Path:
@@ -157,10 +181,8 @@ def format_results(results: dict) -> str:
     """A two-column table of each task's headline numbers, and where the results are stored."""
     rows = [(key, str(results[key])) for key in ("encoder", "loss") if key in results]
     for name in (name for name in results if name in available_tasks()):
-        for key in get_task(name).headline:
-            number = lookup(results[name], key)
-            if isinstance(number, float):
-                rows.append((f"{name} {key}", f"{number:.4g}"))
+        for key, number in get_task(name).headline_values(results[name]).items():
+            rows.append((f"{name} {key}", f"{number:.4g}"))
     if "results_file" in results:
         rows.append(("results", results["results_file"]))
     width = max(len(name) for name, _ in rows)

@@ -7,7 +7,8 @@ A run folder holds::
     metrics.jsonl   one record per logged step (each step once, also across resumes)
     checkpoints/    step_NNNNNNNN.pt (the last train.keep_checkpoints), best.pt with train.validate_every
     eval.json       every evaluation, per checkpoint and task, merged (never overwritten)
-    tensorboard/    TensorBoard logs;   model/   the modality's export, where it has one
+    tensorboard/    TensorBoard logs (train.loggers: other trackers' folders, e.g. wandb/)
+    model/          the modality's export with its model card (mmcl.engine.card)
     .lock           held while a process trains in the folder
 
 The rules:
@@ -57,6 +58,8 @@ RESUMABLE = (
     "train.validate_every",
     "train.auto_resume",
     "train.monitor_losses",  # logged without gradient: they never change the weights
+    "train.loggers",
+    "train.save_optimizer_state",
     "eval.",  # every evaluation option
 )
 LIBRARIES = ("torch", "torchvision", "transformers", "torch_geometric", "accelerate", "datasets", "scikit-learn")

@@ -36,7 +36,9 @@ from tqdm.auto import tqdm
 
 from mmcl import losses
 from mmcl.contract import ModalityAdapter, SeededViews, TrainBatch, derived_seed
-from mmcl.engine import checkpoint, runs
+from mmcl.contract.export import is_export, update_manifest
+from mmcl.engine import checkpoint, runs, tracking
+from mmcl.engine.card import EXPORT_FOLDER, write_model_card
 from mmcl.engine.config import Config, build_adapter, config_from_dict
 from mmcl.engine.evaluate import validation_score
 from mmcl.engine.gradcache import batch_dependent_layers, cached_step, split_inputs
@@ -131,6 +133,7 @@ def pretrain(
         allow_world_size_change: accept resuming with another number of processes (it changes the global batch).
     """
     train = config.train
+    tracking.check_loggers(train.loggers)  # before anything is written
     if train.threads:
         torch.set_num_threads(train.threads)
     # Accelerate keeps its state per process; a second run in the same process (notebooks, tests, studies) may
@@ -164,6 +167,8 @@ def pretrain(
             raise
         if record:
             record.end_session("finished", at_step=trainer.step)
+            if is_export(run_dir / EXPORT_FOLDER):
+                write_model_card(run_dir, trainer.adapter)  # after the session ended: with its wall time
     return run_dir
 
 
@@ -236,6 +241,12 @@ def _prepare_resume(config: Config, run_dir: Path) -> dict:
     if not candidates:
         raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start the run anew instead")
     path, state = checkpoint.load_newest_readable(candidates)
+    if "optimizer" not in state:
+        raise ValueError(
+            f"--resume: {path} holds the weights only (it was written with train.save_optimizer_state=false): the "
+            "optimiser state a run continues from is not there. Start a new run instead; keep "
+            "train.save_optimizer_state=true (the default) for runs you may want to extend"
+        )
     skipped = [p.name for p in candidates[: candidates.index(path)]]
     saved = runs.parse_saved_config(run_dir)
     config_from_dict(saved)  # the saved config itself must still be valid (registered names, ranges)
@@ -269,7 +280,7 @@ class Trainer:
             cpu=train.cpu,
             mixed_precision=train.precision,
             gradient_accumulation_steps=train.grad_accumulation,
-            log_with=_tensorboard(),
+            log_with=tracking.log_with(train.loggers, self.run_dir),
             project_dir=str(self.run_dir),
         )
         accelerator = self.accelerator
@@ -306,8 +317,7 @@ class Trainer:
         if start is not None:
             self._restore(start, allow_world_size_change)
         self._record_session()
-        if _tensorboard():
-            accelerator.init_trackers("tensorboard")
+        tracking.start(accelerator, self.config.to_dict(), self.run_dir)
 
     def _check_components(self, encoder: torch.nn.Module) -> None:
         train, adapter = self.train, self.adapter
@@ -399,7 +409,7 @@ class Trainer:
             raise KeyboardInterrupt(
                 f"stopped by signal at step {self.step}; resume with --resume (checkpoint saved in {self.run_dir})"
             )
-        self._save()
+        self._save(final=True)
         self._export()
         accelerator.end_training()
 
@@ -547,14 +557,20 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints, validation, export
 
-    def _save(self) -> None:
+    def _save(self, final: bool = False) -> None:
+        """A checkpoint of this step; the run's last one without the optimiser and scheduler states when
+        ``train.save_optimizer_state`` is false (checkpoints a stopped run resumes from always keep them)."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            resumable = not final or self.train.save_optimizer_state
             state = {
                 "model": accelerator.unwrap_model(self.encoder).state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
+                **(
+                    {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+                    if resumable
+                    else {}
+                ),  # fmt: skip
                 "loss": self.loss_fn.state_dict(),
                 "step": self.step,
                 "total_steps": self.total_steps,
@@ -581,20 +597,28 @@ class Trainer:
         return scores
 
     def _export(self) -> None:
-        """``RUN/model``: the adapter's own format (e.g. ``save_pretrained``) of the best weights, else the last."""
-        export(self.accelerator, self.adapter, self.encoder, self.run_dir)
+        """``RUN/model``: the adapter's own format (e.g. sentence-transformers) of the best weights, else the last."""
+        export(self.accelerator, self.adapter, self.encoder, self.run_dir, self.step)
 
 
-def export(accelerator: Accelerator, adapter: ModalityAdapter, encoder: torch.nn.Module, run_dir: Path) -> None:
-    """``RUN/model``: the adapter's own format (e.g. ``save_pretrained``) of the best weights, else the last."""
+def export(
+    accelerator: Accelerator, adapter: ModalityAdapter, encoder: torch.nn.Module, run_dir: Path, step: int
+) -> None:
+    """``RUN/model``: the adapter's own format (e.g. sentence-transformers) of the best weights, else those of the
+    final ``step``; its manifest records which."""
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(encoder)
         best = checkpoint.best_path(run_dir)
+        weights = {"checkpoint": "final", "step": step}
         if best.is_file():
-            checkpoint.load_model_state(model, checkpoint.load_checkpoint(best), best)
-        folder = adapter.export(model, run_dir / "model")
+            state = checkpoint.load_checkpoint(best)
+            checkpoint.load_model_state(model, state, best)
+            weights = {"checkpoint": "best", "step": state["step"], "metric": state["metric"], "value": state["value"]}
+        folder = adapter.export(model, run_dir / EXPORT_FOLDER)
         if folder is not None:
-            log.info("exported %s encoder to %s", "best" if best.is_file() else "final", folder)
+            if is_export(folder):  # a plug-in's export may predate the manifest: then it gets no card either
+                update_manifest(folder, run={"name": run_dir.name, **weights})
+            log.info("exported the %s encoder to %s", weights["checkpoint"], folder)
     accelerator.wait_for_everyone()
 
 
@@ -623,11 +647,3 @@ def _any(accelerator: Accelerator, flag: bool) -> bool:
         return bool(flag)
     value = torch.tensor(float(flag), device=accelerator.device)
     return bool(accelerator.reduce(value, reduction="sum") > 0)
-
-
-def _tensorboard() -> str | None:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return None
-    return "tensorboard"

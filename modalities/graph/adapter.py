@@ -19,6 +19,7 @@ cross-validation over all graphs, as GraphCL evaluates).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -28,12 +29,13 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import AddSelfLoops
 
 from mmcl.contract import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
-from mmcl.contract.adapter import Encoder, ModalityAdapter, TrainBatch
+from mmcl.contract.adapter import Encoder, ModalityAdapter, ModelCard, TrainBatch
 from mmcl.modalities import register_modality
 from mmcl.modalities.graph.augment import GRAPHCL_TU_STRENGTHS, Augmentation, Identity, build_augmentation
 from mmcl.modalities.graph.batched import BatchedAugmentation, GraphStore, view_major, with_self_loops
 from mmcl.modalities.graph.datasets import GraphSource, load_graphs
 from mmcl.modalities.graph.encoders import ENCODERS, GraphBackbone, projection_head, xavier_init_
+from mmcl.modalities.graph.export import export_encoder, load_encoder, usage
 
 
 @dataclass
@@ -162,13 +164,38 @@ class GraphAdapter(ModalityAdapter):
         return self.source.labels is not None  # TU graphs have class labels (used only by supervised losses)
 
     def build_encoder(self) -> Encoder:
+        backbone = GraphBackbone(**self.backbone_arguments())
+        encoder = Encoder(backbone, projection_head(**self.head_arguments(backbone.out_dim)))
+        return xavier_init_(encoder) if self.model_config.xavier_init else encoder
+
+    def backbone_arguments(self) -> dict:
+        """:class:`GraphBackbone`'s constructor arguments (the node feature width read from the data)."""
         cfg = self.model_config
-        backbone = GraphBackbone(self.source.num_features, cfg.hidden_dim, cfg.num_layers, cfg.encoder, cfg.pooling,
-                                 cfg.jumping_knowledge, cfg.batch_norm, cfg.batch_norm_per_view)  # fmt: skip
-        width = backbone.out_dim
-        head = projection_head(width, cfg.head_hidden_dim or width, cfg.head_dim or width, cfg.head_layers)
-        encoder = Encoder(backbone, head)
-        return xavier_init_(encoder) if cfg.xavier_init else encoder
+        return {"in_dim": self.source.num_features, "hidden_dim": cfg.hidden_dim, "num_layers": cfg.num_layers,
+                "encoder": cfg.encoder, "pooling": cfg.pooling, "jumping_knowledge": cfg.jumping_knowledge,
+                "batch_norm": cfg.batch_norm, "batch_norm_per_view": cfg.batch_norm_per_view}  # fmt: skip
+
+    def head_arguments(self, width: int) -> dict:
+        """:func:`projection_head`'s arguments for an embedding of ``width``."""
+        cfg = self.model_config
+        return {"in_dim": width, "hidden_dim": cfg.head_hidden_dim or width, "out_dim": cfg.head_dim or width,
+                "layers": cfg.head_layers}  # fmt: skip
+
+    def export(self, encoder: Encoder, folder: str | Path) -> Path:
+        """The GNN's state dict with its constructor arguments (:mod:`mmcl.modalities.graph.export`)."""
+        d, source = self.data_config, self.source
+        node_features = {"kind": source.node_features, "num_features": source.num_features, "source": d.source,
+                         "dataset": d.dataset, "max_degree": d.max_degree, "self_loops": d.self_loops}  # fmt: skip
+        backbone = self.backbone_arguments()
+        return export_encoder(encoder, folder, backbone, self.head_arguments(encoder.backbone.out_dim), node_features)
+
+    @classmethod
+    def load_export(cls, folder: str | Path) -> Encoder:
+        return load_encoder(folder)
+
+    def model_card(self, folder: Path) -> ModelCard:
+        metadata = {"library_name": "mmcl", "tags": ["mmcl", "graph", "contrastive-learning", "torch-geometric"]}
+        return ModelCard(metadata=metadata, usage=usage(folder))
 
     @property
     def unaugmented(self) -> Augmentation:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmcl.contract import ModalityAdapter, PositiveInt, TrainBatch, Validation
+from mmcl.contract import ModalityAdapter, ModelCard, PositiveInt, TrainBatch, Validation
 from mmcl.modalities import register_modality
 from mmcl.modalities.text.data import TokenizedTuples, build_rows, load_table, tokenize_rows
 
@@ -139,7 +139,25 @@ class TextAdapter(ModalityAdapter):
         return self.tokenizer(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
     def export(self, encoder, folder: str | Path) -> Path:
-        """Save the transformer and tokenizer with ``save_pretrained`` (loadable by ``AutoModel.from_pretrained``)."""
-        from mmcl.modalities.text.export import save_pretrained
+        """A complete sentence-transformers folder (:mod:`mmcl.modalities.text.export`), which
+        ``AutoModel.from_pretrained`` also loads. Normalised: mmcl scores sentence embeddings by their cosine (the
+        ``sts`` task), so tools that take dot products of the exported embeddings score what mmcl scored."""
+        from mmcl.modalities.text.export import export_sentence_transformer
 
-        return save_pretrained(encoder, self.tokenizer, folder)
+        return export_sentence_transformer(encoder, folder, normalize=True, base_model=self.model_config.name_or_path)
+
+    @classmethod
+    def load_export(cls, folder: str | Path):
+        from mmcl.modalities.text.export import load_encoder
+
+        return load_encoder(folder)
+
+    def model_card(self, folder: Path) -> ModelCard:
+        from mmcl.modalities.text.export import usage
+
+        tags = ["sentence-transformers", "feature-extraction", "sentence-similarity", "mmcl"]
+        metadata = {"library_name": "sentence-transformers", "pipeline_tag": "sentence-similarity", "tags": tags}
+        base = self.model_config.name_or_path
+        if not Path(base).expanduser().exists():  # a hub name (a local folder is no base_model others can find)
+            metadata["base_model"] = base
+        return ModelCard(metadata=metadata, usage=usage(folder))

@@ -11,6 +11,7 @@ Example config (the packaged ``vision/cifar10``)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
@@ -19,10 +20,11 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from mmcl.contract import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
-from mmcl.contract.adapter import Encoder, ModalityAdapter, TrainBatch
+from mmcl.contract.adapter import Encoder, ModalityAdapter, ModelCard, TrainBatch
 from mmcl.modalities import register_modality
 from mmcl.modalities.vision.backbones import backbone_options, build_backbone, build_head
 from mmcl.modalities.vision.datasets import ImageSource, load_source, seeded_subset
+from mmcl.modalities.vision.export import export_encoder, load_encoder, usage
 from mmcl.modalities.vision.transforms import BatchViews, ViewSettings, eval_transform, simclr_view, view_settings
 
 
@@ -121,6 +123,13 @@ class VisionAdapter(ModalityAdapter):
         return "digits" if size <= 8 else min(("28", "32", "96", "224"), key=lambda p: abs(int(p) - size))
 
     def build_encoder(self) -> Encoder:
+        spec = self.backbone_arguments()
+        backbone, feature_dim = build_backbone(spec["name"], spec["in_channels"], **spec["options"])
+        head = self.head_arguments(feature_dim)
+        return Encoder(backbone, build_head(**head))
+
+    def backbone_arguments(self) -> dict:
+        """``{name, in_channels, options}`` of :func:`build_backbone`, with the options the data decide filled in."""
         cfg, source = self.model_config, self.source
         options = dict(cfg.backbone_options)
         accepted = backbone_options(cfg.backbone)
@@ -128,11 +137,43 @@ class VisionAdapter(ModalityAdapter):
             options.setdefault("image_size", source.size)
         if "cifar_stem" in accepted:
             options.setdefault("cifar_stem", source.size <= 64)  # 7x7/2 conv + max-pool would erase small images
-        backbone, feature_dim = build_backbone(cfg.backbone, in_channels=source.channels, **options)
-        head = build_head(
-            feature_dim, cfg.head_hidden_dim or feature_dim, cfg.head_dim, cfg.head_layers, cfg.head_batch_norm
-        )
-        return Encoder(backbone, head)
+        return {"name": cfg.backbone, "in_channels": source.channels, "options": options}
+
+    def head_arguments(self, feature_dim: int) -> dict:
+        """:func:`build_head`'s arguments for a backbone of ``feature_dim`` features."""
+        cfg = self.model_config
+        return {"in_dim": feature_dim, "hidden_dim": cfg.head_hidden_dim or feature_dim, "out_dim": cfg.head_dim,
+                "num_layers": cfg.head_layers, "batch_norm": cfg.head_batch_norm}  # fmt: skip
+
+    def export(self, encoder: Encoder, folder: str | Path) -> Path:
+        """The backbone in torchvision's layout, the head and their options (:mod:`mmcl.modalities.vision.export`)."""
+        source = self.source
+        backbone = self.backbone_arguments()
+        feature_dim = self._feature_dim(encoder)
+        preprocess = {"image_size": source.size, "channels": source.channels, "mean": list(source.mean),
+                      "std": list(source.std), "resize": source.resize_for_eval}  # fmt: skip
+        return export_encoder(encoder, folder, backbone, self.head_arguments(feature_dim), preprocess)
+
+    @torch.no_grad()
+    def _feature_dim(self, encoder: Encoder) -> int:
+        """The backbone's feature width, from one blank image in eval mode (batch norm statistics untouched)."""
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            device = next(encoder.parameters()).device
+            image = torch.zeros(1, self.source.channels, self.source.size, self.source.size, device=device)
+            return int(encoder.features(image).shape[1])
+        finally:
+            encoder.train(was_training)
+
+    @classmethod
+    def load_export(cls, folder: str | Path) -> Encoder:
+        return load_encoder(folder)
+
+    def model_card(self, folder: Path) -> ModelCard:
+        tags = ["mmcl", "vision", "contrastive-learning", "image-feature-extraction"]
+        metadata = {"library_name": "mmcl", "tags": tags, "pipeline_tag": "image-feature-extraction"}
+        return ModelCard(metadata=metadata, usage=usage(folder))
 
     def _settings(self) -> ViewSettings | None:
         """The view settings of the preset with the config's overrides; None for ``data.augment=none``."""

@@ -32,5 +32,7 @@ class SeededViews(Dataset):
 
     def __getitem__(self, index: int):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derived_seed(self.seed, self.epoch, index))
+            # the CPU generator only: torch.manual_seed also seeds every accelerator backend, which costs about a
+            # millisecond per call where CUDA is not initialised (it records a traceback for its lazy call)
+            torch.default_generator.manual_seed(derived_seed(self.seed, self.epoch, index))
             return self.dataset[index]

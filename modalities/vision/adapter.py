@@ -87,6 +87,11 @@ class Transformed(Dataset):
         return self.transform(image), label
 
 
+def as_image_tensor(image) -> Tensor:
+    """A ``(C, H, W)`` uint8 tensor of an image: a tensor as it is (the fast path), a PIL image converted."""
+    return image if isinstance(image, Tensor) else v2.functional.pil_to_tensor(image)
+
+
 @register_modality
 class VisionAdapter(ModalityAdapter):
     """Images: a torchvision backbone plus SimCLR head, SimCLR views, torchvision datasets."""
@@ -212,7 +217,7 @@ class VisionAdapter(ModalityAdapter):
         d = self.data_config
         data = seeded_subset(self.source.pretrain, d.train_subset, d.subset_seed)
         if self.on_device:  # the loader only decodes: items (uint8 image, label)
-            return Transformed(data, v2.ToImage())
+            return Transformed(data, as_image_tensor)
         return MultiView(data, self.view_transform(), d.n_views)
 
     def collate_train(self, items: list) -> TrainBatch:

@@ -119,7 +119,9 @@ class BatchViews(torch.nn.Module):
 
         size = (settings.size, settings.size)
         steps: list[torch.nn.Module] = [
-            K.RandomResizedCrop(size, scale=(settings.crop_min_scale, 1.0), align_corners=False),
+            K.RandomResizedCrop(
+                size, scale=(settings.crop_min_scale, 1.0), align_corners=False, cropping_mode="resample"
+            ),
             K.RandomHorizontalFlip(p=settings.flip_prob),
         ]
         if settings.jitter_strength > 0 and settings.jitter_prob > 0:

@@ -23,13 +23,15 @@ from mmcl.losses import nt_xent, info_nce, simcse, graphcl, dcl, debiased, hcl, 
 from mmcl.losses import margin, macl, dystress, dhel, kcl, align_uniform  # noqa: F401
 
 # isort: on
-from mmcl.losses.core import ContrastiveLoss, EmbeddingLoss, PositiveWeights
+from mmcl.losses.core import ContrastiveLoss, EmbeddingLoss
 from mmcl.losses.distributed import gather, gather_with_grad
+from mmcl.losses.parts.weights import MACLWeights, PositiveWeights
 from mmcl.losses.registry import available, build, format_table, info, options, register_loss
 
 __all__ = [
     "ContrastiveLoss",
     "EmbeddingLoss",
+    "MACLWeights",
     "PositiveWeights",
     "available",
     "build",

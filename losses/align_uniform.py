@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -32,6 +33,11 @@ from mmcl.losses.core import EmbeddingLoss
 from mmcl.losses.kcl import squared_distance
 from mmcl.losses.parts.layouts import Batch
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import ExecutionOptions
 
 
 def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
@@ -48,14 +54,12 @@ class AlignUniformLoss(EmbeddingLoss):
         alpha: float = 2.0,
         t: float = 2.0,
         lam: float = 1.0,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
+        **execution: Unpack[ExecutionOptions],
     ) -> None:
-        super().__init__(gather_distributed)
+        super().__init__(**execution)
         self.alpha = check_positive("alpha", alpha)
         self.t = check_positive("t", t)
         self.lam = float(lam)
-        self.compute_diagnostics = bool(diagnostics)
 
     def compute(self, batch: Batch) -> Tensor:
         distance = (batch.u - batch.v).norm(dim=1)

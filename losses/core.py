@@ -25,44 +25,51 @@ the global loss (see :mod:`mmcl.losses.distributed`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 import torch
 from torch import Tensor, nn
 
 from mmcl.losses import blockwise, distributed
-from mmcl.losses.checks import check_choice, check_embeddings, check_labels, check_negatives, check_positive, normalise
+from mmcl.losses.checks import check_choice, check_embeddings, check_labels, check_negatives, normalise
+from mmcl.losses.execution import BlockwiseOptions, Execution, ExecutionOptions
 from mmcl.losses.parts.layouts import Batch, ContrastTable, Layout
 from mmcl.losses.parts.margin import MarginGradientScaling, PositiveMargin, straight_through_scale
 from mmcl.losses.parts.negatives import NegativeWeighting, masked_logsumexp
 from mmcl.losses.parts.temperature import TemperatureRule, as_temperature_rule
+from mmcl.losses.parts.weights import MACLWeights, PositiveWeights, as_reweighting
 
+if TYPE_CHECKING:
+    from typing import Unpack
 
-class PositiveWeights(nn.Module):
-    """DCLW's detached positive weights, ``w_i = 2 - n * softmax_i(sg(u_i . v_i) / sigma)`` over ``n`` pairs."""
-
-    def __init__(self, sigma: float = 0.5, batch_stat_scope: str = "local") -> None:
-        super().__init__()
-        self.sigma = check_positive("sigma", sigma)
-        self.batch_stat_scope = check_choice("batch_stat_scope", batch_stat_scope, ("local", "global"))
-
-    def forward(self, pair_cos: Tensor) -> Tensor:
-        return 2 - pair_cos.shape[0] * torch.softmax(pair_cos.detach() / self.sigma, dim=0)
+__all__ = ["ContrastiveLoss", "EmbeddingLoss", "PositiveWeights"]
 
 
 class EmbeddingLoss(nn.Module):
     """Shared front end of every loss: input checks, normalisation in float32+, the distributed gather.
 
-    Subclasses implement :meth:`compute` on a :class:`Batch` and fill ``self.diagnostics``.
+    Subclasses implement :meth:`compute` on a :class:`Batch` and fill ``self.diagnostics``; they take the
+    execution options (:mod:`mmcl.losses.execution`) as ``**execution`` and pass them on.
     """
 
     accepts_labels = False
     requires_labels = False
     accepts_negatives = False
     min_global_batch = 2
+    execution_options: ClassVar[type] = ExecutionOptions
 
-    def __init__(self, gather_distributed: bool = True) -> None:
+    def __init__(self, **execution: Unpack[ExecutionOptions]) -> None:
         super().__init__()
-        self.gather_distributed = bool(gather_distributed)
+        self.execution = Execution.of(type(self).__name__, self.execution_options, execution)
         self.diagnostics: dict[str, Tensor] = {}
+
+    @property
+    def gather_distributed(self) -> bool:
+        return self.execution.gather_distributed
+
+    @property
+    def compute_diagnostics(self) -> bool:
+        return self.execution.diagnostics
 
     def forward(
         self,
@@ -161,8 +168,8 @@ class ContrastiveLoss(EmbeddingLoss):
         negatives: :class:`~losses.negatives.NegativeWeighting` (tilt, debiasing, counts, split sums).
         objective: ``"coupled"`` (positive in the denominator) or ``"decoupled"``.
         positives_in_denominator: every positive of a row in every one of its denominators (SupCon).
-        positive_weights: :class:`PositiveWeights` on the decoupled positive term (DCLW).
-        reweight: ``"macl"`` multiplies each term by the detached ``1 / (1 - P_ap + eps)``.
+        positive_weights: :class:`~losses.weights.PositiveWeights` on the decoupled positive term (DCLW).
+        reweight: :class:`~losses.weights.MACLWeights` on each coupled term (``"macl"``: its defaults).
         gradient_scaling: :class:`~losses.margin.MarginGradientScaling` (gradient-only margin effects).
         loss_scale: constant factor (SupCon's ``tau / tau_base``).
         reduction: ``"anchors"`` (mean over rows per direction) or ``"pairs"`` (mean over all pairs).
@@ -170,14 +177,14 @@ class ContrastiveLoss(EmbeddingLoss):
         accepts_negatives: take extra hard negatives (the layout must support them).
         empty_negatives: ``"raise"`` for an anchor without negatives, ``"skip"`` such anchors (raise if
             none is left), or ``"allow"`` them (SupCon: the denominator still holds the positives).
-        gather_distributed: use every process's embeddings as candidates under ``torch.distributed``.
-        diagnostics: compute ``loss.diagnostics`` on each call.
-        blockwise: compute the table in blocks of anchor rows with the gradient formed in the forward
-            pass (:mod:`mmcl.losses.blockwise`): ``None`` when the table has at least
-            ``mmcl.losses.blockwise.engine.MIN_ENTRIES`` entries, ``True`` always, ``False`` never. Same values and
-            gradients; memory linear in the batch; no double backward.
-        block_size: anchor rows per block (default: about 2^20 / candidates).
+        **execution: ``gather_distributed``, ``diagnostics``, ``blockwise`` and ``block_size``
+            (:mod:`mmcl.losses.execution`). ``blockwise`` computes the table in blocks of anchor rows with
+            the gradient formed in the forward pass (:mod:`mmcl.losses.blockwise`): ``None`` when the table
+            has at least ``mmcl.losses.blockwise.engine.MIN_ENTRIES`` entries, ``True`` always, ``False``
+            never. Same values and gradients; memory linear in the batch; no double backward.
     """
+
+    execution_options: ClassVar[type] = BlockwiseOptions
 
     def __init__(
         self,
@@ -189,28 +196,16 @@ class ContrastiveLoss(EmbeddingLoss):
         objective: str = "coupled",
         positives_in_denominator: bool = False,
         positive_weights: PositiveWeights | None = None,
-        reweight: str | None = None,
-        reweight_eps: float = 1e-8,
+        reweight: MACLWeights | str | None = None,
         gradient_scaling: MarginGradientScaling | None = None,
         loss_scale: float = 1.0,
         reduction: str = "anchors",
         direction_reduction: str = "mean",
         empty_negatives: str = "raise",
         accepts_negatives: bool = False,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
-        super().__init__(gather_distributed)
-        if blockwise not in (None, True, False):
-            raise ValueError(f"blockwise must be None (automatic), True or False, got {blockwise!r}")
-        if block_size is not None and (
-            isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
-        ):
-            raise ValueError(f"block_size must be a positive integer (anchor rows per block), got {block_size!r}")
-        self.blockwise = blockwise
-        self.block_size = block_size
+        super().__init__(**execution)
         if accepts_negatives and not layout.accepts_negatives:
             raise ValueError(f"{type(layout).__name__} does not take extra negatives")
         self.layout = layout
@@ -220,20 +215,24 @@ class ContrastiveLoss(EmbeddingLoss):
         self.objective = check_choice("objective", objective, ("coupled", "decoupled"))
         self.positives_in_denominator = bool(positives_in_denominator)
         self.positive_weights = positive_weights
-        self.reweight = reweight
-        if reweight not in (None, "macl"):
-            raise ValueError(f"reweight must be None or 'macl', got {reweight!r}")
-        self.reweight_eps = float(reweight_eps)
+        self.reweight = as_reweighting(reweight)
         self.gradient_scaling = gradient_scaling
         self.loss_scale = float(loss_scale)
         self.reduction = check_choice("reduction", reduction, ("anchors", "pairs"))
         self.direction_reduction = check_choice("direction_reduction", direction_reduction, ("mean", "sum"))
         self.empty_negatives = check_choice("empty_negatives", empty_negatives, ("raise", "skip", "allow"))
-        self.compute_diagnostics = bool(diagnostics)
         self.accepts_labels = layout.accepts_labels
         self.requires_labels = layout.requires_labels
         self.accepts_negatives = bool(accepts_negatives)
         self._check_combination()
+
+    @property
+    def blockwise(self) -> bool | None:
+        return self.execution.blockwise
+
+    @property
+    def block_size(self) -> int | None:
+        return self.execution.block_size
 
     # The empty-negative-set check is the batch-size guard: a queue or hard negatives allow one pair.
     min_global_batch = 1
@@ -387,11 +386,13 @@ class ContrastiveLoss(EmbeddingLoss):
             if weighting.debiases:
                 pair_log_mass, floor_active = weighting.debias(pos_logit, pair_log_mass, count, floor_logit)
                 extra["floor_active_frac"] = floor_active.to(pos_logit.dtype).mean()
-            denominator = torch.logaddexp(pos_logit, pair_log_mass)
-        terms = denominator - pos_logit
+            # t = log(1 + M / e^l): exact when P is near 1, where the denominator minus the logit is not.
+            terms = torch.logaddexp(torch.zeros_like(pos_logit), pair_log_mass - pos_logit)
+        else:
+            terms = denominator - pos_logit
         pos_prob = torch.exp(-terms.detach())
-        if self.reweight == "macl":
-            weights = 1.0 / (1.0 - pos_prob + self.reweight_eps)
+        if self.reweight is not None:
+            weights = self.reweight(terms)
             terms = weights * terms
             extra["row_weight_mean"], extra["row_weight_max"] = weights.mean(), weights.max()
         if self.gradient_scaling is not None and self.gradient_scaling.rescales_rows:

@@ -24,12 +24,20 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.checks import check_choice
-from mmcl.losses.core import ContrastiveLoss, PositiveWeights
+from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
 from mmcl.losses.parts.negatives import NegativeWeighting
 from mmcl.losses.parts.temperature import TemperatureRule
+from mmcl.losses.parts.weights import PositiveWeights
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 @register_loss("dcl", paper="DCL, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs")
@@ -40,10 +48,7 @@ class DCLLoss(ContrastiveLoss):
         negative_sum: str = "joint",
         direction_reduction: str = "mean",
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         split = check_choice("negative_sum", negative_sum, ("joint", "split")) == "split"
         super().__init__(
@@ -52,10 +57,7 @@ class DCLLoss(ContrastiveLoss):
             objective="decoupled",
             negatives=NegativeWeighting(split_views=split),
             direction_reduction=direction_reduction,
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )
 
 
@@ -69,19 +71,7 @@ class DCLWLoss(DCLLoss):
         direction_reduction: str = "mean",
         batch_stat_scope: str = "local",
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
-        super().__init__(
-            temperature,
-            negative_sum,
-            direction_reduction,
-            layout,
-            gather_distributed,
-            diagnostics,
-            blockwise,
-            block_size,
-        )
+        super().__init__(temperature, negative_sum, direction_reduction, layout, **execution)
         self.positive_weights = PositiveWeights(sigma, batch_stat_scope)

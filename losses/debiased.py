@@ -21,11 +21,18 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
 from mmcl.losses.parts.negatives import NegativeWeighting
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 @register_loss("debiased", paper="Debiased CL, Chuang et al. 2020 (arXiv:2007.00224)", inputs="pairs")
@@ -36,17 +43,11 @@ class DebiasedLoss(ContrastiveLoss):
         tau_plus: float = 0.1,
         floor: bool = True,
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             as_layout(layout, TwoViewLayout),
             temperature,
             negatives=NegativeWeighting(tau_plus=tau_plus, floor=floor),
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

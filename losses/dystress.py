@@ -24,10 +24,17 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
 from mmcl.losses.parts.temperature import DynamicTemperature
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 @register_loss("dystress", paper="DySTreSS, Manna et al. 2025 (arXiv:2308.01140)", inputs="pairs")
@@ -42,16 +49,10 @@ class DySTreSSLoss(ContrastiveLoss):
         detach_temperature: bool = True,
         tau_min_schedule: str = "constant",
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             as_layout(layout, TwoViewLayout),
             DynamicTemperature(tau_min, tau_max, shape, offset, width, detach_temperature, tau_min_schedule),
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

@@ -25,11 +25,18 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
 from mmcl.losses.parts.negatives import NegativeWeighting
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 @register_loss("hcl", paper="HCL, Robinson et al. 2021 (arXiv:2010.04592)", inputs="pairs", aliases=("h_ucl",))
@@ -43,10 +50,7 @@ class HCLLoss(ContrastiveLoss):
         detach_weights: bool = False,
         beta_schedule: str = "constant",
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             as_layout(layout, TwoViewLayout),
@@ -54,8 +58,5 @@ class HCLLoss(ContrastiveLoss):
             negatives=NegativeWeighting(
                 beta=beta, detach_weights=detach_weights, tau_plus=tau_plus, floor=floor, beta_schedule=beta_schedule
             ),
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

@@ -31,6 +31,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
@@ -38,6 +40,11 @@ from mmcl.losses.checks import check_choice, check_positive
 from mmcl.losses.core import EmbeddingLoss
 from mmcl.losses.parts.layouts import Batch
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import ExecutionOptions
 
 KOROMILAS_KERNELS = ("gaussian", "log", "imq", "riesz", "gaussian_riesz")
 WAIDA_KERNELS = ("gaussian", "quadratic")
@@ -60,10 +67,9 @@ class KCLLoss(EmbeddingLoss):
         gamma: float = 16.0,
         sigma2: float = 1.0,
         lam: float | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
+        **execution: Unpack[ExecutionOptions],
     ) -> None:
-        super().__init__(gather_distributed)
+        super().__init__(**execution)
         self.variant = check_choice("variant", variant, ("koromilas", "waida"))
         kernels = KOROMILAS_KERNELS if variant == "koromilas" else WAIDA_KERNELS
         self.kernel = check_choice(f"kernel (variant={variant!r})", kernel, kernels)
@@ -75,7 +81,6 @@ class KCLLoss(EmbeddingLoss):
         self.gamma = float(gamma)
         self.sigma2 = check_positive("sigma2", sigma2)
         self.lam = float(lam) if lam is not None else (8.0 if kernel == "gaussian" else 4.0)
-        self.compute_diagnostics = bool(diagnostics)
 
     def _koromilas_kernel(self, cos: Tensor, energy: bool) -> Tensor:
         d2 = squared_distance(cos)

@@ -23,12 +23,19 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.checks import check_choice
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
 from mmcl.losses.parts.margin import MarginGradientScaling, PositiveMargin
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 @register_loss("margin", paper="Margins, Rho et al. 2023 (arXiv:2306.11526)", inputs="pairs")
@@ -48,10 +55,7 @@ class MarginLoss(ContrastiveLoss):
         clamp_eps: float | None = None,
         easy_margin_guard: bool = False,
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         check_choice("mode", mode, ("margin", "gradient_only"))
         margin = PositiveMargin(m1, m2, m3, clamp_eps, easy_margin_guard)
@@ -69,8 +73,5 @@ class MarginLoss(ContrastiveLoss):
             temperature,
             margin=margin if mode == "margin" else None,
             gradient_scaling=scaling if mode == "gradient_only" else None,
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

@@ -23,10 +23,17 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 @register_loss("nt_xent", paper="SimCLR, Chen et al. 2020 (arXiv:2002.05709)", inputs="pairs")
@@ -35,16 +42,10 @@ class NTXentLoss(ContrastiveLoss):
         self,
         temperature: float | dict | TemperatureRule = 0.5,
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             as_layout(layout, TwoViewLayout),
             temperature,
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

@@ -26,11 +26,18 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import LabelLayout
 from mmcl.losses.parts.negatives import NegativeWeighting
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 class HSCLLoss(ContrastiveLoss):
@@ -41,10 +48,7 @@ class HSCLLoss(ContrastiveLoss):
         detach_weights: bool = False,
         positives: str = "labels",
         nominal_negatives: bool = True,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             LabelLayout(anchors="all", positives=positives, negatives="other_labels"),
@@ -54,10 +58,7 @@ class HSCLLoss(ContrastiveLoss):
             ),
             reduction="pairs",
             empty_negatives="skip",
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )
 
 
@@ -67,22 +68,9 @@ class SCLLoss(HSCLLoss):
         temperature: float | dict | TemperatureRule = 0.5,
         positives: str = "labels",
         nominal_negatives: bool = True,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
-        super().__init__(
-            temperature,
-            0.0,
-            False,
-            positives,
-            nominal_negatives,
-            gather_distributed,
-            diagnostics,
-            blockwise,
-            block_size,
-        )
+        super().__init__(temperature, 0.0, False, positives, nominal_negatives, **execution)
 
 
 # SCL first: it is the base case (beta = 0) and reads first in the table.

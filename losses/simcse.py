@@ -28,10 +28,17 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import CrossViewLayout
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 @register_loss("simcse", paper="SimCSE, Gao et al. 2021 (arXiv:2104.08821)", inputs="pairs (+ optional hard negatives)")
@@ -41,17 +48,11 @@ class SimCSELoss(ContrastiveLoss):
         temperature: float | dict | TemperatureRule = 0.05,
         hard_negative_weight: float = 0.0,
         symmetric: bool = False,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             CrossViewLayout("symmetric" if symmetric else "u->v", hard_negative_weight),
             temperature,
             accepts_negatives=True,
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

@@ -24,10 +24,17 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import LabelLayout
 from mmcl.losses.parts.temperature import FixedTemperature, TemperatureRule, as_temperature_rule
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 @register_loss("supcon", paper="SupCon, Khosla et al. 2020 (arXiv:2004.11362)", inputs="pairs + labels (optional)")
@@ -39,10 +46,7 @@ class SupConLoss(ContrastiveLoss):
         temperature: float | dict | TemperatureRule = 0.1,
         base_temperature: float | None = None,
         contrast_mode: str = "all",
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         rule = as_temperature_rule(temperature)
         scale = 1.0
@@ -58,8 +62,5 @@ class SupConLoss(ContrastiveLoss):
             positives_in_denominator=True,
             loss_scale=scale,
             empty_negatives="allow",
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

@@ -295,8 +295,8 @@ class Kernel:
         coef = self.valid_coef[rows]
         terms = lse - pos_logit
         pos_prob = torch.exp(-terms)
-        if self.loss.reweight == "macl":
-            weights = 1.0 / (1.0 - pos_prob + self.loss.reweight_eps)
+        if self.loss.reweight is not None:
+            weights = self.loss.reweight(terms)
             terms = weights * terms
             coef = coef * weights
             if self.diagnostics:

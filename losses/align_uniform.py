@@ -11,7 +11,8 @@ Uniformity on the Hypersphere", ICML 2020, arXiv:2005.10242 (code: ssnl/align_un
 Uniformity is a log of a mean, so it does not split over processes: under ``torch.distributed`` every
 rank evaluates it on the whole gathered batch (the mean over ranks stays the global loss).
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. The loss is usually negative.
+Data: pairs ``(z_a, z_b)``; more views are refused (the alignment is written for one pair). Minimum batch:
+2 pairs. The loss is usually negative.
 
 Example:
     >>> import torch
@@ -49,6 +50,8 @@ def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
 
 @register_loss("align_uniform", paper="Wang & Isola 2020 (arXiv:2005.10242)", inputs="pairs")
 class AlignUniformLoss(EmbeddingLoss):
+    pairs_only = "its alignment ||u_i - v_i|| is written for one pair of views"
+
     def __init__(
         self,
         alpha: float = 2.0,

@@ -14,7 +14,11 @@ Split form (``negative_sum="split"``, lightly): one log-sum-exp per view, added.
 the denominator. DCL has ``w_i = 1``; DCLW weighs positives by the detached
 ``w_i = 2 - B softmax_i(u . v / sigma)`` (mean exactly 1).
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. The loss can be negative.
+``V`` views (DCL; docs/multiview.md): ``-mean_p w u_i . z_p / tau + log M_i`` over the row's other views ``p``,
+the negatives every row of another instance (split: one log-sum-exp per view). DCLW refuses them: its
+weights are a softmax over the instances' one pair.
+
+Data: ``V >= 2`` views ``(N, d)`` (DCLW: pairs). Minimum batch: 2 pairs. The loss can be negative.
 
 Example:
     >>> import torch
@@ -40,7 +44,7 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("dcl", paper="DCL, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs")
+@register_loss("dcl", paper="DCL, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs or V views")
 class DCLLoss(ContrastiveLoss):
     def __init__(
         self,

@@ -11,7 +11,10 @@ arXiv:2007.00224 (code: chingyaoc/DCL).
 ``tau_plus`` is the class prior (the chance that a "negative" shares the anchor's class); ``tau_plus=0``
 is NT-Xent. Computed in log space, shifted by the row maximum, so it is exact and stable.
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+``V`` views (docs/multiview.md): every other row in the denominator, the negatives' mass debiased with
+Chuang et al.'s estimator for ``M`` positives (the mean of the row's positive exponentials).
+
+Data: ``V >= 2`` views ``(N, d)``. Minimum batch: 2 pairs.
 
 Example:
     >>> import torch
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("debiased", paper="Debiased CL, Chuang et al. 2020 (arXiv:2007.00224)", inputs="pairs")
+@register_loss("debiased", paper="Debiased CL, Chuang et al. 2020 (arXiv:2007.00224)", inputs="pairs or V views")
 class DebiasedLoss(ContrastiveLoss):
     def __init__(
         self,

@@ -11,7 +11,8 @@ arXiv:2405.18045 (code: pakoromilas/DHEL-KCL).
 Only within-view negatives: alignment and uniformity are fully decoupled. ``include_augs=False`` drops
 the second view's energy (then the loss is not symmetric in the views).
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. The loss can be negative.
+Data: pairs ``(z_a, z_b)``; more views are refused (the alignment is ``u_i . v_i``). Minimum batch: 2 pairs.
+The loss can be negative.
 
 Example:
     >>> import torch

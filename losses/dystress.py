@@ -13,7 +13,9 @@ for the positive and every negative; the positive is in the denominator. Near-or
 ``tau_min``, near-identical (and antipodal) ones ``tau_max``. Other shapes: ``"shifted"`` (SimCSE and
 ImageNet code), ``"cosconst"`` (CIFAR script), ``"const"``; see :class:`mmcl.losses.parts.DynamicTemperature`.
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+``V`` views: NT-Xent's multi-view table (docs/multiview.md) with these per-entry temperatures.
+
+Data: ``V >= 2`` views ``(N, d)``. Minimum batch: 2 pairs.
 
 Example:
     >>> import torch
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("dystress", paper="DySTreSS, Manna et al. 2025 (arXiv:2308.01140)", inputs="pairs")
+@register_loss("dystress", paper="DySTreSS, Manna et al. 2025 (arXiv:2308.01140)", inputs="pairs or V views")
 class DySTreSSLoss(ContrastiveLoss):
     def __init__(
         self,

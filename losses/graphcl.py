@@ -11,7 +11,7 @@ NeurIPS 2020, arXiv:2010.13902 (code: Shen-Lab/GraphCL, ``unsupervised_TU/gsimcl
 The positive is **not** in the denominator (decoupled); only the ``B - 1`` cross-view negatives; one
 direction, first view (un-augmented graph) to the augmented one. It can be negative.
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+Data: pairs ``(z_a, z_b)``; more views are refused (a cross-view table). Minimum batch: 2 pairs.
 
 Example:
     >>> import torch

@@ -15,7 +15,10 @@ NT-Xent). The importance weights stay in the graph as in the official code; ``de
 detaches them (same value, different gradient). ``beta_schedule="anneal_down"`` lowers beta to 0 in 9
 steps over training (the code's ``--anneal down``; the trainer sets the progress).
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+``V`` views (docs/multiview.md): every other row in the denominator, the tilt on the negatives only and the
+debiasing with the mean of the row's positive exponentials; ``beta = tau_plus = 0`` is NT-Xent.
+
+Data: ``V >= 2`` views ``(N, d)``. Minimum batch: 2 pairs.
 
 Example:
     >>> import torch
@@ -39,7 +42,9 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("hcl", paper="HCL, Robinson et al. 2021 (arXiv:2010.04592)", inputs="pairs", aliases=("h_ucl",))
+@register_loss(
+    "hcl", paper="HCL, Robinson et al. 2021 (arXiv:2010.04592)", inputs="pairs or V views", aliases=("h_ucl",)
+)
 class HCLLoss(ContrastiveLoss):
     def __init__(
         self,

@@ -12,7 +12,8 @@ Only cross-view negatives; the positive is in the denominator. The default layou
 (``z_a`` from one adapter, ``z_b`` from another). Extra hard negatives, when passed, join every row's
 denominator.
 
-Data: pairs ``(z_a, z_b)``; optional ``negatives`` ``(N, d)``. Minimum batch: 2 pairs.
+Data: pairs ``(z_a, z_b)``; optional ``negatives`` ``(N, d)``; more views are refused (a cross-view table:
+call it on each pair of views). Minimum batch: 2 pairs.
 
 Example:
     >>> import torch

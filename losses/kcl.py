@@ -21,7 +21,7 @@ with cross-view negatives; ``kernel="gaussian"`` (GKCL, ``exp(-d^2/sigma2)``, ``
 
 Both are U-statistics: the expected loss does not depend on the batch size.
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+Data: pairs ``(z_a, z_b)``; more views are refused. Minimum batch: 2 pairs.
 
 Example:
     >>> import torch
@@ -59,6 +59,8 @@ def squared_distance(cos: Tensor) -> Tensor:
     "kcl", paper="KCL, Koromilas et al. 2024 (arXiv:2405.18045); Waida et al. 2023 (arXiv:2304.00395)", inputs="pairs"
 )
 class KCLLoss(EmbeddingLoss):
+    pairs_only = "its alignment kernel k(u_i, v_i) and its energies are written for one pair of views"
+
     def __init__(
         self,
         variant: str = "koromilas",

@@ -15,7 +15,11 @@ factor ``1 - P_i`` (per row, the positive gradient is exactly ``-1/tau``). ``1 -
 and not comparable with InfoNCE values. A non-positive ``tau`` is clamped to ``tau_floor`` and reported
 (``tau_clamped``), or raises with ``on_nonpositive_tau="raise"``.
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. Layout: NT-Xent (lightly's port, default),
+``V`` views (NT-Xent layout, docs/multiview.md): one term per (anchor, positive) with every other row in
+its denominator, so ``1 - P_ap`` includes the row's other positives (the official function given
+``pos = s_ap`` and every other row as ``neg``); ``A`` is the mean over every pair of views.
+
+Data: ``V >= 2`` views ``(N, d)``. Minimum batch: 2 pairs. Layout: NT-Xent (lightly's port, default),
 ``{"name": "cross_view", "direction": "u->v"}`` (the early official classes) or ``"queue"`` (MoCo).
 
 Example:
@@ -43,7 +47,7 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("macl", paper="MACL, Huang et al. 2023 (arXiv:2207.07874)", inputs="pairs")
+@register_loss("macl", paper="MACL, Huang et al. 2023 (arXiv:2207.07874)", inputs="pairs or V views")
 class MACLLoss(ContrastiveLoss):
     def __init__(
         self,

@@ -13,7 +13,11 @@ applies one or more elemental effects to the gradient: positive emphasis (``posi
 angle-dependent scaling (``angle_margin``, ``angle_normalise``, V2) and logit-dependent scaling
 (``logit_margin``, ``logit_angle_margin``, V3). ``m1 = 1, m2 = m3 = 0`` is NT-Xent.
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. Layout: NT-Xent by default, or ``"cross_view"``/``"queue"``.
+``V`` views (``mode="margin"``, NT-Xent layout; docs/multiview.md): ``psi`` on every positive logit, every
+other row in each denominator. ``mode="gradient_only"`` refuses them (one positive per anchor).
+
+Data: ``V >= 2`` views ``(N, d)``. Minimum batch: 2 pairs. Layout: NT-Xent by default, or
+``"cross_view"``/``"queue"`` (pairs).
 
 Example:
     >>> import torch
@@ -38,7 +42,7 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("margin", paper="Margins, Rho et al. 2023 (arXiv:2306.11526)", inputs="pairs")
+@register_loss("margin", paper="Margins, Rho et al. 2023 (arXiv:2306.11526)", inputs="pairs or V views")
 class MarginLoss(ContrastiveLoss):
     def __init__(
         self,

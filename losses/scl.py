@@ -15,7 +15,9 @@ mean over all pairs. SCL is ``beta = 0``. Positives: every other row of the anch
 Anchors whose batch holds no other class are left out (``n_valid_anchors``); a batch of one class raises.
 This is not SupCon's ``L_out``. The code fixes ``tau = 0.5``.
 
-Data: pairs ``(z_a, z_b)`` + ``labels`` ``(N,)``. Minimum batch: 2 pairs of at least 2 classes.
+``V`` views (docs/multiview.md): the same on the stacked views, nominal ``N = V (B - 1)``.
+
+Data: ``V >= 2`` views ``(N, d)`` + ``labels`` ``(N,)``. Minimum batch: 2 pairs of at least 2 classes.
 
 Example:
     >>> import torch
@@ -74,7 +76,8 @@ class SCLLoss(HSCLLoss):
 
 
 # SCL first: it is the base case (beta = 0) and reads first in the table.
-register_loss("scl", paper="SCL as coded in H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")(
-    SCLLoss
+SCL_PAPER = "SCL as coded in H-SCL, Jiang et al. 2022 (arXiv:2209.00078)"
+register_loss("scl", paper=SCL_PAPER, inputs="pairs or V views + labels")(SCLLoss)
+register_loss("h_scl", paper="H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs or V views + labels")(
+    HSCLLoss
 )
-register_loss("h_scl", paper="H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")(HSCLLoss)

@@ -16,7 +16,7 @@ anchor's own one with the logit offset ``log alpha = hard_negative_weight``:
     + \\alpha^{1[j=i]} e^{\\cos(h_i,h_j^-)/\\tau}\\Big)
 
 Data: ``(z_a, z_b)`` = (sentence, dropout copy) or (premise, entailment); optional ``negatives`` =
-contradictions ``(N, d)``. Minimum batch: 2 pairs.
+contradictions ``(N, d)``; more views are refused (a cross-view table). Minimum batch: 2 pairs.
 
 Example:
     >>> import torch

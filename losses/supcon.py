@@ -13,13 +13,19 @@ anchor without positives contributes 0 and still counts (the reference code's ru
 ``"all"`` uses both views as anchors, ``"one"`` the first only. ``base_temperature`` defaults to the
 temperature (factor 1); 0.07 reproduces the reference code's gradient scale.
 
-Data: pairs ``(z_a, z_b)`` + ``labels`` ``(N,)``. Minimum batch: 2 pairs.
+Any number of views: ``loss_fn(z_1, ..., z_V, labels=...)`` or SupContrast's own call ``loss_fn(features,
+labels)`` with ``features`` ``(N, V, d)`` compute SupContrast's ``SupConLoss`` (tested equal in float64,
+values and gradients); ``global_views=G`` keeps only the first ``G`` views as candidates (multi-crop).
+
+Data: ``V >= 2`` views ``(N, d)`` + ``labels`` ``(N,)``. Minimum batch: 2 instances.
 
 Example:
     >>> import torch
     >>> from mmcl import losses
     >>> loss_fn = losses.build("supcon", temperature=0.1)
     >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16), labels=torch.tensor([0, 1, 0, 1, 2, 2, 3, 3]))
+    >>> features = torch.randn(8, 3, 16)  # SupContrast's [bsz, n_views, d]
+    >>> loss = loss_fn(features, torch.tensor([0, 1, 0, 1, 2, 2, 3, 3]))
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("supcon", paper="SupCon, Khosla et al. 2020 (arXiv:2004.11362)", inputs="pairs + labels (optional)")
+@register_loss(
+    "supcon", paper="SupCon, Khosla et al. 2020 (arXiv:2004.11362)", inputs="pairs or V views + labels (optional)"
+)
 class SupConLoss(ContrastiveLoss):
     min_global_batch = 2  # with one pair the denominator holds only the positive
 

@@ -1,5 +1,8 @@
 """The loss core against the reference code, copied verbatim below, in float64: values and gradients.
 
+* Multi-view NT-Xent and SupCon: HobbitLong/SupContrast's ``SupConLoss`` (tests/reference_code.py) on
+  features ``(N, V, d)``, with and without labels, contrast modes all and one, ``V`` in {3, 4}, dense and
+  blockwise; solo-learn's ``simclr_loss_func`` (the same file) for what it computes beyond two views.
 * MACL: chenhaoxing/MACL ``macl.py`` (the official function, commit 82d3fb5) and lightly-ai/lightly
   ``lightly/loss/macl_loss.py`` (``MACLLoss.forward``, commit e8d317f), spec 3.14: ``eps = 0`` is the
   official code, ``eps = 1e-8`` lightly's port, and on a batch with ``1 - P`` near 1e-8 the two differ.
@@ -9,12 +12,15 @@ The copied functions keep their authors' code unchanged.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mmcl import losses
+from tests.reference_code import SupConLoss, simclr_loss_func
 
 DT = torch.float64
 
@@ -177,3 +183,78 @@ def test_macl_weight_is_exact_where_p_is_within_1e_13_of_one():
     fn(z_a, z_b)
     expected = 1 + torch.exp(torch.tensor(30.0, dtype=DT))
     torch.testing.assert_close(fn.diagnostics["row_weight_max"], expected, rtol=1e-12, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Multi-view NT-Xent and SupCon: SupContrast's SupConLoss (tests/reference_code.py, verbatim) on features
+# (N, V, d), normalised as SupContrast's training code does, in float64.
+
+LABELS = torch.tensor([3, -1, 3, 7, -1, -1, 3, 7, 3])  # unsorted, negative and non-contiguous class ids
+
+
+def features(V: int, N: int = 9, d: int = 5, seed: int = 0) -> Tensor:
+    """Raw views with different row scales (the loss normalises; SupContrast gets them normalised)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(N, 1, d, generator=g, dtype=DT)
+    views = base + 0.9 * torch.randn(N, V, d, generator=g, dtype=DT)
+    return views * torch.exp(torch.randn(N, V, 1, generator=g, dtype=DT))
+
+
+def supcontrast(temperature: float, mode: str = "all", base: float | None = None):
+    reference = SupConLoss(temperature, mode, temperature if base is None else base)
+    return lambda f, labels=None: reference(F.normalize(f, dim=2), labels=labels)
+
+
+PATHS = {"dense": {"blockwise": False}, "blockwise": {"blockwise": True, "block_size": 4}}
+MULTIVIEW_ORACLE = [
+    # (loss, options, labels, SupContrast's temperature, contrast_mode, base_temperature)
+    ("nt_xent", {"temperature": 0.5}, None, 0.5, "all", None),
+    ("nt_xent", {"temperature": 0.07}, None, 0.07, "all", None),
+    ("supcon", {"temperature": 0.1}, None, 0.1, "all", None),
+    ("supcon", {"temperature": 0.1}, LABELS, 0.1, "all", None),
+    ("supcon", {"temperature": 0.2, "base_temperature": 0.07}, LABELS, 0.2, "all", 0.07),
+    ("supcon", {"temperature": 0.1, "contrast_mode": "one"}, LABELS, 0.1, "one", None),
+    ("supcon", {"temperature": 0.1, "contrast_mode": "one"}, None, 0.1, "one", None),
+    ("supcon", {"temperature": 0.1}, torch.zeros(9, dtype=torch.long), 0.1, "all", None),  # one class
+]
+
+
+@pytest.mark.filterwarnings("error")  # blockwise=True falls back to the dense path with a warning
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("V", [3, 4])
+@pytest.mark.parametrize("name,options,labels,tau,mode,base", MULTIVIEW_ORACLE)
+def test_multiview_equals_supcontrast(name, options, labels, tau, mode, base, V, path):
+    f = features(V)
+    fn = losses.build(name, **options, **PATHS[path])
+    ours = value_and_grads(lambda x: fn(x, labels=labels), f)
+    reference = value_and_grads(lambda x: supcontrast(tau, mode, base)(x, labels), f)
+    assert_close_value_and_grads(ours, reference, tol=1e-12)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("V", [3, 4])
+def test_multiview_blockwise_default_blocks_and_tiles_equal_supcontrast(V, monkeypatch):
+    """A larger batch in several default blocks (the row-block runner; the symmetric one serves two views)."""
+    import mmcl.losses.blockwise.engine as engine
+
+    monkeypatch.setattr(engine, "BLOCK_ENTRIES", 700)
+    f, labels = features(V, N=33, d=7, seed=4), torch.arange(33) % 5
+    for name, options, y in (("nt_xent", {"temperature": 0.3}, None), ("supcon", {"temperature": 0.3}, labels)):
+        ours = value_and_grads(lambda x: losses.build(name, blockwise=True, **options)(x, labels=y), f)  # noqa: B023
+        reference = value_and_grads(lambda x: supcontrast(0.3)(x, y), f)  # noqa: B023
+        assert_close_value_and_grads(ours, reference, tol=1e-12)
+
+
+def test_solo_learn_is_supcon_for_two_views_and_l_in_beyond():
+    """solo-learn's simclr_loss_func sums a row's positives inside the log (SupCon's L_in); for two views it
+    is NT-Xent, for V > 2 it is below SupContrast's L_out (which mmcl computes) by at least log(V - 1)
+    (Jensen: mean_p -log P_p >= -log mean_p P_p)."""
+    for V in (2, 3, 4):
+        f = features(V)
+        z, indexes = torch.cat(f.unbind(1)), torch.arange(f.shape[0]).repeat(V)
+        solo = simclr_loss_func(z, indexes, temperature=0.5).item()
+        ours = losses.build("nt_xent", temperature=0.5)(f).item()
+        if V == 2:
+            assert ours == pytest.approx(solo, rel=1e-13)
+        else:
+            assert ours - solo > math.log(V - 1) + 1e-3

@@ -1,4 +1,5 @@
-"""Every stage of ContrastiveLoss is a part, and the execution options are one group (mmcl.losses.execution).
+"""Every stage of ContrastiveLoss is a part, the execution options are one group (mmcl.losses.execution), and a
+new layout or temperature rule is one class that both paths use.
 
 The presets declare ``gather_distributed``, ``diagnostics``, ``blockwise`` and ``block_size`` once, as
 ``**execution``; ``losses.options`` still lists them (configs set them as ``loss.<option>``) and unknown
@@ -14,8 +15,11 @@ import pytest
 import torch
 
 from mmcl import losses
+from mmcl.losses.batch import ContrastTable
+from mmcl.losses.blockwise.function import BlockRunner
+from mmcl.losses.blockwise.plan import Plan, TensorIndex, stacked_groups
 from mmcl.losses.execution import Execution
-from mmcl.losses.parts import MACLWeights, PositiveWeights, TwoViewLayout
+from mmcl.losses.parts import MACLWeights, NegativeWeighting, PositiveWeights, TemperatureRule, TwoViewLayout
 
 SOFTMAX = [name for name in losses.available() if name not in ("kcl", "align_uniform")]
 
@@ -89,3 +93,98 @@ def test_macl_weights_from_the_terms():
 def test_positive_weights_is_a_part_of_the_parts_package():
     assert losses.PositiveWeights is PositiveWeights
     assert isinstance(losses.build("dclw").positive_weights, PositiveWeights)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A new layout or temperature rule is one class: the blockwise engine reads their protocols only.
+
+
+class FirstViewAnchors(losses.parts.Layout):
+    """Every view a candidate, only the first view's rows anchors (SupCon's contrast_mode="one" without
+    labels), for any number of views: the dense masks and the same table as a plan."""
+
+    max_views = None
+
+    def forward(self, batch):
+        V, B, G = batch.n_views, batch.u.shape[0], batch.U.shape[0]
+        rows = torch.arange(B) + batch.start
+        columns = torch.arange(V * G)
+        same = rows[:, None] == columns[None, :] % G
+        own = same & (columns[None, :] < G)
+        return ContrastTable(
+            sim=batch.u @ torch.cat(batch.gathered).T,
+            pos=same & ~own,
+            neg=~same,
+            direction=torch.zeros(B, dtype=torch.long),
+            n_directions=1,
+            row_instance=rows,
+            cand_view=columns // G,
+            nominal_negatives=V * (G - 1),
+            positives_in_denominator=V > 2,
+        )
+
+    def block_plan(self, batch):
+        tensors = TensorIndex()
+        groups = stacked_groups(batch, tensors, anchor_views=1)
+        return Plan(tensors.items, groups, 1, batch.n_views * (batch.U.shape[0] - 1), batch.n_views > 2)
+
+
+class CosineTemperature(TemperatureRule):
+    """A new scalar rule: tau = base * (2 - A) from the batch's mean positive cosine A."""
+
+    def __init__(self, base: float) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, sim, pair_cos):
+        tau = self.base * (2 - pair_cos.detach().mean().to(sim.dtype))
+        self.diagnostics = {"tau": tau}
+        return tau
+
+    def blockwise_unsupported(self):
+        return None
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("V", [2, 3])
+@pytest.mark.parametrize("negatives", [{}, {"negatives": NegativeWeighting(beta=1.0, tau_plus=0.1)}])
+def test_a_new_layout_and_rule_take_the_blockwise_path_unchanged(V, negatives):
+    g = torch.Generator().manual_seed(4)
+    views = [torch.randn(9, 4, generator=g, dtype=torch.float64) for _ in range(V)]
+    results, runners = [], []
+    for blockwise in (False, True):
+        fn = losses.ContrastiveLoss(
+            FirstViewAnchors(), CosineTemperature(0.3), blockwise=blockwise, block_size=4, **negatives
+        )
+        leaves = [v.clone().requires_grad_() for v in views]
+        original = BlockRunner.run
+        BlockRunner.run = lambda runner, *a, original=original: runners.append(runner) or original(runner, *a)
+        try:
+            value = fn(*leaves)
+        finally:
+            BlockRunner.run = original
+        results.append((value, torch.autograd.grad(value, leaves), fn.diagnostics))
+    assert len(runners) == 1  # the blockwise call ran the engine, the dense one did not
+    (v0, g0, d0), (v1, g1, d1) = results
+    torch.testing.assert_close(v1, v0, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    assert set(d0) == set(d1)
+    for key in d0:
+        torch.testing.assert_close(d1[key], d0[key], rtol=1e-12, atol=1e-12, msg=key)
+
+
+def test_a_layout_without_a_plan_and_a_rule_without_a_form_fall_back_with_their_reasons():
+    class DenseOnlyRule(CosineTemperature):
+        def blockwise_unsupported(self):
+            return "DenseOnlyRule looks at every entry"
+
+    views = [torch.randn(6, 4, dtype=torch.float64) for _ in range(2)]
+    with pytest.warns(UserWarning, match="DenseOnlyRule looks at every entry; using the dense path"):
+        losses.ContrastiveLoss(FirstViewAnchors(), DenseOnlyRule(0.3), blockwise=True)(*views)
+
+    class NoPlan(FirstViewAnchors):
+        block_plan = losses.parts.Layout.block_plan
+
+    with pytest.warns(UserWarning, match="NoPlan has no index plan"):
+        losses.ContrastiveLoss(NoPlan(), 0.3, blockwise=True)(*views)

@@ -194,31 +194,36 @@ def _same_class_count(g: RowGroup, classes: Tensor) -> Tensor:
 
 
 def positive_cosines(plan: Plan, batch: Batch) -> list[Tensor]:
-    """Per group, the cosines ``(rows, K)`` of each row with its same-instance positives, with autograd: the
-    positive columns' candidates (any row order, any process), or the other views of a table whose
-    positives are not candidates. Label positives are not listed (``K = 0``)."""
+    """Per group, the cosines ``(rows, K)`` of each row with its same-instance positives: the positive columns'
+    candidates (any row order, any process), or the other views of a table whose positives are not
+    candidates. Label positives are not listed (``K = 0``)."""
     out = []
     for g in plan.groups:
         q = plan.tensors[g.tensor][g.start : g.stop]
-        if g.has_positive_columns:
-            columns = g.positive_columns(0, torch.arange(g.rows, device=q.device))
-            keys = torch.stack([_candidate_rows(plan, g, columns[:, k]) for k in range(columns.shape[1])], 1)
-            out.append((q[:, None, :] * keys).sum(-1))
+        if g.pos_index is not None:
+            keys = [_candidate_rows(plan, g, g.pos_index[:, k]) for k in range(g.n_positive_columns)]
+        elif g.pos_cols:  # row j's positive is column c + j: a slice of one segment
+            keys = [_candidate_rows(plan, g, slice(c, c + g.rows)) for c in g.pos_cols]
         elif g.pair_positive and g.labels is None:
-            out.append(torch.stack([(batch.views[g.view] * batch.views[b]).sum(-1) for b in g.positive_views], 1))
+            q, keys = batch.views[g.view], [batch.views[b] for b in g.positive_views]
         else:
-            out.append(q.new_zeros(g.rows, 0))
+            keys = []
+        out.append(torch.stack([(q * k).sum(-1) for k in keys], 1) if keys else q.new_zeros(g.rows, 0))
     return out
 
 
-def _candidate_rows(plan: Plan, g: RowGroup, columns: Tensor) -> Tensor:
-    """The candidate embeddings of ``columns`` (each within one segment, as every positive column is)."""
-    at = 0
+def _candidate_rows(plan: Plan, g: RowGroup, columns: Tensor | slice) -> Tensor:
+    """The candidate embeddings of ``columns`` (indices or a slice, all within one segment, as every row's
+    k-th positive column is)."""
+    first, at = int(columns.start if isinstance(columns, slice) else columns[0]), 0
     for s in g.segments:
-        if at <= int(columns[0]) < at + s.size:
-            return plan.tensors[s.tensor][s.start + columns - at]
+        if at <= first < at + s.size:
+            rows = plan.tensors[s.tensor]
+            if isinstance(columns, slice):
+                return rows[s.start + columns.start - at : s.start + columns.stop - at]
+            return rows[s.start + columns - at]
         at += s.size
-    raise IndexError(f"column {int(columns[0])} is outside the group's {at} columns")
+    raise IndexError(f"column {first} is outside the group's {at} columns")
 
 
 def _positive_factors(loss, pair_cos: list[Tensor]) -> Tensor:

@@ -3,7 +3,9 @@
 Every loss takes two views of the same ``N`` instances, ``z_a`` and ``z_b`` of shape ``(N, d)`` (row
 ``i`` of each is a positive pair), plus ``labels`` ``(N,)`` for supervised losses and ``negatives``
 ``(N, d)`` for losses that take hard negatives, and returns a scalar. The detached diagnostics of the
-last call are in ``loss_fn.diagnostics``.
+last call are in ``loss_fn.diagnostics``. Losses whose math extends take ``V >= 2`` views:
+``loss_fn(z_1, ..., z_V)``, ``loss_fn(views=[...])`` or SupContrast's features ``(N, V, d)``, and
+multi-crop's ``global_views`` (docs/multiview.md, :mod:`mmcl.losses.inputs`).
 
 >>> import torch
 >>> from mmcl import losses
@@ -23,13 +25,15 @@ from mmcl.losses import nt_xent, info_nce, simcse, graphcl, dcl, debiased, hcl, 
 from mmcl.losses import margin, macl, dystress, dhel, kcl, align_uniform  # noqa: F401
 
 # isort: on
-from mmcl.losses.core import ContrastiveLoss, EmbeddingLoss, PositiveWeights
+from mmcl.losses.core import ContrastiveLoss, EmbeddingLoss
 from mmcl.losses.distributed import gather, gather_with_grad
+from mmcl.losses.parts.weights import MACLWeights, PositiveWeights
 from mmcl.losses.registry import available, build, format_table, info, options, register_loss
 
 __all__ = [
     "ContrastiveLoss",
     "EmbeddingLoss",
+    "MACLWeights",
     "PositiveWeights",
     "available",
     "build",

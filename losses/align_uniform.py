@@ -11,7 +11,8 @@ Uniformity on the Hypersphere", ICML 2020, arXiv:2005.10242 (code: ssnl/align_un
 Uniformity is a log of a mean, so it does not split over processes: under ``torch.distributed`` every
 rank evaluates it on the whole gathered batch (the mean over ranks stays the global loss).
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. The loss is usually negative.
+Data: pairs ``(z_a, z_b)``; more views are refused (the alignment is written for one pair). Minimum batch:
+2 pairs. The loss is usually negative.
 
 Example:
     >>> import torch
@@ -23,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -32,6 +34,11 @@ from mmcl.losses.core import EmbeddingLoss
 from mmcl.losses.kcl import squared_distance
 from mmcl.losses.parts.layouts import Batch
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import ExecutionOptions
 
 
 def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
@@ -43,19 +50,19 @@ def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
 
 @register_loss("align_uniform", paper="Wang & Isola 2020 (arXiv:2005.10242)", inputs="pairs")
 class AlignUniformLoss(EmbeddingLoss):
+    pairs_only = "its alignment ||u_i - v_i|| is written for one pair of views"
+
     def __init__(
         self,
         alpha: float = 2.0,
         t: float = 2.0,
         lam: float = 1.0,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
+        **execution: Unpack[ExecutionOptions],
     ) -> None:
-        super().__init__(gather_distributed)
+        super().__init__(**execution)
         self.alpha = check_positive("alpha", alpha)
         self.t = check_positive("t", t)
         self.lam = float(lam)
-        self.compute_diagnostics = bool(diagnostics)
 
     def compute(self, batch: Batch) -> Tensor:
         distance = (batch.u - batch.v).norm(dim=1)

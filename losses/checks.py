@@ -9,24 +9,59 @@ import torch
 from torch import Tensor
 
 
-def check_embeddings(z_a: Tensor, z_b: Tensor) -> None:
-    for name, z in (("z_a", z_a), ("z_b", z_b)):
+def view_names(count: int) -> list[str]:
+    """How errors name the views: ``z_a``, ``z_b`` for a pair, ``z_1`` .. ``z_V`` for more."""
+    return ["z_a", "z_b"] if count == 2 else [f"z_{k + 1}" for k in range(count)]
+
+
+def check_views(views: list, max_views: int | None = None, pairs_only: str | None = None) -> None:
+    """``V >= 2`` floating tensors of one shape ``(N, d)``, ``N >= 1``, finite; at most ``max_views`` of them
+    (``pairs_only`` says why a loss takes two)."""
+    if len(views) < 2:
+        raise ValueError(
+            f"a contrastive loss needs at least two views of the same instances, got {len(views)}; pass "
+            "loss_fn(z_a, z_b), loss_fn(z_1, ..., z_V), loss_fn(views=[...]) or features of shape (N, V, d)"
+        )
+    names = view_names(len(views))
+    for name, z in zip(names, views):
         if not isinstance(z, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor of shape (N, d), got {type(z).__name__}")
         if z.dim() != 2:
             raise ValueError(f"{name} must have shape (N, d), got shape {tuple(z.shape)}; flatten extra dims first")
         if not z.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {z.dtype}")
-    if z_a.shape != z_b.shape:
+    for name, z in zip(names[1:], views[1:]):
+        if z.shape != views[0].shape:
+            raise ValueError(
+                f"{names[0]} and {name} must have the same shape (row i of each is a view of instance i), "
+                f"got {tuple(views[0].shape)} and {tuple(z.shape)}"
+            )
+    if views[0].shape[0] == 0:
+        raise ValueError(f"{' and '.join(names)} are empty (N = 0); pass at least one instance")
+    if max_views is not None and len(views) > max_views:
         raise ValueError(
-            f"z_a and z_b must have the same shape (row i of each is a positive pair), "
-            f"got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
+            f"{pairs_only}; got {len(views)} views. Call it on each pair of views, or use a loss that takes "
+            "V views (nt_xent, supcon, scl, h_scl, dcl, debiased, hcl, margin, macl, dystress)"
         )
-    if z_a.shape[0] == 0:
-        raise ValueError("z_a and z_b are empty (N = 0); pass at least one pair")
-    for name, z in (("z_a", z_a), ("z_b", z_b)):
+    for name, z in zip(names, views):
         if not bool(torch.isfinite(z).all()):
             raise ValueError(f"{name} contains NaN or inf; check the encoder output (learning rate, mixed precision)")
+
+
+def check_global_views(global_views, n_views: int) -> int | None:
+    """Multi-crop's number of global views: None (every view), or an integer in ``[2, V]``."""
+    if global_views is None:
+        return None
+    if (
+        isinstance(global_views, bool)
+        or not isinstance(global_views, numbers.Integral)
+        or not 2 <= global_views <= n_views
+    ):
+        raise ValueError(
+            f"global_views must be an integer from 2 to the number of views ({n_views}), got {global_views!r}: "
+            "the first global_views views are the global crops, the rest local crops"
+        )
+    return int(global_views)
 
 
 def check_labels(labels: Tensor, n: int) -> None:

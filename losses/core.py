@@ -13,68 +13,104 @@
 :math:`\\tilde M_a` its (debiased) negative mass, the objective forms are
 
 * coupled: :math:`t_{ap} = -\\ell_{ap} + \\log(e^{\\ell_{ap}} + \\kappa\\sum_{p' \\ne p} e^{\\ell_{ap'}} + \\tilde M_a)`
-  (``positives_in_denominator`` sets :math:`\\kappa = 1`, SupCon);
+  (:math:`\\kappa = 1`: ``positives_in_denominator``, SupCon, or a table of several views whose rows keep
+  every other row in their denominators; debiasing then uses the mean of the row's positives);
 * decoupled: :math:`t_{ap} = -w_a \\ell_{ap} + \\log M_a` (DCL, DCLW, GraphCL, DHEL).
 
 Row loss: the mean of its terms over its positives (0 for a row without positives, SupCon's rule);
 the loss is the mean over anchor rows of each direction group, combined by mean or sum, or the flat
-mean over (anchor, positive) pairs (H-SCL). Under ``torch.distributed`` the candidates are gathered
-from every rank with gradient and each rank's loss is scaled so that the mean of the ranks' losses is
-the global loss (see :mod:`mmcl.losses.distributed`).
+mean over (anchor, positive) pairs (H-SCL); which rows count and their weights are
+:mod:`mmcl.losses.rows`, shared with the blockwise path. A call holds ``V >= 2`` views
+(:mod:`mmcl.losses.inputs`); a loss or layout defined for a pair refuses more. Under
+``torch.distributed`` the candidates are gathered from every rank with gradient and each rank's loss is
+scaled so that the mean of the ranks' losses is the global loss (see :mod:`mmcl.losses.distributed`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from mmcl.losses import blockwise, distributed
-from mmcl.losses.checks import check_choice, check_embeddings, check_labels, check_negatives, check_positive, normalise
-from mmcl.losses.parts.layouts import Batch, ContrastTable, Layout
+from mmcl.losses.batch import Batch
+from mmcl.losses.checks import (
+    check_choice,
+    check_global_views,
+    check_labels,
+    check_negatives,
+    check_views,
+    normalise,
+)
+from mmcl.losses.execution import BlockwiseOptions, Execution, ExecutionOptions
+from mmcl.losses.inputs import collect_views
+from mmcl.losses.parts.layouts import Layout
 from mmcl.losses.parts.margin import MarginGradientScaling, PositiveMargin, straight_through_scale
-from mmcl.losses.parts.negatives import NegativeWeighting, masked_logsumexp
+from mmcl.losses.parts.negatives import NegativeWeighting, masked_logsumexp, other_positives_log_mass
 from mmcl.losses.parts.temperature import TemperatureRule, as_temperature_rule
+from mmcl.losses.parts.weights import MACLWeights, PositiveWeights, as_reweighting
+from mmcl.losses.rows import PAIR_MEANS, RowCounts, Stats, diagnostics
 
+if TYPE_CHECKING:
+    from typing import Unpack
 
-class PositiveWeights(nn.Module):
-    """DCLW's detached positive weights, ``w_i = 2 - n * softmax_i(sg(u_i . v_i) / sigma)`` over ``n`` pairs."""
+__all__ = ["ContrastiveLoss", "EmbeddingLoss", "PositiveWeights"]
 
-    def __init__(self, sigma: float = 0.5, batch_stat_scope: str = "local") -> None:
-        super().__init__()
-        self.sigma = check_positive("sigma", sigma)
-        self.batch_stat_scope = check_choice("batch_stat_scope", batch_stat_scope, ("local", "global"))
-
-    def forward(self, pair_cos: Tensor) -> Tensor:
-        return 2 - pair_cos.shape[0] * torch.softmax(pair_cos.detach() / self.sigma, dim=0)
+# Diagnostics that are final values already (not sums over pairs or rows).
+FINAL_EXTRAS = ("align_term", "energy_term", "pos_weight_min", "pos_weight_max")
 
 
 class EmbeddingLoss(nn.Module):
     """Shared front end of every loss: input checks, normalisation in float32+, the distributed gather.
 
-    Subclasses implement :meth:`compute` on a :class:`Batch` and fill ``self.diagnostics``.
+    Subclasses implement :meth:`compute` on a :class:`Batch` and fill ``self.diagnostics``; they take the
+    execution options (:mod:`mmcl.losses.execution`) as ``**execution`` and pass them on.
     """
 
     accepts_labels = False
     requires_labels = False
     accepts_negatives = False
     min_global_batch = 2
+    execution_options: ClassVar[type] = ExecutionOptions
 
-    def __init__(self, gather_distributed: bool = True) -> None:
+    def __init__(self, **execution: Unpack[ExecutionOptions]) -> None:
         super().__init__()
-        self.gather_distributed = bool(gather_distributed)
+        self.execution = Execution.of(type(self).__name__, self.execution_options, execution)
         self.diagnostics: dict[str, Tensor] = {}
+
+    @property
+    def gather_distributed(self) -> bool:
+        return self.execution.gather_distributed
+
+    @property
+    def compute_diagnostics(self) -> bool:
+        return self.execution.diagnostics
+
+    #: Why the loss is defined for two views only (None: it takes ``V >= 2`` views).
+    pairs_only: ClassVar[str | None] = None
 
     def forward(
         self,
-        z_a: Tensor,
-        z_b: Tensor,
+        z_a: Tensor | None = None,
+        z_b: Tensor | None = None,
+        *more_views: Tensor,
         labels: Tensor | None = None,
         negatives: Tensor | None = None,
-        *,
+        views: Sequence[Tensor] | None = None,
         positive_mask: Tensor | None = None,
+        global_views: int | None = None,
     ) -> Tensor:
-        check_embeddings(z_a, z_b)
-        n, d = z_a.shape
+        """The loss of ``V >= 2`` views ``(N, d)`` of the same ``N`` instances (:mod:`mmcl.losses.inputs`:
+        ``loss_fn(z_a, z_b)``, ``loss_fn(z_1, ..., z_V)``, ``loss_fn(views=[...])`` or SupContrast's
+        ``loss_fn(features)`` with features ``(N, V, d)``), with ``labels`` ``(N,)`` and ``negatives``
+        ``(N, d)`` where the loss takes them. ``global_views=G`` (multi-crop, SwAV/DINO): only the first ``G``
+        views are candidates, so the other (local) views are anchors against the global views only."""
+        views, labels, negatives = collect_views(z_a, z_b, more_views, views, labels, negatives)
+        check_views(views, *self._view_limit())
+        n, d = views[0].shape
+        global_views = check_global_views(global_views, len(views))
         name = self.name
         if labels is not None and not self.accepts_labels:
             raise ValueError(f"{name} takes no labels; drop labels= or use a supervised loss (supcon, scl, h_scl)")
@@ -88,8 +124,8 @@ class EmbeddingLoss(nn.Module):
             check_labels(labels, n)
         if negatives is not None:
             check_negatives(negatives, n, d)
-        batch = self._batch(z_a, z_b, labels, negatives, positive_mask)
-        self._zero_norm_rows = (z_a.detach().norm(dim=1) == 0).sum() + (z_b.detach().norm(dim=1) == 0).sum()
+        batch = self._batch(views, labels, negatives, positive_mask, global_views)
+        self._zero_norm_rows = sum((z.detach().norm(dim=1) == 0).sum() for z in views)
         if batch.U.shape[0] < self.min_global_batch:
             raise ValueError(
                 f"{name} needs at least {self.min_global_batch} pairs in the (global) batch, got {batch.U.shape[0]}: "
@@ -101,31 +137,44 @@ class EmbeddingLoss(nn.Module):
         return loss
 
     @property
+    def max_views(self) -> int | None:
+        """How many views a call may hold: 2 for a loss defined for pairs, None for any number (and
+        multi-crop's ``global_views``)."""
+        return self._view_limit()[0]
+
+    def _view_limit(self) -> tuple[int | None, str | None]:
+        """At most how many views the loss takes, and why."""
+        reason = self.pairs_only
+        return (2, f"{self.name} is defined for two views: {reason}") if reason else (None, None)
+
+    @property
     def name(self) -> str:
         """The registry name (``nt_xent``), or the class name for an unregistered loss."""
         return getattr(self, "registry_name", type(self).__name__)
 
-    def _batch(self, z_a, z_b, labels, negatives, positive_mask) -> Batch:
-        u, v = normalise(z_a), normalise(z_b)
+    def _batch(self, views, labels, negatives, positive_mask, global_views) -> Batch:
+        views = [normalise(z) for z in views]
         extra = normalise(negatives) if negatives is not None else None
         if positive_mask is not None:
-            if positive_mask.shape != (u.shape[0], u.shape[0]) or positive_mask.dtype != torch.bool:
+            G = views[0].shape[0]
+            if positive_mask.shape != (G, G) or positive_mask.dtype != torch.bool:
                 raise ValueError(
                     f"positive_mask must be a bool tensor of shape (N, N), got {tuple(positive_mask.shape)}"
                 )
             if self.world_size > 1:
                 raise ValueError("positive_mask is a single-process option; pass labels= for distributed training")
         if self.world_size == 1:
-            return Batch(u, v, u, v, 0, labels, extra, positive_mask)
-        distributed.check_equal_local_sizes(u.shape[0])
+            return Batch(views, views, 0, labels, extra, positive_mask, global_views)
+        distributed.check_equal_local_sizes(views[0].shape[0])
+        # One all-gather for every view: (B, V, d) from each rank, stacked in rank order.
+        gathered = distributed.gather_with_grad(torch.stack(views, 1)).unbind(1)
         return Batch(
-            u,
-            v,
-            distributed.gather_with_grad(u),
-            distributed.gather_with_grad(v),
-            distributed.rank() * u.shape[0],
+            views,
+            list(gathered),
+            distributed.rank() * views[0].shape[0],
             distributed.gather(labels) if labels is not None else None,
             distributed.gather_with_grad(extra) if extra is not None else None,
+            global_views=global_views,
         )
 
     @property
@@ -161,8 +210,8 @@ class ContrastiveLoss(EmbeddingLoss):
         negatives: :class:`~losses.negatives.NegativeWeighting` (tilt, debiasing, counts, split sums).
         objective: ``"coupled"`` (positive in the denominator) or ``"decoupled"``.
         positives_in_denominator: every positive of a row in every one of its denominators (SupCon).
-        positive_weights: :class:`PositiveWeights` on the decoupled positive term (DCLW).
-        reweight: ``"macl"`` multiplies each term by the detached ``1 / (1 - P_ap + eps)``.
+        positive_weights: :class:`~losses.weights.PositiveWeights` on the decoupled positive term (DCLW).
+        reweight: :class:`~losses.weights.MACLWeights` on each coupled term (``"macl"``: its defaults).
         gradient_scaling: :class:`~losses.margin.MarginGradientScaling` (gradient-only margin effects).
         loss_scale: constant factor (SupCon's ``tau / tau_base``).
         reduction: ``"anchors"`` (mean over rows per direction) or ``"pairs"`` (mean over all pairs).
@@ -170,14 +219,14 @@ class ContrastiveLoss(EmbeddingLoss):
         accepts_negatives: take extra hard negatives (the layout must support them).
         empty_negatives: ``"raise"`` for an anchor without negatives, ``"skip"`` such anchors (raise if
             none is left), or ``"allow"`` them (SupCon: the denominator still holds the positives).
-        gather_distributed: use every process's embeddings as candidates under ``torch.distributed``.
-        diagnostics: compute ``loss.diagnostics`` on each call.
-        blockwise: compute the table in blocks of anchor rows with the gradient formed in the forward
-            pass (:mod:`mmcl.losses.blockwise`): ``None`` when the table has at least
-            ``mmcl.losses.blockwise.engine.MIN_ENTRIES`` entries, ``True`` always, ``False`` never. Same values and
-            gradients; memory linear in the batch; no double backward.
-        block_size: anchor rows per block (default: about 2^20 / candidates).
+        **execution: ``gather_distributed``, ``diagnostics``, ``blockwise`` and ``block_size``
+            (:mod:`mmcl.losses.execution`). ``blockwise`` computes the table in blocks of anchor rows with
+            the gradient formed in the forward pass (:mod:`mmcl.losses.blockwise`): ``None`` when the table
+            has at least ``mmcl.losses.blockwise.engine.MIN_ENTRIES`` entries, ``True`` always, ``False``
+            never. Same values and gradients; memory linear in the batch; no double backward.
     """
+
+    execution_options: ClassVar[type] = BlockwiseOptions
 
     def __init__(
         self,
@@ -189,28 +238,16 @@ class ContrastiveLoss(EmbeddingLoss):
         objective: str = "coupled",
         positives_in_denominator: bool = False,
         positive_weights: PositiveWeights | None = None,
-        reweight: str | None = None,
-        reweight_eps: float = 1e-8,
+        reweight: MACLWeights | str | None = None,
         gradient_scaling: MarginGradientScaling | None = None,
         loss_scale: float = 1.0,
         reduction: str = "anchors",
         direction_reduction: str = "mean",
         empty_negatives: str = "raise",
         accepts_negatives: bool = False,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
-        super().__init__(gather_distributed)
-        if blockwise not in (None, True, False):
-            raise ValueError(f"blockwise must be None (automatic), True or False, got {blockwise!r}")
-        if block_size is not None and (
-            isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
-        ):
-            raise ValueError(f"block_size must be a positive integer (anchor rows per block), got {block_size!r}")
-        self.blockwise = blockwise
-        self.block_size = block_size
+        super().__init__(**execution)
         if accepts_negatives and not layout.accepts_negatives:
             raise ValueError(f"{type(layout).__name__} does not take extra negatives")
         self.layout = layout
@@ -220,20 +257,24 @@ class ContrastiveLoss(EmbeddingLoss):
         self.objective = check_choice("objective", objective, ("coupled", "decoupled"))
         self.positives_in_denominator = bool(positives_in_denominator)
         self.positive_weights = positive_weights
-        self.reweight = reweight
-        if reweight not in (None, "macl"):
-            raise ValueError(f"reweight must be None or 'macl', got {reweight!r}")
-        self.reweight_eps = float(reweight_eps)
+        self.reweight = as_reweighting(reweight)
         self.gradient_scaling = gradient_scaling
         self.loss_scale = float(loss_scale)
         self.reduction = check_choice("reduction", reduction, ("anchors", "pairs"))
         self.direction_reduction = check_choice("direction_reduction", direction_reduction, ("mean", "sum"))
         self.empty_negatives = check_choice("empty_negatives", empty_negatives, ("raise", "skip", "allow"))
-        self.compute_diagnostics = bool(diagnostics)
         self.accepts_labels = layout.accepts_labels
         self.requires_labels = layout.requires_labels
         self.accepts_negatives = bool(accepts_negatives)
         self._check_combination()
+
+    @property
+    def blockwise(self) -> bool | None:
+        return self.execution.blockwise
+
+    @property
+    def block_size(self) -> int | None:
+        return self.execution.block_size
 
     # The empty-negative-set check is the batch-size guard: a queue or hard negatives allow one pair.
     min_global_batch = 1
@@ -256,90 +297,91 @@ class ContrastiveLoss(EmbeddingLoss):
             raise ValueError("positive_weights (DCLW) need objective='decoupled'")
         if weighting.split_views and weighting.debiases:
             raise ValueError("debiasing (tau_plus > 0) works on one joint negative sum; set split_views=False")
-        if self.positives_in_denominator and (weighting.debiases or self.reweight or self.gradient_scaling):
+        if self.positives_in_denominator and (
+            weighting.debiases or self.reweight is not None or self.gradient_scaling is not None
+        ):
             raise ValueError(
                 "positives_in_denominator (SupCon) cannot be combined with debiasing, reweighting or gradient scaling"
             )
 
-    def _pair_cos(self, batch: Batch, scope: str) -> tuple[Tensor, int]:
+    def _view_limit(self) -> tuple[int | None, str | None]:
+        reasons = []
+        if self.layout.max_views is not None:
+            reasons.append(f"its {type(self.layout).__name__} contrasts one pair of views")
+        if self.positive_weights is not None:
+            reasons.append("DCLW's positive weights are a softmax over the instances' one pair")
+        if self.gradient_scaling is not None:
+            reasons.append("the gradient-only margin effects are defined for one positive per anchor")
+        return (2, f"{self.name} is defined for two views: {'; '.join(reasons)}") if reasons else (None, None)
+
+    # The per-pair stages below are shared with the blockwise path (:mod:`mmcl.losses.blockwise`), which
+    # calls them on vectors of a block's pairs.
+
+    def scoped_pair_cos(self, batch: Batch, scope: str) -> tuple[Tensor, int]:
         """Positive-pair cosines of the batch statistics' scope and the index offset of local rows in it."""
         if scope == "global":
             return batch.pair_cos, 0
         return batch.pair_cos[batch.local], batch.start
 
     def compute(self, batch: Batch) -> Tensor:
-        if blockwise.select(self, batch):
-            return blockwise.compute(self, batch)
+        plan = blockwise.select(self, batch)
+        if plan is not None:
+            return blockwise.compute(self, batch, plan)
+        return self._dense(batch)
+
+    def _dense(self, batch: Batch) -> Tensor:
+        """The loss from the whole ``(R, C)`` table, with autograd."""
         table = self.layout(batch)
-        valid_rows = self._valid_rows(table)
+        counts = RowCounts(table.pos.sum(-1), table.neg.sum(-1), table.direction, table.n_directions)
+        valid = counts.valid(self)
         sim = table.sim
-        pair_cos, _ = self._pair_cos(batch, self.temperature.batch_stat_scope)
+        pair_cos, _ = self.scoped_pair_cos(batch, self.temperature.batch_stat_scope)
         tau = self.temperature(sim, pair_cos)
-        tau_matrix = tau.dim() > 0
-
         rows, cols = table.pos.nonzero(as_tuple=True)
-        pos_tau = tau[rows, cols] if tau_matrix else tau
-        pos_cos, pos_logit = self._positive_logit(sim[rows, cols], pos_tau)
-
+        pos_tau = tau[rows, cols] if tau.dim() > 0 else tau
+        pos_cos, pos_logit = self.positive_logit(sim[rows, cols], pos_tau)
         base_logits = sim / tau
         logits = base_logits if table.offset is None else base_logits + table.offset
-        weighting = self.negative_weighting
-        log_mass, diagnostics = weighting.log_mass(
+        log_mass, extra = self.negative_weighting.log_mass(
             logits, base_logits, table.neg, table.nominal_negatives, table.cand_view
         )
-
-        R = sim.shape[0]
+        coef = counts.coefficients(self, valid).to(sim.dtype)
         pos_prob = None
         if self.objective == "coupled":
-            terms, pos_prob, extra = self._coupled_terms(table, rows, cols, pos_logit, pos_cos, pos_tau, log_mass, tau)
-            diagnostics.update(extra)
-            row_loss = self._row_mean(terms, rows, R)
+            terms, pos_prob, pair_extra = self._coupled_terms(
+                table, rows, cols, pos_logit, pos_cos, pos_tau, log_mass, tau
+            )
+            extra.update(pair_extra)
+            row_loss = self.row_mean(terms, rows, sim.shape[0])
         else:
-            weight = 1.0
-            if self.positive_weights is not None:
-                scoped_cos, offset = self._pair_cos(batch, self.positive_weights.batch_stat_scope)
-                row_weight = self.positive_weights(scoped_cos)[table.row_instance - offset]
-                weight = row_weight[rows]
-                diagnostics["pos_weight_min"], diagnostics["pos_weight_max"] = row_weight.min(), row_weight.max()
-            terms = -weight * pos_logit
-            align_rows = self._row_mean(terms, rows, R)
-            row_loss = align_rows + log_mass
-            if self.compute_diagnostics:
-                with torch.no_grad():
-                    diagnostics["align_term"] = self._reduce_rows(align_rows.detach(), table, valid_rows)
-                    diagnostics["energy_term"] = self._reduce_rows(log_mass.detach(), table, valid_rows)
-
+            terms, row_loss = self._decoupled_rows(batch, table, rows, pos_logit, log_mass, valid, coef, extra)
         if self.reduction == "pairs":
-            pair_valid = valid_rows[rows]
-            loss = self.global_mean(terms[pair_valid].sum(), pair_valid.sum())
+            loss = (torch.where(valid[rows], terms, 0) * coef[rows]).sum()
         else:
-            loss = self._reduce_rows(row_loss, table, valid_rows)
-        loss = self.loss_scale * loss
-
+            loss = (torch.where(valid, row_loss, 0) * coef).sum()
         if self.compute_diagnostics:
-            self.diagnostics = self._diagnostics(
-                table, valid_rows, rows, cols, logits, pos_logit, pos_prob, tau, diagnostics
-            )
-        return loss
+            stats = self._table_stats(table, rows, cols, logits, pos_logit, pos_prob, tau, extra)
+            finals = {k: extra[k] for k in FINAL_EXTRAS if k in extra}
+            self.diagnostics = diagnostics(self, counts, valid, stats, finals, sim.dtype)
+        return self.loss_scale * loss
 
-    def _valid_rows(self, table: ContrastTable) -> Tensor:
-        has_negatives = table.neg.any(-1)
-        if self.empty_negatives == "allow" or bool(has_negatives.all()):
-            return torch.ones_like(has_negatives)
-        if self.empty_negatives == "raise":
-            bad = int((~has_negatives).nonzero()[0])
-            raise ValueError(
-                f"anchor row {bad} of {type(self).__name__} has an empty negative set; "
-                "use a larger batch (or, for label-aware negatives, batches with more than one class)"
-            )
-        if not bool(has_negatives.any()):
-            raise ValueError(
-                f"every anchor of {type(self).__name__} has an empty negative set (all samples share one class); "
-                "use batches with more than one class"
-            )
-        return has_negatives
+    def _decoupled_rows(self, batch, table, rows, pos_logit, log_mass, valid, coef, extra) -> tuple[Tensor, Tensor]:
+        """The decoupled objective's terms ``-w_a l_ap`` and row losses ``mean_p(-w_a l_ap) + log M_a``; records
+        the alignment and energy parts (and DCLW's weights) in ``extra``."""
+        weight = 1.0
+        if self.positive_weights is not None:
+            scoped_cos, offset = self.scoped_pair_cos(batch, self.positive_weights.batch_stat_scope)
+            row_weight = self.positive_weights(scoped_cos)[table.row_instance - offset]
+            weight = row_weight[rows]
+            extra["pos_weight_min"], extra["pos_weight_max"] = row_weight.min(), row_weight.max()
+        terms = -weight * pos_logit
+        align_rows = self.row_mean(terms, rows, table.sim.shape[0])
+        with torch.no_grad():
+            extra["align_term"] = (torch.where(valid, align_rows, 0) * coef).sum()
+            extra["energy_term"] = (torch.where(valid & torch.isfinite(log_mass), log_mass, 0) * coef).sum()
+        return terms, align_rows + log_mass
 
-    def _positive_logit(self, pos_cos: Tensor, pos_tau: Tensor, factor: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def positive_logit(self, pos_cos: Tensor, pos_tau: Tensor, factor: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Positive cosines after the gradient-only rescale and their logits ``psi(s) / tau``.
 
         ``factor`` overrides the gradient-scaling factor (the blockwise path computes it once for the batch).
@@ -355,16 +397,17 @@ class ContrastiveLoss(EmbeddingLoss):
         if self.positives_in_denominator:
             pos_logits = torch.zeros_like(table.sim).index_put((rows, cols), pos_logit)
             denominator = torch.logaddexp(masked_logsumexp(pos_logits, table.pos), log_mass)[rows]
-            return self._pair_terms(pos_logit, pos_cos, pos_tau, None, denominator=denominator)
+            return self.pair_terms(pos_logit, pos_cos, pos_tau, None, denominator=denominator)
         count = floor_logit = None
         if self.negative_weighting.debiases:
             count = self.negative_weighting.row_count(table.neg, table.nominal_negatives)[rows]
             floor_logit = self.temperature.floor_logit(tau)
             if floor_logit.dim() > 0:
                 floor_logit = floor_logit.expand(table.sim.shape)[rows, cols]
-        return self._pair_terms(pos_logit, pos_cos, pos_tau, log_mass[rows], count, floor_logit)
+        shared = (rows, table.sim.shape[0]) if table.positives_in_denominator else None
+        return self.pair_terms(pos_logit, pos_cos, pos_tau, log_mass[rows], count, floor_logit, shared=shared)
 
-    def _pair_terms(
+    def pair_terms(
         self,
         pos_logit: Tensor,
         pos_cos: Tensor,
@@ -373,38 +416,51 @@ class ContrastiveLoss(EmbeddingLoss):
         count: Tensor | None = None,
         floor_logit: Tensor | None = None,
         denominator: Tensor | None = None,
+        shared: tuple[Tensor, int] | None = None,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Coupled terms ``t_ap`` of (anchor, positive) pairs from per-pair vectors (P,), their detached
         positive probabilities and pair statistics; shared by the dense and the blockwise paths.
 
         ``pair_log_mass`` is each pair's ``log M_a``, ``count`` its ``n_a`` and ``floor_logit`` the floor of
         the debiased estimator (both only used when debiasing); ``denominator`` replaces
-        ``log(e^l + M)`` (SupCon's denominator with every positive).
+        ``log(e^l + M)`` (SupCon's denominator with every positive). ``shared = (pair_rows, n_rows)``: the
+        rows' positives all sit in each of their terms' denominators (a table of several views), so
+        ``t_ap = log(1 + (O_ap + M_a) / e^{l_ap})`` with ``O_ap`` the row's other positives; debiasing then
+        estimates the false negatives from the mean of the row's positives (Chuang et al.'s ``M``-positive
+        estimator).
         """
         weighting = self.negative_weighting
         extra: dict[str, Tensor] = {}
+        rest = None
         if denominator is None:
+            others = None
+            if shared is not None:
+                others, n_positives = other_positives_log_mass(pos_logit, *shared)
             if weighting.debiases:
-                pair_log_mass, floor_active = weighting.debias(pos_logit, pair_log_mass, count, floor_logit)
+                anchor = pos_logit if others is None else torch.logaddexp(pos_logit, others) - n_positives.log()
+                pair_log_mass, floor_active = weighting.debias(anchor, pair_log_mass, count, floor_logit)
                 extra["floor_active_frac"] = floor_active.to(pos_logit.dtype).mean()
-            denominator = torch.logaddexp(pos_logit, pair_log_mass)
-        terms = denominator - pos_logit
+            rest = pair_log_mass if others is None else torch.logaddexp(others, pair_log_mass)
+            # t = log(1 + rest / e^l): exact when P is near 1, where the denominator minus the logit is not.
+            terms = torch.logaddexp(torch.zeros_like(pos_logit), rest - pos_logit)
+        else:
+            terms = denominator - pos_logit
         pos_prob = torch.exp(-terms.detach())
-        if self.reweight == "macl":
-            weights = 1.0 / (1.0 - pos_prob + self.reweight_eps)
+        if self.reweight is not None:
+            weights = self.reweight(terms)
             terms = weights * terms
             extra["row_weight_mean"], extra["row_weight_max"] = weights.mean(), weights.max()
         if self.gradient_scaling is not None and self.gradient_scaling.rescales_rows:
             virtual = self.gradient_scaling.virtual_margin(pos_cos.detach()) / pos_tau
             plain = pos_cos.detach() / pos_tau
-            base = pair_log_mass.detach()
+            base = rest.detach()
             # r = (1 - P^psi) / (1 - P^0) = Z^0 / Z^psi, in log space: finite when P^0 rounds to 1.
             ratio = torch.exp(torch.logaddexp(plain, base) - torch.logaddexp(virtual, base))
             terms = straight_through_scale(terms, ratio)
             extra["margin_r_mean"] = ratio.mean()
         if self.margin is not None and not self.margin.is_identity:
             plain = pos_cos.detach() / pos_tau
-            base = pair_log_mass.detach()
+            base = rest.detach()
             extra["margin_r_mean"] = torch.exp(
                 torch.logaddexp(plain, base) - torch.logaddexp(pos_logit.detach(), base)
             ).mean()
@@ -412,47 +468,33 @@ class ContrastiveLoss(EmbeddingLoss):
         return terms, pos_prob, extra
 
     @staticmethod
-    def _row_mean(terms: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+    def row_mean(terms: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+        """Mean of each row's terms (0 for a row without any)."""
         total = torch.zeros(n_rows, dtype=terms.dtype, device=terms.device).index_add(0, rows, terms)
         count = torch.bincount(rows, minlength=n_rows).clamp(min=1).to(terms.dtype)
         return total / count
 
-    def _reduce_rows(self, row_loss: Tensor, table: ContrastTable, valid_rows: Tensor) -> Tensor:
-        parts = []
-        for group in range(table.n_directions):
-            in_group = (table.direction == group) & valid_rows
-            parts.append(
-                self.global_mean(torch.where(in_group, row_loss, torch.zeros_like(row_loss)).sum(), in_group.sum())
-            )
-        combined = torch.stack(parts).sum()
-        return combined / len(parts) if self.direction_reduction == "mean" else combined
-
-    def _diagnostics(self, table, valid_rows, rows, cols, logits, pos_logit, pos_prob, tau, extra) -> dict[str, Tensor]:
+    def _table_stats(self, table, rows, cols, logits, pos_logit, pos_prob, tau, extra) -> Stats:
+        """The diagnostics' statistics (:class:`~losses.rows.Stats`) of the whole table."""
+        stats = Stats()
         with torch.no_grad():
             sim, neg = table.sim.detach(), table.neg
             pos_cos = sim[rows, cols]
-            out: dict[str, Tensor] = {
-                "n_anchors": torch.tensor(float(sim.shape[0]), dtype=sim.dtype, device=sim.device),
-                "n_valid_anchors": valid_rows.sum().to(sim.dtype),
-                "pos_per_row_mean": table.pos.sum(-1).to(sim.dtype).mean(),
-                "neg_per_row_min": neg.sum(-1).min().to(sim.dtype),
-            }
             if tau.dim() > 0:
-                used = tau.detach()[table.pos | table.neg]
-                out.update(tau_mean=used.mean(), tau_min=used.min(), tau_max=used.max())
+                stats.tau_values(tau.detach()[table.pos | table.neg])
             if pos_cos.numel():
-                out["pos_cos_mean"], out["pos_cos_min"] = pos_cos.mean(), pos_cos.min()
-            has_neg = neg.any(-1)
-            if bool(has_neg.any()):
-                out["neg_cos_mean"] = sim[neg].mean()
-                out["hardest_neg_cos_mean"] = sim.masked_fill(~neg, float("-inf")).amax(-1)[has_neg].mean()
-                if pos_logit.numel():
-                    best_pos = torch.full((sim.shape[0],), float("-inf"), dtype=sim.dtype, device=sim.device)
-                    best_pos = best_pos.scatter_reduce(0, rows, pos_logit.detach(), "amax")
-                    hardest = logits.detach().masked_fill(~neg, float("-inf")).amax(-1)
-                    out["contrastive_acc"] = (best_pos > hardest)[has_neg & table.pos.any(-1)].float().mean()
-            if pos_prob is not None and pos_prob.numel():
-                out["pos_prob_mean"] = pos_prob.mean()
-            out.update({k: v.detach() for k, v in self.temperature.diagnostics.items()})
-            out.update({k: v.detach() for k, v in extra.items()})
-        return out
+                stats.add("pos_cos", pos_cos.sum())
+                stats.low("pos_cos_min", pos_cos.min())
+            stats.add("neg_cos", sim[neg].sum())
+            stats.rows["hardest_cos"] = sim.masked_fill(~neg, float("-inf")).amax(-1)
+            stats.rows["hardest_logit"] = logits.detach().masked_fill(~neg, float("-inf")).amax(-1)
+            best_pos = torch.full((sim.shape[0],), float("-inf"), dtype=sim.dtype, device=sim.device)
+            stats.rows["best_pos"] = best_pos.scatter_reduce(0, rows, pos_logit.detach(), "amax")
+            if pos_prob is not None:
+                stats.add("pos_prob", pos_prob.sum())
+            if "is_ess_mean" in extra:
+                present = table.neg.any(-1).sum()
+                stats.add("is_ess", extra["is_ess_mean"].detach() * present)
+                stats.add("is_ess_rows", present)
+            stats.pair_extras({k: v for k, v in extra.items() if k in PAIR_MEANS or k == "row_weight_max"}, len(rows))
+        return stats

@@ -14,7 +14,11 @@ Split form (``negative_sum="split"``, lightly): one log-sum-exp per view, added.
 the denominator. DCL has ``w_i = 1``; DCLW weighs positives by the detached
 ``w_i = 2 - B softmax_i(u . v / sigma)`` (mean exactly 1).
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. The loss can be negative.
+``V`` views (DCL; docs/multiview.md): ``-mean_p w u_i . z_p / tau + log M_i`` over the row's other views ``p``,
+the negatives every row of another instance (split: one log-sum-exp per view). DCLW refuses them: its
+weights are a softmax over the instances' one pair.
+
+Data: ``V >= 2`` views ``(N, d)`` (DCLW: pairs). Minimum batch: 2 pairs. The loss can be negative.
 
 Example:
     >>> import torch
@@ -24,15 +28,23 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.checks import check_choice
-from mmcl.losses.core import ContrastiveLoss, PositiveWeights
+from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
 from mmcl.losses.parts.negatives import NegativeWeighting
 from mmcl.losses.parts.temperature import TemperatureRule
+from mmcl.losses.parts.weights import PositiveWeights
 from mmcl.losses.registry import register_loss
 
+if TYPE_CHECKING:
+    from typing import Unpack
 
-@register_loss("dcl", paper="DCL, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs")
+    from mmcl.losses.execution import BlockwiseOptions
+
+
+@register_loss("dcl", paper="DCL, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs or V views")
 class DCLLoss(ContrastiveLoss):
     def __init__(
         self,
@@ -40,10 +52,7 @@ class DCLLoss(ContrastiveLoss):
         negative_sum: str = "joint",
         direction_reduction: str = "mean",
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         split = check_choice("negative_sum", negative_sum, ("joint", "split")) == "split"
         super().__init__(
@@ -52,10 +61,7 @@ class DCLLoss(ContrastiveLoss):
             objective="decoupled",
             negatives=NegativeWeighting(split_views=split),
             direction_reduction=direction_reduction,
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )
 
 
@@ -69,19 +75,7 @@ class DCLWLoss(DCLLoss):
         direction_reduction: str = "mean",
         batch_stat_scope: str = "local",
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
-        super().__init__(
-            temperature,
-            negative_sum,
-            direction_reduction,
-            layout,
-            gather_distributed,
-            diagnostics,
-            blockwise,
-            block_size,
-        )
+        super().__init__(temperature, negative_sum, direction_reduction, layout, **execution)
         self.positive_weights = PositiveWeights(sigma, batch_stat_scope)

@@ -11,7 +11,10 @@ arXiv:2007.00224 (code: chingyaoc/DCL).
 ``tau_plus`` is the class prior (the chance that a "negative" shares the anchor's class); ``tau_plus=0``
 is NT-Xent. Computed in log space, shifted by the row maximum, so it is exact and stable.
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+``V`` views (docs/multiview.md): every other row in the denominator, the negatives' mass debiased with
+Chuang et al.'s estimator for ``M`` positives (the mean of the row's positive exponentials).
+
+Data: ``V >= 2`` views ``(N, d)``. Minimum batch: 2 pairs.
 
 Example:
     >>> import torch
@@ -21,14 +24,21 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
 from mmcl.losses.parts.negatives import NegativeWeighting
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
 
+if TYPE_CHECKING:
+    from typing import Unpack
 
-@register_loss("debiased", paper="Debiased CL, Chuang et al. 2020 (arXiv:2007.00224)", inputs="pairs")
+    from mmcl.losses.execution import BlockwiseOptions
+
+
+@register_loss("debiased", paper="Debiased CL, Chuang et al. 2020 (arXiv:2007.00224)", inputs="pairs or V views")
 class DebiasedLoss(ContrastiveLoss):
     def __init__(
         self,
@@ -36,17 +46,11 @@ class DebiasedLoss(ContrastiveLoss):
         tau_plus: float = 0.1,
         floor: bool = True,
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             as_layout(layout, TwoViewLayout),
             temperature,
             negatives=NegativeWeighting(tau_plus=tau_plus, floor=floor),
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

@@ -11,7 +11,8 @@ arXiv:2405.18045 (code: pakoromilas/DHEL-KCL).
 Only within-view negatives: alignment and uniformity are fully decoupled. ``include_augs=False`` drops
 the second view's energy (then the loss is not symmetric in the views).
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. The loss can be negative.
+Data: pairs ``(z_a, z_b)``; more views are refused (the alignment is ``u_i . v_i``). Minimum batch: 2 pairs.
+The loss can be negative.
 
 Example:
     >>> import torch
@@ -21,10 +22,17 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import WithinViewLayout
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 @register_loss("dhel", paper="DHEL, Koromilas et al. 2024 (arXiv:2405.18045)", inputs="pairs")
@@ -33,18 +41,12 @@ class DHELLoss(ContrastiveLoss):
         self,
         temperature: float | dict | TemperatureRule = 0.3,
         include_augs: bool = True,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             WithinViewLayout(include_second_view=include_augs),
             temperature,
             objective="decoupled",
             direction_reduction="sum",
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

@@ -13,7 +13,9 @@ for the positive and every negative; the positive is in the denominator. Near-or
 ``tau_min``, near-identical (and antipodal) ones ``tau_max``. Other shapes: ``"shifted"`` (SimCSE and
 ImageNet code), ``"cosconst"`` (CIFAR script), ``"const"``; see :class:`mmcl.losses.parts.DynamicTemperature`.
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+``V`` views: NT-Xent's multi-view table (docs/multiview.md) with these per-entry temperatures.
+
+Data: ``V >= 2`` views ``(N, d)``. Minimum batch: 2 pairs.
 
 Example:
     >>> import torch
@@ -24,13 +26,20 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
 from mmcl.losses.parts.temperature import DynamicTemperature
 from mmcl.losses.registry import register_loss
 
+if TYPE_CHECKING:
+    from typing import Unpack
 
-@register_loss("dystress", paper="DySTreSS, Manna et al. 2025 (arXiv:2308.01140)", inputs="pairs")
+    from mmcl.losses.execution import BlockwiseOptions
+
+
+@register_loss("dystress", paper="DySTreSS, Manna et al. 2025 (arXiv:2308.01140)", inputs="pairs or V views")
 class DySTreSSLoss(ContrastiveLoss):
     def __init__(
         self,
@@ -42,16 +51,10 @@ class DySTreSSLoss(ContrastiveLoss):
         detach_temperature: bool = True,
         tau_min_schedule: str = "constant",
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             as_layout(layout, TwoViewLayout),
             DynamicTemperature(tau_min, tau_max, shape, offset, width, detach_temperature, tau_min_schedule),
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

@@ -11,7 +11,7 @@ NeurIPS 2020, arXiv:2010.13902 (code: Shen-Lab/GraphCL, ``unsupervised_TU/gsimcl
 The positive is **not** in the denominator (decoupled); only the ``B - 1`` cross-view negatives; one
 direction, first view (un-augmented graph) to the augmented one. It can be negative.
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+Data: pairs ``(z_a, z_b)``; more views are refused (a cross-view table). Minimum batch: 2 pairs.
 
 Example:
     >>> import torch
@@ -21,10 +21,17 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import CrossViewLayout
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 @register_loss("graphcl", paper="GraphCL, You et al. 2020 (arXiv:2010.13902)", inputs="pairs")
@@ -32,17 +39,11 @@ class GraphCLLoss(ContrastiveLoss):
     def __init__(
         self,
         temperature: float | dict | TemperatureRule = 0.2,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             CrossViewLayout("u->v"),
             temperature,
             objective="decoupled",
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

@@ -15,7 +15,10 @@ NT-Xent). The importance weights stay in the graph as in the official code; ``de
 detaches them (same value, different gradient). ``beta_schedule="anneal_down"`` lowers beta to 0 in 9
 steps over training (the code's ``--anneal down``; the trainer sets the progress).
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+``V`` views (docs/multiview.md): every other row in the denominator, the tilt on the negatives only and the
+debiasing with the mean of the row's positive exponentials; ``beta = tau_plus = 0`` is NT-Xent.
+
+Data: ``V >= 2`` views ``(N, d)``. Minimum batch: 2 pairs.
 
 Example:
     >>> import torch
@@ -25,14 +28,23 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
 from mmcl.losses.parts.negatives import NegativeWeighting
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
 
+if TYPE_CHECKING:
+    from typing import Unpack
 
-@register_loss("hcl", paper="HCL, Robinson et al. 2021 (arXiv:2010.04592)", inputs="pairs", aliases=("h_ucl",))
+    from mmcl.losses.execution import BlockwiseOptions
+
+
+@register_loss(
+    "hcl", paper="HCL, Robinson et al. 2021 (arXiv:2010.04592)", inputs="pairs or V views", aliases=("h_ucl",)
+)
 class HCLLoss(ContrastiveLoss):
     def __init__(
         self,
@@ -43,10 +55,7 @@ class HCLLoss(ContrastiveLoss):
         detach_weights: bool = False,
         beta_schedule: str = "constant",
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             as_layout(layout, TwoViewLayout),
@@ -54,8 +63,5 @@ class HCLLoss(ContrastiveLoss):
             negatives=NegativeWeighting(
                 beta=beta, detach_weights=detach_weights, tau_plus=tau_plus, floor=floor, beta_schedule=beta_schedule
             ),
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

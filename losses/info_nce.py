@@ -12,7 +12,8 @@ Only cross-view negatives; the positive is in the denominator. The default layou
 (``z_a`` from one adapter, ``z_b`` from another). Extra hard negatives, when passed, join every row's
 denominator.
 
-Data: pairs ``(z_a, z_b)``; optional ``negatives`` ``(N, d)``. Minimum batch: 2 pairs.
+Data: pairs ``(z_a, z_b)``; optional ``negatives`` ``(N, d)``; more views are refused (a cross-view table:
+call it on each pair of views). Minimum batch: 2 pairs.
 
 Example:
     >>> import torch
@@ -23,10 +24,17 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import CrossViewLayout
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 @register_loss(
@@ -40,18 +48,12 @@ class InfoNCELoss(ContrastiveLoss):
         temperature: float | dict | TemperatureRule = 0.1,
         direction: str = "symmetric",
         direction_reduction: str = "mean",
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             CrossViewLayout(direction),
             temperature,
             direction_reduction=direction_reduction,
             accepts_negatives=True,
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

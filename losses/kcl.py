@@ -21,7 +21,7 @@ with cross-view negatives; ``kernel="gaussian"`` (GKCL, ``exp(-d^2/sigma2)``, ``
 
 Both are U-statistics: the expected loss does not depend on the batch size.
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs.
+Data: pairs ``(z_a, z_b)``; more views are refused. Minimum batch: 2 pairs.
 
 Example:
     >>> import torch
@@ -31,6 +31,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
@@ -38,6 +40,11 @@ from mmcl.losses.checks import check_choice, check_positive
 from mmcl.losses.core import EmbeddingLoss
 from mmcl.losses.parts.layouts import Batch
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import ExecutionOptions
 
 KOROMILAS_KERNELS = ("gaussian", "log", "imq", "riesz", "gaussian_riesz")
 WAIDA_KERNELS = ("gaussian", "quadratic")
@@ -52,6 +59,8 @@ def squared_distance(cos: Tensor) -> Tensor:
     "kcl", paper="KCL, Koromilas et al. 2024 (arXiv:2405.18045); Waida et al. 2023 (arXiv:2304.00395)", inputs="pairs"
 )
 class KCLLoss(EmbeddingLoss):
+    pairs_only = "its alignment kernel k(u_i, v_i) and its energies are written for one pair of views"
+
     def __init__(
         self,
         variant: str = "koromilas",
@@ -60,10 +69,9 @@ class KCLLoss(EmbeddingLoss):
         gamma: float = 16.0,
         sigma2: float = 1.0,
         lam: float | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
+        **execution: Unpack[ExecutionOptions],
     ) -> None:
-        super().__init__(gather_distributed)
+        super().__init__(**execution)
         self.variant = check_choice("variant", variant, ("koromilas", "waida"))
         kernels = KOROMILAS_KERNELS if variant == "koromilas" else WAIDA_KERNELS
         self.kernel = check_choice(f"kernel (variant={variant!r})", kernel, kernels)
@@ -75,7 +83,6 @@ class KCLLoss(EmbeddingLoss):
         self.gamma = float(gamma)
         self.sigma2 = check_positive("sigma2", sigma2)
         self.lam = float(lam) if lam is not None else (8.0 if kernel == "gaussian" else 4.0)
-        self.compute_diagnostics = bool(diagnostics)
 
     def _koromilas_kernel(self, cos: Tensor, energy: bool) -> Tensor:
         d2 = squared_distance(cos)

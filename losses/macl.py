@@ -9,11 +9,17 @@ arXiv:2207.07874 (code: chenhaoxing/MACL; port: lightly's ``MACLLoss``).
     L = \\operatorname{mean}_i\\Big[-\\operatorname{sg}\\Big(\\frac{1}{1 - P_i + \\epsilon}\\Big)\\log P_i\\Big]
 
 The temperature rises as positives align; the detached reweighting undoes InfoNCE's gradient
-factor ``1 - P_i`` (per row, the positive gradient is exactly ``-1/tau``). Values are above 1 per row
+factor ``1 - P_i`` (per row, the positive gradient is exactly ``-1/tau``). ``1 - P_i`` is computed as
+``-expm1(log P_i)`` from the row's InfoNCE term, exact even when ``P_i`` is within 1e-10 of 1;
+``eps = 0`` (default) is the official code, ``eps = 1e-8`` lightly's port (spec 3.14). Values are above 1 per row
 and not comparable with InfoNCE values. A non-positive ``tau`` is clamped to ``tau_floor`` and reported
 (``tau_clamped``), or raises with ``on_nonpositive_tau="raise"``.
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. Layout: NT-Xent (lightly's port, default),
+``V`` views (NT-Xent layout, docs/multiview.md): one term per (anchor, positive) with every other row in
+its denominator, so ``1 - P_ap`` includes the row's other positives (the official function given
+``pos = s_ap`` and every other row as ``neg``); ``A`` is the mean over every pair of views.
+
+Data: ``V >= 2`` views ``(N, d)``. Minimum batch: 2 pairs. Layout: NT-Xent (lightly's port, default),
 ``{"name": "cross_view", "direction": "u->v"}`` (the early official classes) or ``"queue"`` (MoCo).
 
 Example:
@@ -27,13 +33,21 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
 from mmcl.losses.parts.temperature import AdaptiveTemperature
+from mmcl.losses.parts.weights import MACLWeights
 from mmcl.losses.registry import register_loss
 
+if TYPE_CHECKING:
+    from typing import Unpack
 
-@register_loss("macl", paper="MACL, Huang et al. 2023 (arXiv:2207.07874)", inputs="pairs")
+    from mmcl.losses.execution import BlockwiseOptions
+
+
+@register_loss("macl", paper="MACL, Huang et al. 2023 (arXiv:2207.07874)", inputs="pairs or V views")
 class MACLLoss(ContrastiveLoss):
     def __init__(
         self,
@@ -42,27 +56,20 @@ class MACLLoss(ContrastiveLoss):
         A0: float = 0.0,
         temperature_form: str = "linear",
         reweight: bool = True,
-        eps: float = 1e-8,
+        eps: float = 0.0,
         batch_stat_scope: str = "local",
         on_nonpositive_tau: str = "clamp",
         tau_floor: float | None = None,
         layout: Layout | str | dict | None = None,
         direction_reduction: str = "mean",
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             as_layout(layout, TwoViewLayout),
             AdaptiveTemperature(
                 temperature, alpha, A0, temperature_form, batch_stat_scope, on_nonpositive_tau, tau_floor
             ),
-            reweight="macl" if reweight else None,
-            reweight_eps=eps,
+            reweight=MACLWeights(eps) if reweight else None,
             direction_reduction=direction_reduction,
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

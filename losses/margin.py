@@ -13,7 +13,11 @@ applies one or more elemental effects to the gradient: positive emphasis (``posi
 angle-dependent scaling (``angle_margin``, ``angle_normalise``, V2) and logit-dependent scaling
 (``logit_margin``, ``logit_angle_margin``, V3). ``m1 = 1, m2 = m3 = 0`` is NT-Xent.
 
-Data: pairs ``(z_a, z_b)``. Minimum batch: 2 pairs. Layout: NT-Xent by default, or ``"cross_view"``/``"queue"``.
+``V`` views (``mode="margin"``, NT-Xent layout; docs/multiview.md): ``psi`` on every positive logit, every
+other row in each denominator. ``mode="gradient_only"`` refuses them (one positive per anchor).
+
+Data: ``V >= 2`` views ``(N, d)``. Minimum batch: 2 pairs. Layout: NT-Xent by default, or
+``"cross_view"``/``"queue"`` (pairs).
 
 Example:
     >>> import torch
@@ -23,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.checks import check_choice
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import Layout, TwoViewLayout, as_layout
@@ -30,8 +36,13 @@ from mmcl.losses.parts.margin import MarginGradientScaling, PositiveMargin
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
 
+if TYPE_CHECKING:
+    from typing import Unpack
 
-@register_loss("margin", paper="Margins, Rho et al. 2023 (arXiv:2306.11526)", inputs="pairs")
+    from mmcl.losses.execution import BlockwiseOptions
+
+
+@register_loss("margin", paper="Margins, Rho et al. 2023 (arXiv:2306.11526)", inputs="pairs or V views")
 class MarginLoss(ContrastiveLoss):
     def __init__(
         self,
@@ -48,10 +59,7 @@ class MarginLoss(ContrastiveLoss):
         clamp_eps: float | None = None,
         easy_margin_guard: bool = False,
         layout: Layout | str | dict | None = None,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         check_choice("mode", mode, ("margin", "gradient_only"))
         margin = PositiveMargin(m1, m2, m3, clamp_eps, easy_margin_guard)
@@ -69,8 +77,5 @@ class MarginLoss(ContrastiveLoss):
             temperature,
             margin=margin if mode == "margin" else None,
             gradient_scaling=scaling if mode == "gradient_only" else None,
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from mmcl.losses.execution import Execution
+
 
 @dataclass(frozen=True)
 class LossInfo:
@@ -56,13 +58,18 @@ def info(name: str) -> LossInfo:
 
 
 def options(name: str) -> dict[str, object]:
-    """The options ``build(name, ...)`` accepts, with their defaults."""
-    signature = inspect.signature(info(name).cls.__init__)
-    return {
+    """The options ``build(name, ...)`` accepts, with their defaults: the class's keywords, then the execution
+    options (:mod:`mmcl.losses.execution`) it takes as ``**execution``."""
+    cls = info(name).cls
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    found = {
         p.name: (None if p.default is inspect.Parameter.empty else p.default)
-        for p in list(signature.parameters.values())[1:]
+        for p in parameters
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
+    if any(p.kind == p.VAR_KEYWORD for p in parameters) and hasattr(cls, "execution_options"):
+        found.update(Execution.defaults(cls.execution_options))
+    return found
 
 
 def build(name: str, **kwargs) -> nn.Module:

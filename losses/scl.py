@@ -15,7 +15,9 @@ mean over all pairs. SCL is ``beta = 0``. Positives: every other row of the anch
 Anchors whose batch holds no other class are left out (``n_valid_anchors``); a batch of one class raises.
 This is not SupCon's ``L_out``. The code fixes ``tau = 0.5``.
 
-Data: pairs ``(z_a, z_b)`` + ``labels`` ``(N,)``. Minimum batch: 2 pairs of at least 2 classes.
+``V`` views (docs/multiview.md): the same on the stacked views, nominal ``N = V (B - 1)``.
+
+Data: ``V >= 2`` views ``(N, d)`` + ``labels`` ``(N,)``. Minimum batch: 2 pairs of at least 2 classes.
 
 Example:
     >>> import torch
@@ -26,11 +28,18 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import LabelLayout
 from mmcl.losses.parts.negatives import NegativeWeighting
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 class HSCLLoss(ContrastiveLoss):
@@ -41,10 +50,7 @@ class HSCLLoss(ContrastiveLoss):
         detach_weights: bool = False,
         positives: str = "labels",
         nominal_negatives: bool = True,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             LabelLayout(anchors="all", positives=positives, negatives="other_labels"),
@@ -54,10 +60,7 @@ class HSCLLoss(ContrastiveLoss):
             ),
             reduction="pairs",
             empty_negatives="skip",
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )
 
 
@@ -67,26 +70,14 @@ class SCLLoss(HSCLLoss):
         temperature: float | dict | TemperatureRule = 0.5,
         positives: str = "labels",
         nominal_negatives: bool = True,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
-        super().__init__(
-            temperature,
-            0.0,
-            False,
-            positives,
-            nominal_negatives,
-            gather_distributed,
-            diagnostics,
-            blockwise,
-            block_size,
-        )
+        super().__init__(temperature, 0.0, False, positives, nominal_negatives, **execution)
 
 
 # SCL first: it is the base case (beta = 0) and reads first in the table.
-register_loss("scl", paper="SCL as coded in H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")(
-    SCLLoss
+SCL_PAPER = "SCL as coded in H-SCL, Jiang et al. 2022 (arXiv:2209.00078)"
+register_loss("scl", paper=SCL_PAPER, inputs="pairs or V views + labels")(SCLLoss)
+register_loss("h_scl", paper="H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs or V views + labels")(
+    HSCLLoss
 )
-register_loss("h_scl", paper="H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs + labels")(HSCLLoss)

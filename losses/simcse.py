@@ -16,7 +16,7 @@ anchor's own one with the logit offset ``log alpha = hard_negative_weight``:
     + \\alpha^{1[j=i]} e^{\\cos(h_i,h_j^-)/\\tau}\\Big)
 
 Data: ``(z_a, z_b)`` = (sentence, dropout copy) or (premise, entailment); optional ``negatives`` =
-contradictions ``(N, d)``. Minimum batch: 2 pairs.
+contradictions ``(N, d)``; more views are refused (a cross-view table). Minimum batch: 2 pairs.
 
 Example:
     >>> import torch
@@ -28,10 +28,17 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import CrossViewLayout
 from mmcl.losses.parts.temperature import TemperatureRule
 from mmcl.losses.registry import register_loss
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from mmcl.losses.execution import BlockwiseOptions
 
 
 @register_loss("simcse", paper="SimCSE, Gao et al. 2021 (arXiv:2104.08821)", inputs="pairs (+ optional hard negatives)")
@@ -41,17 +48,11 @@ class SimCSELoss(ContrastiveLoss):
         temperature: float | dict | TemperatureRule = 0.05,
         hard_negative_weight: float = 0.0,
         symmetric: bool = False,
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         super().__init__(
             CrossViewLayout("symmetric" if symmetric else "u->v", hard_negative_weight),
             temperature,
             accepts_negatives=True,
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

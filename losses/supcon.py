@@ -13,24 +13,39 @@ anchor without positives contributes 0 and still counts (the reference code's ru
 ``"all"`` uses both views as anchors, ``"one"`` the first only. ``base_temperature`` defaults to the
 temperature (factor 1); 0.07 reproduces the reference code's gradient scale.
 
-Data: pairs ``(z_a, z_b)`` + ``labels`` ``(N,)``. Minimum batch: 2 pairs.
+Any number of views: ``loss_fn(z_1, ..., z_V, labels=...)`` or SupContrast's own call ``loss_fn(features,
+labels)`` with ``features`` ``(N, V, d)`` compute SupContrast's ``SupConLoss`` (tested equal in float64,
+values and gradients); ``global_views=G`` keeps only the first ``G`` views as candidates (multi-crop).
+
+Data: ``V >= 2`` views ``(N, d)`` + ``labels`` ``(N,)``. Minimum batch: 2 instances.
 
 Example:
     >>> import torch
     >>> from mmcl import losses
     >>> loss_fn = losses.build("supcon", temperature=0.1)
     >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16), labels=torch.tensor([0, 1, 0, 1, 2, 2, 3, 3]))
+    >>> features = torch.randn(8, 3, 16)  # SupContrast's [bsz, n_views, d]
+    >>> loss = loss_fn(features, torch.tensor([0, 1, 0, 1, 2, 2, 3, 3]))
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from mmcl.losses.core import ContrastiveLoss
 from mmcl.losses.parts.layouts import LabelLayout
 from mmcl.losses.parts.temperature import FixedTemperature, TemperatureRule, as_temperature_rule
 from mmcl.losses.registry import register_loss
 
+if TYPE_CHECKING:
+    from typing import Unpack
 
-@register_loss("supcon", paper="SupCon, Khosla et al. 2020 (arXiv:2004.11362)", inputs="pairs + labels (optional)")
+    from mmcl.losses.execution import BlockwiseOptions
+
+
+@register_loss(
+    "supcon", paper="SupCon, Khosla et al. 2020 (arXiv:2004.11362)", inputs="pairs or V views + labels (optional)"
+)
 class SupConLoss(ContrastiveLoss):
     min_global_batch = 2  # with one pair the denominator holds only the positive
 
@@ -39,10 +54,7 @@ class SupConLoss(ContrastiveLoss):
         temperature: float | dict | TemperatureRule = 0.1,
         base_temperature: float | None = None,
         contrast_mode: str = "all",
-        gather_distributed: bool = True,
-        diagnostics: bool = True,
-        blockwise: bool | None = None,
-        block_size: int | None = None,
+        **execution: Unpack[BlockwiseOptions],
     ) -> None:
         rule = as_temperature_rule(temperature)
         scale = 1.0
@@ -58,8 +70,5 @@ class SupConLoss(ContrastiveLoss):
             positives_in_denominator=True,
             loss_scale=scale,
             empty_negatives="allow",
-            gather_distributed=gather_distributed,
-            diagnostics=diagnostics,
-            blockwise=blockwise,
-            block_size=block_size,
+            **execution,
         )

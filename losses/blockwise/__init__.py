@@ -14,8 +14,8 @@ labels, DCL, the debiased loss, HCL with ``beta`` 0 or 1, the margin losses) the
 :mod:`mmcl.losses.blockwise.symmetric` visits only its upper-triangular tiles, each for its rows and its
 columns: about 2/3 of the matrix products.
 
-Shapes: ``R`` anchor rows (``2B`` for NT-Xent), ``C`` candidates (``2G``), ``d`` the embedding
-dimension, ``b`` the block rows (``block_size``; by default ``engine.BLOCK_ENTRIES / C``, at most
+Shapes: ``R`` anchor rows (``2B`` for NT-Xent, ``VB`` with ``V`` views), ``C`` candidates (``2G``, ``VG``),
+``d`` the embedding dimension, ``b`` the block rows (``block_size``; by default ``engine.BLOCK_ENTRIES / C``, at most
 ``engine.MAX_BLOCK_ROWS``).
 
 Use: every softmax-family loss takes ``blockwise`` (``None``: automatic, when the table has at least
@@ -23,12 +23,14 @@ Use: every softmax-family loss takes ``blockwise`` (``None``: automatic, when th
 (rows per block).
 Results equal the dense path's to rounding (tested to 1e-6 in float64 with ragged blocks).
 
-Dense only (the loss falls back, and warns once when ``blockwise=True``): custom layouts and
-temperature rules, ``positive_mask``, ``QueueLayout(batch_negatives=False)``,
-``DynamicTemperature(detach_temperature=False)``, split negative sums with a tilt or the nominal count,
-a tilt together with hard-negative logit offsets, SupCon's ``positives_in_denominator`` with parts
-other than plain negatives, the decoupled objective with ``reduction="pairs"``, the coupled objective on
-the within-view layout and gradient scaling with several positives per anchor.
+Dense only (the loss falls back, and warns once when ``blockwise=True``): layouts without a
+:meth:`~losses.parts.layouts.Layout.block_plan` (and ``positive_mask``, ``QueueLayout(batch_negatives=False)``,
+whose plans say so) and temperature rules without a blockwise form (``DynamicTemperature(detach_temperature=
+False)``), split negative sums with a tilt or the nominal count, a tilt together with hard-negative logit
+offsets, SupCon's ``positives_in_denominator`` with parts other than plain negatives, the decoupled
+objective with ``reduction="pairs"`` or label positives, the coupled objective on the within-view layout
+and gradient scaling with several positives per anchor. Any number of views (docs/multiview.md): each
+view's rows are a group whose positive columns are given by index.
 
 Limits: the gradient is formed in the forward pass, so double backward (``create_graph=True``) raises;
 under ``torch.no_grad()`` (or when no input requires grad) no gradient is formed.

@@ -1,32 +1,30 @@
 """From a :class:`~losses.core.ContrastiveLoss` and a batch to the blockwise computation and back.
 
+The layout describes its table as a plan (:meth:`~losses.parts.layouts.Layout.block_plan`) and the
+temperature rule says its form (``per_entry``, :meth:`~losses.parts.temperature.TemperatureRule.
+blockwise_unsupported`): the engine reads only the plan and the parts' protocols, never their types.
+
 Everything that is not per block is done here, in ``O((R + C) d)``: the temperature (MACL's from the
-detached alignment), row validity, negative counts and reduction weights (from label counts, never
-from masks), DCLW weights, gradient-scaling factors, the decoupled objectives' positive term (with
-autograd, outside the Function: it is a row-wise dot product) and the final diagnostics.
+detached alignment), row counts from index arithmetic and label counts (never from masks), then the row
+validity, reduction weights and diagnostics of :mod:`mmcl.losses.rows` (the dense path's definitions),
+DCLW weights, gradient-scaling factors and the decoupled objectives' positive term (with autograd,
+outside the Function: it is a row-wise dot product).
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from mmcl.losses import distributed
+from mmcl.losses.batch import Batch
 from mmcl.losses.blockwise import symmetric
 from mmcl.losses.blockwise.function import BlockRunner, BlockwiseLoss
 from mmcl.losses.blockwise.kernel import GroupState, Kernel
-from mmcl.losses.blockwise.plan import Plan, RowGroup, build_plan
-from mmcl.losses.parts.layouts import (
-    Batch,
-    CrossViewLayout,
-    LabelLayout,
-    QueueLayout,
-    TwoViewLayout,
-    WithinViewLayout,
-)
-from mmcl.losses.parts.temperature import AdaptiveTemperature, DynamicTemperature, FixedTemperature
+from mmcl.losses.blockwise.plan import Plan, RowGroup
+from mmcl.losses.rows import RowCounts, diagnostics
 
 # Automatic selection: the blockwise path is used when the (anchors x candidates) table would have at
 # least this many entries. Below it both paths take well under a millisecond.
@@ -43,46 +41,39 @@ TILE_ROWS = 1 << 10
 
 
 def table_entries(batch: Batch) -> int:
-    """Upper bound on the entries of the dense table, ``2B x 2G`` (no allocation)."""
-    return 4 * batch.u.shape[0] * batch.U.shape[0]
+    """Upper bound on the entries of the dense table, ``V B x Vc G`` (no allocation)."""
+    return batch.n_views * batch.u.shape[0] * batch.candidate_views * batch.U.shape[0]
 
 
-def unsupported(loss, batch: Batch) -> str | None:
-    """Why ``loss`` cannot take the blockwise path on ``batch`` (None when it can). No side effects."""
-    layout, weighting = loss.layout, loss.negative_weighting
-    if type(layout) not in (TwoViewLayout, CrossViewLayout, LabelLayout, WithinViewLayout, QueueLayout):
-        return f"layout {type(layout).__name__} has no index plan"
-    if type(layout) is LabelLayout and batch.positive_mask is not None:
-        return "positive_mask (an instance-level (N, N) mask) is only supported by the dense path"
-    if type(layout) is QueueLayout and not layout.batch_negatives:
-        return "QueueLayout(batch_negatives=False) is only supported by the dense path"
-    if type(layout) is QueueLayout and batch.u.shape[1] != layout.queue.shape[1]:
-        return "the queue's dimension differs from the embeddings' (the dense path raises the error)"
-    rule = loss.temperature
-    if type(rule) not in (FixedTemperature, AdaptiveTemperature, DynamicTemperature):
-        return f"temperature rule {type(rule).__name__} is not supported"
-    if isinstance(rule, DynamicTemperature) and not rule.detach_temperature:
-        return "DynamicTemperature(detach_temperature=False) is only supported by the dense path"
+def unsupported(loss, plan: Plan | str) -> str | None:
+    """Why ``loss`` cannot take the blockwise path with ``plan`` (None when it can). No side effects."""
+    if isinstance(plan, str):
+        return plan
+    reason = loss.temperature.blockwise_unsupported()
+    if reason is not None:
+        return reason
+    weighting = loss.negative_weighting
     beta = weighting.current_beta
-    offset = type(layout) is CrossViewLayout and batch.negatives is not None and layout.hard_negative_weight != 0.0
     if weighting.split_views and (beta != 0.0 or weighting.count == "nominal"):
         return "split negative sums with a tilt or the nominal count are only supported by the dense path"
-    if beta != 0.0 and offset:
+    if beta != 0.0 and plan.has_offsets:
         return "a tilt (beta > 0) with hard-negative logit offsets is only supported by the dense path"
-    label_positives = type(layout) is LabelLayout and layout.positives == "labels" and batch.labels is not None
-    if loss.positives_in_denominator and not _fusable(loss, layout, batch, label_positives):
+    if loss.positives_in_denominator and not fusable(loss, plan):
         return "positives_in_denominator with parts other than plain negatives is only supported by the dense path"
     if loss.objective == "decoupled" and loss.reduction == "pairs":
         return "the decoupled objective with reduction='pairs' is only supported by the dense path"
-    if loss.objective == "coupled" and type(layout) is WithinViewLayout:
+    if loss.objective == "decoupled" and plan.label_positives:
+        return "the decoupled objective with label positives is only supported by the dense path"
+    if loss.objective == "coupled" and plan.positives_outside_columns:
         return "the coupled objective on the within-view layout is only supported by the dense path"
-    if loss.gradient_scaling is not None and label_positives:
+    if loss.gradient_scaling is not None and plan.label_positives:
         return "gradient scaling with several positives per anchor is only supported by the dense path"
     return None
 
 
-def _fusable(loss, layout, batch, label_positives: bool) -> bool:
-    """Whether the fused softmax form computes this loss (see :mod:`mmcl.losses.blockwise.kernel`)."""
+def fusable(loss, plan: Plan) -> bool:
+    """Whether the fused softmax form computes this loss (see :mod:`mmcl.losses.blockwise.kernel`): plain
+    negatives, one denominator per row (every column but the own), the row loss the mean of its terms."""
     weighting = loss.negative_weighting
     plain = (
         loss.objective == "coupled"
@@ -93,75 +84,51 @@ def _fusable(loss, layout, batch, label_positives: bool) -> bool:
         and (loss.margin is None or loss.margin.is_identity)
         and loss.gradient_scaling is None
     )
-    if not plain:
+    if not plain or plan.has_offsets or plan.positives_outside_columns:
         return False
-    if type(layout) is CrossViewLayout and batch.negatives is not None and layout.hard_negative_weight != 0.0:
+    if any(g.negatives != "others" for g in plan.groups):
         return False
-    if type(layout) is LabelLayout and layout.negatives != "others":
-        return False
-    if label_positives:
+    if plan.label_positives:
         return loss.positives_in_denominator and loss.reduction == "anchors"
-    return type(layout) is not WithinViewLayout
+    several = any(g.n_positive_columns > 1 for g in plan.groups)
+    return not several or loss.positives_in_denominator or plan.positives_in_denominator
 
 
-def select(loss, batch: Batch) -> bool:
-    """Whether this call of ``loss`` takes the blockwise path: ``loss.blockwise`` is True, or None and the
-    table has at least :data:`MIN_ENTRIES` entries; and the configuration is supported (with
+def select(loss, batch: Batch) -> Plan | None:
+    """The plan when this call of ``loss`` takes the blockwise path: ``loss.blockwise`` is True, or None and
+    the table has at least :data:`MIN_ENTRIES` entries; and the configuration is supported (with
     ``blockwise=True``, an unsupported one warns once per loss object)."""
     if loss.blockwise is False or (loss.blockwise is None and table_entries(batch) < MIN_ENTRIES):
-        return False
-    reason = unsupported(loss, batch)
+        return None
+    plan = loss.layout.block_plan(batch)
+    reason = unsupported(loss, plan)
     if reason is not None and loss.blockwise and not getattr(loss, "_warned_blockwise", False):
-        warnings.warn(f"{loss.name}: blockwise=True but {reason}; using the dense path", stacklevel=4)
+        warnings.warn(f"{loss.name}: blockwise=True but {reason}; using the dense path", stacklevel=5)
         loss._warned_blockwise = True
-    return reason is None
+    return plan if reason is None else None
 
 
-def compute(loss, batch: Batch) -> Tensor:
-    """The loss of ``batch`` through the blockwise path (the caller checked :func:`unsupported`)."""
-    label_positives = (
-        type(loss.layout) is LabelLayout and loss.layout.positives == "labels" and batch.labels is not None
-    )
-    fused = _fusable(loss, loss.layout, batch, label_positives)
-    plan = build_plan(loss.layout, batch)
+def compute(loss, batch: Batch, plan: Plan) -> Tensor:
+    """The loss of ``batch`` through the blockwise path (``plan`` from :func:`select`)."""
     dtype, device = batch.u.dtype, batch.u.device
-    rows = _RowInfo(loss, plan, batch)
-    rows.check_negatives()
+    rows = PlanRows.of(plan, batch)
+    valid = rows.counts.valid(loss)
     rule = loss.temperature
-    scoped_cos, _ = loss._pair_cos(batch, rule.batch_stat_scope)
-    if isinstance(rule, DynamicTemperature):
-        tau, dynamic = None, rule
-    else:
-        tau, dynamic = rule(torch.zeros((), dtype=dtype, device=device), scoped_cos), None
-    coef = rows.coefficients().to(dtype)
-    diagnostics = loss.compute_diagnostics
-    pair_cos = (batch.u * batch.v).sum(-1)  # (B,) the pair positives' cosines, with gradient
-    pair_cos_rows = torch.cat([pair_cos if g.pair_positive else pair_cos.new_zeros(g.rows) for g in plan.groups])
-    pos_factor = None
+    scoped_cos, _ = loss.scoped_pair_cos(batch, rule.batch_stat_scope)
+    tau = None if rule.per_entry else rule(torch.zeros((), dtype=dtype, device=device), scoped_cos)
+    coef = rows.counts.coefficients(loss, valid).to(dtype)
+    # With autograd only where the positives' cosines enter the loss outside the Function.
+    with torch.set_grad_enabled(torch.is_grad_enabled() and (loss.objective == "decoupled")):
+        pair_cos = positive_cosines(plan, batch)
+    kernel = Kernel(loss, plan, tau, coef, valid, rows.counts, fusable(loss, plan), loss.compute_diagnostics)
+    kernel.pair_cos = [c.detach() for c in pair_cos]
     if loss.gradient_scaling is not None:
-        # Once for the batch: with angle_normalise the factors are divided by their batch mean.
-        factor = loss.gradient_scaling.positive_factor(pair_cos_rows.detach()[rows.has_pair])
-        pos_factor = torch.ones_like(pair_cos_rows.detach())
-        pos_factor[rows.has_pair] = factor
-    kernel = Kernel(
-        loss,
-        tau,
-        dynamic,
-        coef,
-        rows.valid,
-        rows.n_pos,
-        rows.n_neg,
-        plan.nominal_negatives,
-        pos_factor,
-        fused,
-        diagnostics,
-    )
-    kernel.pair_cos_rows = pair_cos_rows.detach()
+        kernel.pos_factor = _positive_factors(loss, pair_cos)
     extra: dict[str, Tensor] = {}
     value = 0.0
     if loss.objective == "decoupled":
-        value = _decoupled_positive_term(loss, batch, plan, rows, pair_cos_rows, kernel, extra)
-    states = [_group_state(g, plan, rows, diagnostics) for g in plan.groups]
+        value = _decoupled_positive_term(loss, batch, plan, pair_cos, kernel, extra)
+    states = [_group_state(g, plan, rows, kernel.diagnostics) for g in plan.groups]
     z_index = symmetric.self_similar_tensor(plan, kernel)
     shift = symmetric.one_shift(plan.tensors[z_index], kernel) if z_index is not None else None
     if shift is not None:
@@ -171,133 +138,135 @@ def compute(loss, batch: Batch) -> Tensor:
         block_rows = loss.block_size or max(MIN_BLOCK_ROWS, min(MAX_BLOCK_ROWS, fit))
         runner = BlockRunner(plan, kernel, states, block_rows)
     value = value + BlockwiseLoss.apply(runner, *plan.tensors)
-    loss_value = loss.loss_scale * value
-    if diagnostics:
-        loss.diagnostics = _diagnostics(loss, kernel, plan, states, rows, extra, dtype, device, dynamic is not None)
-    return loss_value
+    loss.layout.update(batch)
+    if kernel.diagnostics:
+        _plan_statistics(kernel, plan, states, rows)
+        loss.diagnostics = diagnostics(loss, rows.counts, valid, kernel.stats, extra, dtype)
+    return loss.loss_scale * value
 
 
-class _RowInfo:
-    """Per-row counts of the table, in its row order, from index arithmetic and label counts."""
+@dataclass
+class PlanRows:
+    """Per-row counts of a plan's table, in its row order, from index arithmetic and label counts."""
 
-    def __init__(self, loss, plan: Plan, batch: Batch) -> None:
-        self.loss, self.plan = loss, plan
+    counts: RowCounts
+    classes: Tensor | None  # sorted class ids (labels map to 0 .. k-1), when a group has labels
+
+    @classmethod
+    def of(cls, plan: Plan, batch: Batch) -> PlanRows:
         device = batch.u.device
-        self.classes = None
+        classes = None
         if batch.labels is not None and any(g.labels is not None for g in plan.groups):
-            self.classes = torch.unique(batch.labels)  # sorted class ids: labels map to 0..k-1
-        n_pos, n_neg, direction, has_pair = [], [], [], []
+            classes = torch.unique(batch.labels)
+        n_pos, n_neg, direction, order = [], [], [], []
         for g in plan.groups:
-            C = g.columns
-            in_cols = 0
-            if g.labels is not None and self.classes is not None:
-                same = self._same_count(g)
-            if g.has_single_positive:
-                pos = torch.ones(g.rows, dtype=torch.long, device=device)
-                in_cols = pos
-            elif g.labels is not None and self.classes is not None:
-                pos = same - 1
-                in_cols = pos
-            else:
+            same = _same_class_count(g, classes) if g.labels is not None and classes is not None else None
+            if g.has_positive_columns:
+                pos = in_columns = torch.full((g.rows,), g.n_positive_columns, dtype=torch.long, device=device)
+            elif same is not None:
+                pos = in_columns = same - int(g.has_self)
+            else:  # positives outside the columns (the within-view table), or none
                 pos = torch.full((g.rows,), int(g.pair_positive), dtype=torch.long, device=device)
-            if g.negatives == "other_labels":
-                neg = C - same
-            else:
-                neg = C - int(g.has_self) - in_cols
+                in_columns = 0
+            neg = g.columns - same if g.negatives == "other_labels" else g.columns - int(g.has_self) - in_columns
             n_pos.append(pos)
             n_neg.append(torch.as_tensor(neg, device=device).expand(g.rows))
             direction.append(torch.full((g.rows,), g.direction, dtype=torch.long, device=device))
-            has_pair.append(torch.full((g.rows,), g.pair_positive, dtype=torch.bool, device=device))
-        self.row_order = torch.cat(
-            [
-                g.row_order if g.row_order is not None else torch.arange(g.rows, device=device) + g.first_row
-                for g in plan.groups
-            ]
+            order.append(g.row_order if g.row_order is not None else torch.arange(g.rows, device=device) + g.first_row)
+        counts = RowCounts(
+            torch.cat(n_pos), torch.cat(n_neg), torch.cat(direction), plan.n_directions, torch.cat(order)
         )
-        self.n_pos = torch.cat(n_pos)
-        self.n_neg = torch.cat(n_neg)
-        self.direction = torch.cat(direction)
-        self.has_pair = torch.cat(has_pair)
-        self.valid = torch.ones_like(self.has_pair)
+        return cls(counts, classes)
 
     def group_ids(self, g: RowGroup) -> tuple[Tensor, Tensor]:
         """Class ids (0..k-1) of the group's rows and columns."""
-        cols = torch.cat([s.labels for s in g.segments])
-        return torch.searchsorted(self.classes, g.labels), torch.searchsorted(self.classes, cols)
-
-    def _same_count(self, g: RowGroup) -> Tensor:
-        """Number of candidate columns of each row's class (self and partner included)."""
-        rows, cols = self.group_ids(g)
-        return torch.bincount(cols, minlength=self.classes.numel())[rows]
-
-    def check_negatives(self) -> None:
-        """The dense path's empty-negative-set rule (raise, skip or allow), with its messages."""
-        loss = self.loss
-        has_negatives = self.n_neg > 0
-        if loss.empty_negatives == "allow" or bool(has_negatives.all()):
-            return
-        name = type(loss).__name__
-        if loss.empty_negatives == "raise":
-            bad = int(self.row_order[~has_negatives].min())
-            raise ValueError(
-                f"anchor row {bad} of {name} has an empty negative set; "
-                "use a larger batch (or, for label-aware negatives, batches with more than one class)"
-            )
-        if not bool(has_negatives.any()):
-            raise ValueError(
-                f"every anchor of {name} has an empty negative set (all samples share one class); "
-                "use batches with more than one class"
-            )
-        self.valid = has_negatives
-
-    def coefficients(self) -> Tensor:
-        """Each row's weight in the loss (before ``loss_scale``): ``world / count`` of its direction group
-        (halved for a mean of two directions), or ``world / pairs`` per pair for the pair reduction."""
-        loss, plan = self.loss, self.plan
-        world = loss.world_size
-        valid = self.valid
-        if loss.reduction == "pairs":
-            total = (self.n_pos * valid).sum().to(torch.float64)
-            if world > 1:
-                total = distributed.all_reduce_sum(total)
-            return torch.full(self.n_pos.shape, world, dtype=torch.float64, device=total.device) / total
-        counts = torch.bincount(self.direction[valid], minlength=plan.n_directions).to(torch.float64)
-        if world > 1:
-            counts = distributed.all_reduce_sum(counts)
-        coef = world / counts[self.direction]
-        return coef / plan.n_directions if loss.direction_reduction == "mean" else coef
+        return _class_ids(g, self.classes)
 
 
-def _decoupled_positive_term(loss, batch, plan, rows, pair_cos_rows, kernel: Kernel, extra) -> Tensor:
-    """``sum_a c_a (-w_a psi(s_a) / tau_a)`` over the rows with a pair positive, with autograd: a row-wise
-    dot product, so it stays outside the Function. Also the positives' diagnostics the kernel cannot see."""
-    has = rows.has_pair
-    cos = pair_cos_rows[has]
-    dynamic = kernel.rule
-    pos_tau = kernel.tau if dynamic is None else dynamic.tau_of(cos.detach())
-    factor = kernel.pos_factor[has] if kernel.pos_factor is not None else None
-    _, logit = loss._positive_logit(cos, pos_tau, factor)
-    weight = 1.0
+def _class_ids(g: RowGroup, classes: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.searchsorted(classes, g.labels), torch.searchsorted(classes, g.column_labels())
+
+
+def _same_class_count(g: RowGroup, classes: Tensor) -> Tensor:
+    """Number of candidate columns of each row's class (its own column and other views included)."""
+    rows, cols = _class_ids(g, classes)
+    return torch.bincount(cols, minlength=classes.numel())[rows]
+
+
+def positive_cosines(plan: Plan, batch: Batch) -> list[Tensor]:
+    """Per group, the cosines ``(rows, K)`` of each row with its same-instance positives: the positive columns'
+    candidates (any row order, any process), or the other views of a table whose positives are not
+    candidates. Label positives are not listed (``K = 0``)."""
+    out = []
+    for g in plan.groups:
+        q = plan.tensors[g.tensor][g.start : g.stop]
+        if g.pos_index is not None:
+            keys = [_candidate_rows(plan, g, g.pos_index[:, k]) for k in range(g.n_positive_columns)]
+        elif g.pos_cols:  # row j's positive is column c + j: a slice of one segment
+            keys = [_candidate_rows(plan, g, slice(c, c + g.rows)) for c in g.pos_cols]
+        elif g.pair_positive and g.labels is None:
+            q, keys = batch.views[g.view], [batch.views[b] for b in g.positive_views]
+        else:
+            keys = []
+        out.append(torch.stack([(q * k).sum(-1) for k in keys], 1) if keys else q.new_zeros(g.rows, 0))
+    return out
+
+
+def _candidate_rows(plan: Plan, g: RowGroup, columns: Tensor | slice) -> Tensor:
+    """The candidate embeddings of ``columns`` (indices or a slice, all within one segment, as every row's
+    k-th positive column is)."""
+    first, at = int(columns.start if isinstance(columns, slice) else columns[0]), 0
+    for s in g.segments:
+        if at <= first < at + s.size:
+            rows = plan.tensors[s.tensor]
+            if isinstance(columns, slice):
+                return rows[s.start + columns.start - at : s.start + columns.stop - at]
+            return rows[s.start + columns - at]
+        at += s.size
+    raise IndexError(f"column {first} is outside the group's {at} columns")
+
+
+def _positive_factors(loss, pair_cos: list[Tensor]) -> Tensor:
+    """Gradient-scaling factors of every row's (single) positive, once for the batch: with
+    ``angle_normalise`` they are divided by their batch mean. Rows without a positive get 1."""
+    cos = torch.cat([c.detach() for c in pair_cos if c.shape[1]])[:, 0]
+    factor = loss.gradient_scaling.positive_factor(cos)
+    has = torch.cat([torch.full((c.shape[0],), c.shape[1] > 0, device=cos.device) for c in pair_cos])
+    out = torch.ones(has.shape, dtype=cos.dtype, device=cos.device)
+    out[has] = factor
+    return out
+
+
+def _decoupled_positive_term(loss, batch, plan, pair_cos: list[Tensor], kernel: Kernel, extra) -> Tensor:
+    """``sum_a c_a mean_p (-w_a psi(s_ap) / tau_ap)`` over the rows with same-instance positives, with autograd:
+    row-wise dot products, so it stays outside the Function. Also the positives' diagnostics the kernel
+    cannot see."""
+    rule, value = kernel.rule, 0.0
+    weights = None
     if loss.positive_weights is not None:
-        scoped, offset = loss._pair_cos(batch, loss.positive_weights.batch_stat_scope)
-        instances = torch.cat([torch.arange(g.rows, device=cos.device) + g.instance_start for g in plan.groups])
-        row_weight = loss.positive_weights(scoped)[instances - offset]
-        weight = row_weight[has]
-        extra["pos_weight_min"], extra["pos_weight_max"] = row_weight.min(), row_weight.max()
-    terms = -weight * logit
-    value = (torch.where(rows.valid[has], terms, 0) * kernel.row_coef[has]).sum()
-    extra["align_term"] = value.detach()
-    if kernel.diagnostics:
-        kernel.row_stats["best_pos"][has] = logit.detach()
-        # Positives outside the candidate columns (within-view layout): the kernel never sees their temperature.
-        outside = torch.cat([torch.full((g.rows,), not g.has_single_positive, device=cos.device) for g in plan.groups])
-        outside &= has
-        if dynamic is not None and bool(outside.any()):
-            kernel._tau_stats_values(dynamic.tau_of(kernel.pair_cos_rows[outside]))
+        scoped, offset = loss.scoped_pair_cos(batch, loss.positive_weights.batch_stat_scope)
+        instances = torch.cat([torch.arange(g.rows, device=scoped.device) + g.instance_start for g in plan.groups])
+        weights = loss.positive_weights(scoped)[instances - offset]
+        extra["pos_weight_min"], extra["pos_weight_max"] = weights.min(), weights.max()
+    for g, cos in zip(plan.groups, pair_cos):
+        if not cos.shape[1]:
+            continue
+        rows = slice(g.first_row, g.first_row + g.rows)
+        pos_tau = kernel.tau if rule is None else rule.tau_of(cos.detach())
+        factor = kernel.pos_factor[rows, None] if kernel.pos_factor is not None else None
+        _, logit = loss.positive_logit(cos, pos_tau, factor)
+        weight = weights[rows, None] if weights is not None else 1.0
+        terms = (-weight * logit).mean(1)
+        value = value + (torch.where(kernel.valid[rows], terms, 0) * kernel.row_coef[rows]).sum()
+        if kernel.diagnostics:
+            kernel.stats.rows["best_pos"][rows] = logit.detach().amax(1)
+            if rule is not None and not g.has_positive_columns:
+                kernel.stats.tau_values(pos_tau.flatten())  # positives the kernel never sees
+    extra["align_term"] = value.detach() if isinstance(value, Tensor) else torch.tensor(0.0)
     return value
 
 
-def _group_state(g: RowGroup, plan: Plan, rows: _RowInfo, diagnostics: bool) -> GroupState:
+def _group_state(g: RowGroup, plan: Plan, rows: PlanRows, diagnostics: bool) -> GroupState:
     ranges, col = [], 0
     for s in g.segments:
         ranges.append((col, col + s.size))
@@ -330,65 +299,28 @@ def _group_state(g: RowGroup, plan: Plan, rows: _RowInfo, diagnostics: bool) -> 
     return state
 
 
-def _diagnostics(loss, kernel: Kernel, plan: Plan, states, rows: _RowInfo, extra, dtype, device, dynamic: bool):
-    """The dense path's diagnostics (:meth:`ContrastiveLoss._diagnostics`) from the kernel's accumulators."""
-    stats, row_stats = kernel.stats, kernel.row_stats
-    sums, mins, maxs = stats.sums, stats.mins, stats.maxs
-    # Positives that are the pair partner: their cosines are the row-wise dot products.
-    partner = torch.cat(
-        [torch.full((g.rows,), g.pair_positive and g.labels is None or g.has_single_positive) for g in plan.groups]
-    ).to(device)
-    partner &= rows.n_pos > 0
-    if bool(partner.any()):
-        stats.add("pos_cos", kernel.pair_cos_rows[partner].sum())
-        stats.low("pos_cos_min", kernel.pair_cos_rows[partner].min())
-    n_pairs = rows.n_pos.sum()
-    has_neg, has_pos = rows.n_neg > 0, rows.n_pos > 0
-    out: dict[str, Tensor] = {
-        "n_anchors": torch.tensor(float(rows.n_pos.numel()), dtype=dtype, device=device),
-        "n_valid_anchors": rows.valid.sum().to(dtype),
-        "pos_per_row_mean": rows.n_pos.to(dtype).mean(),
-        "neg_per_row_min": rows.n_neg.min().to(dtype),
-    }
-    if dynamic and "tau_count" in sums:
-        out.update(tau_mean=sums["tau_sum"] / sums["tau_count"], tau_min=mins["tau_min"], tau_max=maxs["tau_max"])
-    if int(n_pairs) > 0:
-        out["pos_cos_mean"] = sums["pos_cos"] / n_pairs
-        out["pos_cos_min"] = mins["pos_cos_min"]
-    if bool(has_neg.any()):
-        out["neg_cos_mean"] = sum(_negative_cosine_sum(plan, s, kernel) for s in states) / rows.n_neg.sum()
-        out["hardest_neg_cos_mean"] = row_stats["hardest_cos"][has_neg].mean()
-        if int(n_pairs) > 0:
-            hits = row_stats["best_pos"] > row_stats["hardest_logit"]
-            out["contrastive_acc"] = hits[has_neg & has_pos].float().mean()
-    if loss.objective == "coupled" and int(n_pairs) > 0:
-        out["pos_prob_mean"] = sums["pos_prob"] / n_pairs
-    if not dynamic:
-        out.update({k: v.detach() for k, v in loss.temperature.diagnostics.items()})
-    if "is_ess" in sums:
-        out["is_ess_mean"] = sums["is_ess"] / sums["is_ess_rows"]
-    for key in ("floor_active_frac", "row_weight_mean", "margin_r_mean", "margin_g_mean"):
-        if key in sums:
-            out[key] = sums[key] / n_pairs
-    if "row_weight_max" in maxs:
-        out["row_weight_max"] = maxs["row_weight_max"]
-    if loss.objective == "decoupled":
-        extra["energy_term"] = sums["energy_term"]
-    out.update(extra)
-    return {k: v.detach().to(dtype) if k != "contrastive_acc" else v for k, v in out.items()}
+def _plan_statistics(kernel: Kernel, plan: Plan, states: list[GroupState], rows: PlanRows) -> None:
+    """The statistics the blocks leave out: the same-instance positives' cosines (row-wise dot products)
+    and the sum of the negative cosines (from column sums)."""
+    stats = kernel.stats
+    for g, cos in zip(plan.groups, kernel.pair_cos):
+        if cos.shape[1] and (g.has_positive_columns or g.labels is None):
+            stats.add("pos_cos", cos.sum())
+            stats.low("pos_cos_min", cos.min())
+    stats.add("neg_cos", sum(_negative_cosine_sum(plan, s, cos) for s, cos in zip(states, kernel.pair_cos)))
 
 
-def _negative_cosine_sum(plan: Plan, state: GroupState, kernel: Kernel) -> Tensor:
+def _negative_cosine_sum(plan: Plan, state: GroupState, pair_cos: Tensor) -> Tensor:
     """Sum of a group's negative cosines without the table: ``q . sum_c k_c`` minus the excluded entries
-    (the class's columns, or the own and the positive column)."""
+    (the class's columns, or the own and the positive columns, whose cosines are ``pair_cos``)."""
     g = state.group
     q = plan.tensors[g.tensor][g.start : g.stop].detach()
     total = q @ state.col_sum
-    if state.class_sum is not None and (not g.has_single_positive or g.negatives == "other_labels"):
+    if state.class_sum is not None and (not g.has_positive_columns or g.negatives == "other_labels"):
         total = total - (q * state.class_sum[state.row_labels]).sum(1)
     else:
         if g.has_self:
             total = total - (q * q).sum(1)
-        if g.has_single_positive:
-            total = total - kernel.pair_cos_rows[g.first_row : g.first_row + g.rows]
+        if g.has_positive_columns:
+            total = total - pair_cos.sum(1)
     return total.sum()

@@ -6,21 +6,24 @@ into the anchors) or ``S = q K^T`` (per-entry temperatures). The kernel turns ``
 ``G = d loss / d S`` right after the forward pass, before the next block is formed; the engine then
 accumulates ``dq = G K`` and ``dK += G^T q``. Two forms:
 
-**Fused softmax** (NT-Xent, InfoNCE, SupCon, MACL, DySTreSS): with the allowed set ``A(j)`` = every
-column but the anchor itself, the row loss is ``lse_{A(j)} l - mean_{p in P(j)} l_p`` and
+**Fused softmax** (NT-Xent, InfoNCE, SupCon, MACL, DySTreSS, with any number of views): with the
+allowed set ``A(j)`` = every column but the anchor itself, the terms are ``t_jp = lse_{A(j)} l - l_p``,
+the row loss ``mean_{p in P(j)} w_jp t_jp`` and
 
 .. math::
-    \\frac{\\partial L}{\\partial \\ell_{jc}} = c_j w_j \\Big(\\operatorname{softmax}_{A(j)}(\\ell_j)_c
-    - \\frac{[c \\in P(j)]}{|P(j)|}\\Big)
+    \\frac{\\partial L}{\\partial \\ell_{jc}} = \\frac{c_j}{|P(j)|} \\Big(W_j \\operatorname{softmax}_{A(j)}(\\ell_j)_c
+    - w_{jc} [c \\in P(j)]\\Big), \\qquad W_j = \\sum_{p \\in P(j)} w_{jp}
 
-(``c_j`` the row's reduction weight, ``w_j`` MACL's detached ``1/(1 - P_j + eps)``). One max, one
-exp, one sum and one scale pass over the block.
+(``c_j`` the row's reduction weight, ``w_jp`` MACL's detached ``1/(1 - P_jp + eps)`` or 1). One max, one
+exp, one sum and one scale pass over the block. The positives' exponentials are kept apart from the
+negatives' sum, so ``t_jp = log(1 + (O_jp + M_j) / e^{l_jp})`` (``O`` the other positives) is exact when
+``P_jp`` is near 1.
 
 **General** (tilted, debiased, decoupled, margins, label-aware negatives, split sums, hard-negative
 offsets): the negatives' log mass and its direction ``D = d log M_j / d l_j`` (the tilted softmax
 ``(1+beta) q - beta w`` with weights in the graph, or ``q`` with detached weights) are formed on the
 block; the per-pair part (debiasing, margins, MACL weights, gradient-only rescales) runs through
-:meth:`ContrastiveLoss._pair_terms` on vectors of the block's pairs with autograd, which gives
+:meth:`ContrastiveLoss.pair_terms` on vectors of the block's pairs with autograd, which gives
 ``d loss / d log M_j`` and ``d loss / d s_jp``; then ``G = D * dL/dlogM + (pair gradients at the
 positive entries)``.
 
@@ -34,12 +37,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from mmcl.losses.blockwise.plan import RowGroup
+from mmcl.losses.blockwise.plan import Plan, RowGroup
+from mmcl.losses.rows import RowCounts, Stats
 
 NEG_INF = float("-inf")
 
@@ -108,9 +112,8 @@ def _fill_ranges(S: Tensor, blocks, value: float) -> None:
             S[r0:r1, a:b] = value
 
 
-def _range_pairs(blocks, self_idx: Tensor, C: int) -> tuple[Tensor, Tensor]:
-    """(rows, columns) of every (row, positive) entry of the runs, the rows' own columns left out."""
-    device = self_idx.device
+def _range_pairs(blocks, self_idx: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(rows, columns) of every (row, positive) entry of the runs, the rows' own columns (if any) left out."""
     rows, cols = [], []
     for r0, r1, ranges in blocks:
         for a, b in ranges:
@@ -122,26 +125,10 @@ def _range_pairs(blocks, self_idx: Tensor, C: int) -> tuple[Tensor, Tensor]:
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty
     rows, cols = torch.cat(rows), torch.cat(cols)
+    if self_idx is None:
+        return rows, cols
     keep = cols != self_idx.squeeze(1)[rows]
     return rows[keep], cols[keep]
-
-
-@dataclass
-class Stats:
-    """Detached running sums, minima and maxima of the diagnostics, combined over blocks."""
-
-    sums: dict[str, Tensor] = field(default_factory=dict)
-    mins: dict[str, Tensor] = field(default_factory=dict)
-    maxs: dict[str, Tensor] = field(default_factory=dict)
-
-    def add(self, key: str, value: Tensor) -> None:
-        self.sums[key] = self.sums[key] + value if key in self.sums else value
-
-    def low(self, key: str, value: Tensor) -> None:
-        self.mins[key] = torch.minimum(self.mins[key], value) if key in self.mins else value
-
-    def high(self, key: str, value: Tensor) -> None:
-        self.maxs[key] = torch.maximum(self.maxs[key], value) if key in self.maxs else value
 
 
 class Kernel:
@@ -149,28 +136,32 @@ class Kernel:
 
     Args:
         loss: the :class:`~losses.core.ContrastiveLoss` whose parts define the math.
-        tau: scalar temperature (0-dim), or None with ``rule`` giving per-entry temperatures.
+        plan: the table's plan (its nominal negative count; whether a row's positives share its denominators).
+        tau: scalar temperature (0-dim), or None when the loss's rule gives per-entry temperatures.
         row_coef: (R,) reduction weight of each anchor row (0 for left-out rows); for the pair
             reduction, the weight of each of the row's pairs.
         valid: (R,) rows that enter the loss.
-        n_pos: (R,) positive count of each row.
-        n_neg: (R,) negative count of each row (``n_a`` of the debiased estimator, diagnostics).
-        pos_factor: (R,) gradient-scaling factor of each row's positive (single-positive layouts).
+        counts: the rows' positive and negative counts (``n_a`` of the debiased estimator, diagnostics).
         fused: use the fused softmax form.
         diagnostics: accumulate diagnostics in :attr:`stats`.
+
+    The engine sets :attr:`pos_factor` ((R,) gradient-scaling factor of each row's single positive) and
+    :attr:`pair_cos` (per group, the rows' same-instance positive cosines).
     """
 
-    def __init__(self, loss, tau, rule, row_coef, valid, n_pos, n_neg, nominal, pos_factor, fused, diagnostics) -> None:
+    def __init__(self, loss, plan: Plan, tau, row_coef, valid, counts: RowCounts, fused, diagnostics) -> None:
         self.loss = loss
         self.tau = tau
         self.tau_value = float(tau) if tau is not None else None
-        self.rule = rule
+        self.rule = loss.temperature if tau is None else None
         self.row_coef = row_coef
         self.valid = valid
-        self.n_pos = n_pos
-        self.n_neg = n_neg
-        self.nominal = nominal
-        self.pos_factor = pos_factor
+        self.n_pos = counts.n_pos
+        self.n_neg = counts.n_neg
+        self.nominal = plan.nominal_negatives
+        self.shared_positives = plan.positives_in_denominator
+        self.pos_factor: Tensor | None = None
+        self.pair_cos: list[Tensor] = []
         self.fused = fused
         self.diagnostics = diagnostics
         self.coupled = loss.objective == "coupled"
@@ -182,9 +173,8 @@ class Kernel:
         self.all_valid = bool(valid.all())
         self.need_grad = False
         self.stats = Stats()
-        self.row_stats = {
-            key: torch.full_like(row_coef, math.nan) for key in ("hardest_cos", "hardest_logit", "best_pos")
-        }
+        for key in ("hardest_cos", "hardest_logit", "best_pos"):
+            self.stats.rows[key] = torch.full_like(row_coef, math.nan)
         self._t_buffer: Tensor | None = None
         self._w_buffer: Tensor | None = None
 
@@ -218,106 +208,122 @@ class Kernel:
 
     # ---------------------------------------------------------------------------------------------
     def _fused(self, st, j0, S, T, r, self_idx, rows) -> tuple[Tensor, float]:
-        g, stats, diag = st.group, self.stats, self.diagnostics
-        single = g.has_single_positive
-        if single:
-            p_idx = g.positive_columns(j0, r)
-            if self_idx is not None:
-                S.scatter_(1, self_idx, NEG_INF)
-            if T is not None:
-                if diag:
-                    hardest_cos = self._amax_without(S, p_idx)
-                S.div_(T)
-            pos_logit = S.gather(1, p_idx).squeeze(1)
-            if diag:
-                hardest = self._amax_without(S, p_idx)
-                shift = torch.maximum(hardest, pos_logit)
-            else:
-                shift = S.amax(1)
-        else:
-            blocks = st.class_blocks(j0, S.shape[0])
-            n_pos = self.n_pos[rows]
-            if T is not None:
-                if diag:
-                    pos_cos_sum, pos_cos_min, hardest_cos = self._label_cosine_stats(S, blocks, self_idx)
-                S.scatter_(1, self_idx, 0.0).div_(T)
-            S.scatter_(1, self_idx, 0.0)
-            pos_sum = _reduce_ranges(S, blocks, "sum")
-            if diag and T is None:
-                pos_cos_sum = pos_sum * self.tau_value
-                pos_cos_min = _reduce_ranges(S.scatter_(1, self_idx, math.inf), blocks, "amin") * self.tau_value
+        if st.group.has_positive_columns:
+            return self._fused_columns(st, j0, S, T, r, self_idx, rows)
+        return self._fused_labels(st, j0, S, T, self_idx, rows)
+
+    def _fused_columns(self, st, j0, S, T, r, self_idx, rows) -> tuple[Tensor, float]:
+        """Rows whose ``K`` positives are given column by column (the other views of the instance)."""
+        p_idx = st.group.positive_columns(j0, r)
+        if self_idx is not None:
             S.scatter_(1, self_idx, NEG_INF)
+        if T is not None:
+            if self.diagnostics:
+                hardest_cos = self._amax_without(S, p_idx)
+            S.div_(T)
+        pos_logit = S.gather(1, p_idx)  # (n, K)
+        hardest = S.scatter_(1, p_idx, NEG_INF).amax(1)  # the negatives alone from here on
+        shift = torch.maximum(hardest, pos_logit.amax(1))
+        negatives = S.sub_(shift[:, None]).exp_().sum(1)
+        value, scale, pos_grad = self.column_positive_rows(rows, negatives, pos_logit, shift)
+        if self.diagnostics:
+            hardest_cos = hardest * self.tau_value if T is None else hardest_cos
+            self._row_stats(rows, hardest_cos, hardest, pos_logit.amax(1))
+        if not self.need_grad:
+            return value, 1.0
+        S.mul_(scale[:, None]).scatter_(1, p_idx, pos_grad)
+        return value, self._finish_gradient(S, T)
+
+    def column_positive_rows(self, rows: slice, negatives: Tensor, pos_logit: Tensor, shift: Tensor):
+        """Rows with ``K`` positives each in every one of their denominators, from the sum of the negatives'
+        ``e = exp(l - shift)`` (n,) and the positive logits (n, K): the loss, the factor ``a`` of the
+        negatives' gradient ``a e`` and the positives' gradients (n, K). Terms ``t_k = log(1 + rest_k /
+        e^{l_k})`` with ``rest_k`` the negatives and the other positives, each weighted by ``w_k`` (MACL's
+        detached weight, or 1) and averaged over the row's positives (anchor reduction). Records the
+        positive-probability and MACL diagnostics."""
+        coef = self.valid_coef[rows]
+        K = pos_logit.shape[1]
+        pos_exp = torch.exp(pos_logit - shift[:, None])
+        rest = negatives[:, None].expand(-1, K)
+        if K > 1:  # the other positives, summed without cancellation
+            others = ~torch.eye(K, dtype=torch.bool, device=pos_exp.device)
+            rest = rest + (pos_exp[:, None, :] * others).sum(-1)
+        terms = torch.logaddexp(torch.zeros_like(pos_logit), rest.log() - (pos_logit - shift[:, None]))
+        weights = self.loss.reweight(terms) if self.loss.reweight is not None else torch.ones_like(terms)
+        share = 1.0 / K if self.loss.reduction == "anchors" else 1.0
+        value = self._weighted_sum((weights * terms).sum(1) * share, rows)
+        if self.diagnostics:
+            self.stats.add("pos_prob", torch.exp(-terms).sum())
+            if self.loss.reweight is not None:
+                self.stats.add("row_weight_mean", weights.sum())
+                self.stats.high("row_weight_max", weights.max())
+        # d/dl_c of mean_k w_k t_k: (W e_c - w_c [c in P] total) / total, W = sum_k w_k, for the positives
+        # written with rest_k = total - e_k so that one positive (W = w_k) needs no subtraction.
+        total = negatives + pos_exp.sum(1)
+        row = coef * share / total
+        W = weights.sum(1, keepdim=True)
+        pos_grad = row[:, None] * ((W - weights) * pos_exp - weights * rest)
+        return value, row * W.squeeze(1), pos_grad
+
+    def _fused_labels(self, st, j0, S, T, self_idx, rows) -> tuple[Tensor, float]:
+        """Rows whose positives are the same-class columns (rows and columns sorted by class)."""
+        stats, diag = self.stats, self.diagnostics
+        blocks = st.class_blocks(j0, S.shape[0])
+        n_pos = self.n_pos[rows]
+        hide = (lambda value: S.scatter_(1, self_idx, value)) if self_idx is not None else (lambda value: S)
+        if T is not None:
             if diag:
-                best_pos = _reduce_ranges(S, blocks, "amax")
-                hardest = _reduce_ranges(S, blocks, "amax", complement=True)
-                shift = torch.maximum(hardest, best_pos)
-            else:
-                shift = S.amax(1)
+                pos_cos_sum, pos_cos_min, hardest_cos = self._label_cosine_stats(S, blocks, hide)
+            hide(0.0).div_(T)
+        hide(0.0)
+        pos_sum = _reduce_ranges(S, blocks, "sum")
+        if diag and T is None:
+            pos_cos_sum = pos_sum * self.tau_value
+            pos_cos_min = _reduce_ranges(hide(math.inf), blocks, "amin") * self.tau_value
+        hide(NEG_INF)
+        if diag:
+            best_pos = _reduce_ranges(S, blocks, "amax")
+            hardest = _reduce_ranges(S, blocks, "amax", complement=True)
+            shift = torch.maximum(hardest, best_pos)
+        else:
+            shift = S.amax(1)
         S.sub_(shift[:, None]).exp_()
         total = S.sum(1)
         lse = total.log() + shift
-        if single:
-            value, coef = self.single_positive_rows(rows, lse, pos_logit)
-        else:
-            coef = self.valid_coef[rows]
-            has_pos = n_pos > 0
-            row_loss = torch.where(has_pos, lse - pos_sum / n_pos.clamp(min=1), 0)
-            value = self._weighted_sum(row_loss, rows)
+        coef = self.valid_coef[rows]
+        has_pos = n_pos > 0
+        row_loss = torch.where(has_pos, lse - pos_sum / n_pos.clamp(min=1), 0)
+        value = self._weighted_sum(row_loss, rows)
         if diag:
-            if single:
-                best_pos = pos_logit
-            else:
-                stats.add("pos_prob", (_reduce_ranges(S, blocks, "sum") / total).sum())
-                stats.add("pos_cos", pos_cos_sum.sum())
-                if bool(has_pos.any()):
-                    stats.low("pos_cos_min", pos_cos_min[has_pos].min())
+            stats.add("pos_prob", (_reduce_ranges(S, blocks, "sum") / total).sum())
+            stats.add("pos_cos", pos_cos_sum.sum())
+            if bool(has_pos.any()):
+                stats.low("pos_cos_min", pos_cos_min[has_pos].min())
             if T is None:
                 hardest_cos = hardest * self.tau_value
             self._row_stats(rows, hardest_cos, hardest, best_pos)
         if not self.need_grad:
             return value, 1.0
-        if single:
-            S.mul_((coef / total)[:, None])
-            S.scatter_add_(1, p_idx, -coef[:, None])
-        else:
-            S.mul_((torch.where(has_pos, coef, 0) / total)[:, None])
-            share = (coef / n_pos.clamp(min=1))[:, None]
-            for r0, r1, ranges in blocks:
-                for a, b in ranges:
-                    S[r0:r1, a:b] -= share[r0:r1]
-            S.scatter_(1, self_idx, 0.0)  # the own column lies in the class range but is no positive
+        S.mul_((torch.where(has_pos, coef, 0) / total)[:, None])
+        share = (coef / n_pos.clamp(min=1))[:, None]
+        for r0, r1, ranges in blocks:
+            for a, b in ranges:
+                S[r0:r1, a:b] -= share[r0:r1]
+        hide(0.0)  # the own column lies in the class range but is no positive
         return value, self._finish_gradient(S, T)
-
-    def single_positive_rows(self, rows: slice, lse: Tensor, pos_logit: Tensor) -> tuple[Tensor, Tensor]:
-        """Rows with one positive, from their log-sum-exp over every column but their own: the loss and each
-        row's gradient coefficient (reduction weight, times MACL's detached weight); records the
-        positive-probability and MACL diagnostics."""
-        coef = self.valid_coef[rows]
-        terms = lse - pos_logit
-        pos_prob = torch.exp(-terms)
-        if self.loss.reweight == "macl":
-            weights = 1.0 / (1.0 - pos_prob + self.loss.reweight_eps)
-            terms = weights * terms
-            coef = coef * weights
-            if self.diagnostics:
-                self.stats.add("row_weight_mean", weights.sum())
-                self.stats.high("row_weight_max", weights.max())
-        if self.diagnostics:
-            self.stats.add("pos_prob", pos_prob.sum())
-        return self._weighted_sum(terms, rows), coef
 
     # ---------------------------------------------------------------------------------------------
     def _general(self, st, j0, S, T, r, self_idx, rows) -> tuple[Tensor, float]:
-        g, stats, diag, loss = st.group, self.stats, self.diagnostics, self.loss
-        n, C = S.shape
-        single = g.has_single_positive
+        g, stats, diag = st.group, self.stats, self.diagnostics
+        n = S.shape[0]
+        single = g.has_positive_columns
         blocks = st.class_blocks(j0, n) if st.class_ranges is not None else None
-        # The block's (anchor, positive) pairs, read before their entries leave the negatives.
+        # The block's (anchor, positive) pairs, row by row, read before their entries leave the negatives.
         if single:
             p_idx = g.positive_columns(j0, r)
-            pair_rows, pair_cols = r, p_idx.squeeze(1)
+            pair_rows, pair_cols = r.repeat_interleave(p_idx.shape[1]), p_idx.reshape(-1)
         elif blocks is not None:
-            pair_rows, pair_cols = _range_pairs(blocks, self_idx, C)
+            pair_rows, pair_cols = _range_pairs(blocks, self_idx, S.device)
         else:
             pair_rows = pair_cols = None
         pair_value = S[pair_rows, pair_cols] if pair_rows is not None else None
@@ -340,7 +346,7 @@ class Kernel:
             if diag and g.offset_col is not None:
                 hardest_cos = S.amax(1) * self.tau_value
         if g.offset_col is not None:
-            S[r, g.offset_col + j0 + r] += loss.layout.hard_negative_weight
+            S[r, g.offset_col + j0 + r] += g.offset
         log_mass, hardest, gradient = self._log_mass(st, S, rows)
         if diag and T is None and g.offset_col is None:
             hardest_cos = hardest * self.tau_value
@@ -476,27 +482,23 @@ class Kernel:
         with torch.enable_grad() if need else nullcontext():
             cos_leaf = pair_cos.detach().requires_grad_(need)
             mass_leaf = log_mass.detach().requires_grad_(need)
-            cos_st, pos_logit = loss._positive_logit(cos_leaf, pair_tau, factor)
-            terms, pos_prob, extra = loss._pair_terms(
-                pos_logit, cos_st, pair_tau, mass_leaf[pair_rows], count, self.floor_logit
+            cos_st, pos_logit = loss.positive_logit(cos_leaf, pair_tau, factor)
+            shared = (pair_rows, n) if self.shared_positives else None
+            terms, pos_prob, extra = loss.pair_terms(
+                pos_logit, cos_st, pair_tau, mass_leaf[pair_rows], count, self.floor_logit, shared=shared
             )
             valid = self.valid[rows]
             if loss.reduction == "pairs":
                 value = (torch.where(valid[pair_rows], terms, 0) * self.row_coef[rows][pair_rows]).sum()
             else:
-                row_loss = loss._row_mean(terms, pair_rows, n)
+                row_loss = loss.row_mean(terms, pair_rows, n)
                 value = (torch.where(valid, row_loss, 0) * self.row_coef[rows]).sum()
             grad_mass = grad_pair = None
             if need:
                 grad_pair, grad_mass = torch.autograd.grad(value, [cos_leaf, mass_leaf])
         if self.diagnostics:
-            pairs = pos_prob.numel()
             stats.add("pos_prob", pos_prob.sum())
-            for key, item in extra.items():
-                if key.endswith("_max"):
-                    stats.high(key, item.detach())
-                elif pairs:
-                    stats.add(key, item.detach() * pairs)  # a mean over the block's pairs
+            stats.pair_extras(extra, pos_prob.numel())
         return value.detach(), grad_mass, grad_pair, pos_logit.detach()
 
     # ---------------------------------------------------------------------------------------------
@@ -510,10 +512,10 @@ class Kernel:
     def _row_stats(self, rows: slice, hardest_cos: Tensor, hardest_logit: Tensor, best_pos: Tensor | None) -> None:
         """Per-row diagnostics, reduced once by the engine: hardest negative cosine and logit, best positive
         logit (contrastive accuracy)."""
-        self.row_stats["hardest_cos"][rows] = hardest_cos
-        self.row_stats["hardest_logit"][rows] = hardest_logit
+        self.stats.rows["hardest_cos"][rows] = hardest_cos
+        self.stats.rows["hardest_logit"][rows] = hardest_logit
         if best_pos is not None:
-            self.row_stats["best_pos"][rows] = best_pos
+            self.stats.rows["best_pos"][rows] = best_pos
 
     def _weighted_sum(self, row_values: Tensor, rows: slice) -> Tensor:
         """``sum_j c_j v_j`` over the valid rows (a left-out row's value may be infinite)."""
@@ -530,11 +532,11 @@ class Kernel:
         return hardest
 
     @staticmethod
-    def _label_cosine_stats(S: Tensor, blocks, self_idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _label_cosine_stats(S: Tensor, blocks, hide: Callable[[float], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Cosine-space sum and minimum of each row's positives and its hardest negative cosine, read before
-        per-entry temperatures divide ``S``."""
-        pos_sum = _reduce_ranges(S.scatter_(1, self_idx, 0.0), blocks, "sum")
-        pos_min = _reduce_ranges(S.scatter_(1, self_idx, math.inf), blocks, "amin")
+        per-entry temperatures divide ``S``; ``hide(value)`` writes ``value`` into the own entries."""
+        pos_sum = _reduce_ranges(hide(0.0), blocks, "sum")
+        pos_min = _reduce_ranges(hide(math.inf), blocks, "amin")
         hardest = _reduce_ranges(S, blocks, "amax", complement=True)
         return pos_sum, pos_min, hardest
 
@@ -549,15 +551,15 @@ class Kernel:
             for r0, r1, ranges in blocks:
                 for a, b in ranges:
                     used[r0:r1, a:b] = False
-            if g.has_single_positive:
+            if g.has_positive_columns:
                 used.scatter_(1, g.positive_columns(j0, r), True)
             else:
-                pair_rows, pair_cols = _range_pairs(blocks, self_idx, S.shape[1])
+                pair_rows, pair_cols = _range_pairs(blocks, self_idx, S.device)
                 used[pair_rows, pair_cols] = True
             self._tau_stats_masked(T, used)
             return
         if self_idx is None:
-            self._tau_stats_values(T)
+            self.stats.tau_values(T)
             return
         excluded = T.gather(1, self_idx)
         self.stats.add("tau_sum", T.sum() - excluded.sum())
@@ -574,11 +576,3 @@ class Kernel:
         self.stats.add("tau_count", mask.sum())
         self.stats.low("tau_min", T.masked_fill(~mask, math.inf).amin())
         self.stats.high("tau_max", T.masked_fill(~mask, NEG_INF).amax())
-
-    def _tau_stats_values(self, values: Tensor) -> None:
-        if values.numel() == 0:
-            return
-        self.stats.add("tau_sum", values.sum())
-        self.stats.add("tau_count", torch.tensor(values.numel(), device=values.device))
-        self.stats.low("tau_min", values.min())
-        self.stats.high("tau_max", values.max())

@@ -68,7 +68,7 @@ def self_similar_tensor(plan: Plan, kernel: Kernel) -> int | None:
             g.tensor != z
             or (g.start, g.stop) != (k * B, (k + 1) * B)
             or segments != [(z, 0, B), (z, B, 2 * B)]
-            or (g.self_col, g.pos_col) != (k * B, (1 - k) * B)
+            or (g.self_col, g.pos_cols) != (k * B, ((1 - k) * B,))
             or g.self_index is not None
             or g.pos_index is not None
             or g.row_order is not None
@@ -192,10 +192,13 @@ class SymmetricRunner:
         return value, [grad if k == self.z_index and need[k] else None for k in range(len(tensors))]
 
     def _fused_rows(self, rows: slice, negatives: Tensor, pos_logit: Tensor, shift: float):
-        """Softmax over every column but the own: ``G_ij = c_i (e_ij / total_i - [j = p(i)])``."""
-        total = negatives + torch.exp(pos_logit - shift)
-        value, coef = self.kernel.single_positive_rows(rows, total.log() + shift, pos_logit)
-        return value, coef / total, -coef, pos_logit
+        """Softmax over every column but the own: ``G_ij = a_i e_ij - c_i [j = p(i)]`` with ``a_i = c_i /
+        total_i`` (``c_i`` the row's coefficient times MACL's weight)."""
+        shifts = torch.full_like(pos_logit, shift)
+        value, a, pos_grad = self.kernel.column_positive_rows(rows, negatives, pos_logit[:, None], shifts)
+        # The tiles apply a e to the positive entry too, so its target is the rest: pos_grad - a e_p.
+        target = pos_grad[:, 0] - a * torch.exp(pos_logit - shift)
+        return value, a, target, pos_logit
 
     def _mass_rows(self, rows: slice, sums: Tensor, square_sums: Tensor | None, pos_cos: Tensor, shift: float):
         """Negatives in one (optionally tilted) sum, then the kernel's pair stage; the tile weights of

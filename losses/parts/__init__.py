@@ -19,6 +19,7 @@ from mmcl.losses.parts.temperature import (
     TemperatureRule,
     as_temperature_rule,
 )
+from mmcl.losses.parts.weights import MACLWeights, PositiveWeights
 
 __all__ = [
     "LAYOUTS",
@@ -28,9 +29,11 @@ __all__ = [
     "FixedTemperature",
     "LabelLayout",
     "Layout",
+    "MACLWeights",
     "MarginGradientScaling",
     "NegativeWeighting",
     "PositiveMargin",
+    "PositiveWeights",
     "QueueLayout",
     "TemperatureRule",
     "TwoViewLayout",

@@ -1,69 +1,35 @@
 """Batch layouts: which rows are anchors, which candidates are their positives and negatives.
 
-A layout turns the (normalised, possibly gathered) embeddings of a batch into a
-:class:`ContrastTable`: the cosine matrix between the local anchor rows and the candidate columns,
-a positive mask and a disjoint negative mask (entries in neither, such as self-similarity, are
-excluded), plus per-row and per-candidate tags used by the later stages.
+A layout turns the (normalised, possibly gathered) views of a batch into a :class:`ContrastTable`: the
+cosine matrix between the local anchor rows and the candidate columns, a positive mask and a disjoint
+negative mask (entries in neither, such as self-similarity, are excluded), plus per-row and
+per-candidate tags used by the later stages. It also describes the same table to the blockwise path
+(:meth:`Layout.block_plan`, index arithmetic instead of masks), so a new layout is one class.
 
-Shapes, with ``B`` local pairs, ``G`` pairs in the global batch (``G = B`` on one process):
+Shapes, with ``B`` local instances, ``G`` in the global batch (``G = B`` on one process), ``V`` views
+(``Vc`` of them candidates: all, or the ``global_views`` of a multi-crop call):
 
-=======================  ======================  ==========================================
-layout                   anchors ``R``           candidates ``C``
-=======================  ======================  ==========================================
-:class:`TwoViewLayout`   ``2B`` (both views)     ``2G``: ``[U; V]``
-:class:`CrossViewLayout` ``B`` or ``2B``         ``[V]`` / ``[U; V]`` (+ ``G`` hard negatives)
-:class:`LabelLayout`     ``2B`` or ``B``         ``2G``: ``[U; V]``
-:class:`WithinViewLayout` ``B`` or ``2B``        ``2G``: ``[U; V]``
-:class:`QueueLayout`     ``B``                   ``G + K`` (keys, then the queue)
-=======================  ======================  ==========================================
+==========================  ====================  ==============================================  =========
+layout                      anchors ``R``         candidates ``C``                                views
+==========================  ====================  ==============================================  =========
+:class:`TwoViewLayout`      ``VB`` (every view)   ``Vc G``: ``[Z^1; ..; Z^Vc]``                   any
+:class:`LabelLayout`        ``VB`` or ``B``       ``Vc G``: ``[Z^1; ..; Z^Vc]``                   any
+:class:`CrossViewLayout`    ``B`` or ``2B``       ``[V]`` / ``[U; V]`` (+ ``G`` hard negatives)   2
+:class:`WithinViewLayout`   ``B`` or ``2B``       ``2G``: ``[U; V]``                              2
+:class:`QueueLayout`        ``B``                 ``G + K`` (keys, then the queue)                2
+==========================  ====================  ==============================================  =========
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
+from mmcl.losses.batch import EXTRA_VIEW, U_VIEW, V_VIEW, Batch, ContrastTable
+from mmcl.losses.blockwise.plan import Plan, RowGroup, Segment, TensorIndex, label_groups, stacked_groups
 from mmcl.losses.checks import check_choice, construct
 
-U_VIEW, V_VIEW, EXTRA_VIEW = 0, 1, 2
-
-
-@dataclass
-class Batch:
-    """Normalised embeddings of one call: local rows and the global batch they belong to."""
-
-    u: Tensor  # (B, d) local first view
-    v: Tensor  # (B, d) local second view
-    U: Tensor  # (G, d) global first view (gathered with gradient; ``u`` itself on one process)
-    V: Tensor  # (G, d)
-    start: int  # index of the first local instance in the global batch
-    labels: Tensor | None = None  # (G,) global labels, same order as U and V
-    negatives: Tensor | None = None  # (G, d) global extra negatives
-    positive_mask: Tensor | None = None  # (G, G) bool, instance-level positives (SupCon's ``mask``)
-
-    @property
-    def local(self) -> slice:
-        return slice(self.start, self.start + self.u.shape[0])
-
-    @property
-    def pair_cos(self) -> Tensor:
-        """Detached cosine of every positive pair of the global batch, ``u_i . v_i``, shape (G,)."""
-        return (self.U * self.V).sum(-1).detach()
-
-
-@dataclass
-class ContrastTable:
-    sim: Tensor  # (R, C) cosines of anchors against candidates
-    pos: Tensor  # (R, C) bool positive entries
-    neg: Tensor  # (R, C) bool negative entries, disjoint from ``pos``
-    direction: Tensor  # (R,) long direction group of each anchor row (reduced by mean or sum)
-    n_directions: int
-    row_instance: Tensor  # (R,) long global instance index of each anchor row
-    cand_view: Tensor  # (C,) long view of each candidate: U_VIEW, V_VIEW or EXTRA_VIEW
-    nominal_negatives: int  # 2G - 2, the negative count of the NT-Xent layout (H-SCL's fixed N)
-    offset: Tensor | None = None  # (R, C) additive logit offsets
+__all__ = ["EXTRA_VIEW", "LAYOUTS", "U_VIEW", "V_VIEW", "Batch", "ContrastTable", "Layout", "as_layout"]
 
 
 def _arange(n: int, like: Tensor) -> Tensor:
@@ -77,40 +43,87 @@ def _one_hot_mask(rows: int, cols: int, col_index: Tensor) -> Tensor:
 
 
 class Layout(nn.Module):
-    """Base class. Subclasses set what inputs they accept and implement :meth:`forward`."""
+    """Base class. Subclasses set what inputs they accept, implement :meth:`forward` and, for the blockwise
+    path, :meth:`block_plan`; a layout with state after a call (a queue) implements :meth:`update`."""
 
     accepts_labels = False
     requires_labels = False
     accepts_negatives = False
+    #: How many views the layout defines its table for: 2 (a pair) or None (any number, stacked view-major,
+    #: including a multi-crop call's ``global_views``).
+    max_views: int | None = 2
 
     def forward(self, batch: Batch) -> ContrastTable:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def block_plan(self, batch: Batch) -> Plan | str:
+        """The table as index arithmetic (:mod:`mmcl.losses.blockwise.plan`), or why there is none (the
+        loss then takes the dense path). No side effects: the engine calls :meth:`update` after using it."""
+        return f"{type(self).__name__} has no index plan"
+
+    def update(self, batch: Batch) -> None:
+        """The layout's state after a call on ``batch`` (nothing by default)."""
+
+
+def _stacked_masks(batch: Batch, anchor_views: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Anchors ``[z^1; ..]`` (the first ``anchor_views`` local views) and candidates ``[Z^1; ..; Z^Vc]``: the
+    anchors' instance and view ids, the candidates' view ids, and the masks of each anchor's own entry and
+    of its instance's other candidate views (by index, without comparing ``R x C`` ids)."""
+    B, G, Vc = batch.u.shape[0], batch.U.shape[0], batch.candidate_views
+    local = _arange(B, batch.u) + batch.start
+    row_instance = local.repeat(anchor_views)
+    row_view = torch.arange(anchor_views, device=local.device).repeat_interleave(B)
+    cand_view = torch.arange(Vc, device=local.device).repeat_interleave(G)
+    R, C = anchor_views * B, Vc * G
+    rows = _arange(R, local)
+    own = torch.zeros(R, C, dtype=torch.bool, device=local.device)
+    has_own = row_view < Vc
+    own[rows[has_own], (row_view * G + row_instance)[has_own]] = True
+    partners = torch.zeros_like(own)
+    for view in range(Vc):
+        other = row_view != view
+        partners[rows[other], view * G + row_instance[other]] = True
+    return row_instance, row_view, cand_view, own, partners
+
+
+def _candidates(batch: Batch) -> Tensor:
+    return torch.cat(batch.gathered[: batch.candidate_views])
+
 
 class TwoViewLayout(Layout):
-    """NT-Xent layout: all ``2B`` rows are anchors; positive ``pos(k)``; negatives every other row."""
+    """NT-Xent layout: every row of every view is an anchor; its positives are the other views of its
+    instance, its negatives every row of another instance; each term's denominator holds every row but
+    the anchor (SupCon's ``A(i)``). With two views: positive ``pos(k)``, ``2G - 2`` negatives.
+
+    With ``V`` views (``Vc`` candidates): ``V B`` anchors against ``Vc G`` candidates, ``Vc - 1`` positives
+    per row (``Vc`` for a local crop's row, which is no candidate) and ``Vc (G - 1)`` negatives; one
+    direction group per view.
+    """
+
+    max_views = None
 
     def forward(self, batch: Batch) -> ContrastTable:
-        B, G = batch.u.shape[0], batch.U.shape[0]
-        local = _arange(B, batch.u) + batch.start
-        anchors = torch.cat([batch.u, batch.v])
-        candidates = torch.cat([batch.U, batch.V])
-        self_col = torch.cat([local, local + G])
-        pos_col = torch.cat([local + G, local])
-        pos = _one_hot_mask(2 * B, 2 * G, pos_col)
-        neg = ~(pos | _one_hot_mask(2 * B, 2 * G, self_col))
+        V, Vc = batch.n_views, batch.candidate_views
+        row_instance, row_view, cand_view, own, pos = _stacked_masks(batch, V)
+        most_positives = Vc if V > Vc else Vc - 1
         return ContrastTable(
-            sim=anchors @ candidates.T,
+            sim=torch.cat(batch.views) @ _candidates(batch).T,
             pos=pos,
-            neg=neg,
-            direction=torch.cat([torch.zeros_like(local), torch.ones_like(local)]),
-            n_directions=2,
-            row_instance=torch.cat([local, local]),
-            cand_view=torch.cat(
-                [torch.full_like(_arange(G, local), U_VIEW), torch.full_like(_arange(G, local), V_VIEW)]
-            ),
-            nominal_negatives=2 * G - 2,
+            neg=~(pos | own),
+            direction=row_view,
+            n_directions=V,
+            row_instance=row_instance,
+            cand_view=cand_view,
+            nominal_negatives=Vc * (batch.U.shape[0] - 1),
+            positives_in_denominator=most_positives > 1,
         )
+
+    def block_plan(self, batch: Batch) -> Plan:
+        tensors = TensorIndex()
+        groups = stacked_groups(batch, tensors, batch.n_views)
+        Vc = batch.candidate_views
+        most_positives = Vc if batch.n_views > Vc else Vc - 1
+        return Plan(tensors.items, groups, batch.n_views, Vc * (batch.U.shape[0] - 1), most_positives > 1)
 
 
 class CrossViewLayout(Layout):
@@ -171,19 +184,53 @@ class CrossViewLayout(Layout):
             offset=offset,
         )
 
+    def block_plan(self, batch: Batch) -> Plan:
+        tensors = TensorIndex()
+        G, extra = batch.U.shape[0], batch.negatives
+        directions = {"u->v": [(batch.u, batch.V, U_VIEW)], "v->u": [(batch.v, batch.U, V_VIEW)]}.get(
+            self.direction, [(batch.u, batch.V, U_VIEW), (batch.v, batch.U, V_VIEW)]
+        )
+        use_offset = extra is not None and self.hard_negative_weight != 0.0
+        groups = []
+        for k, (local, target, view) in enumerate(directions):
+            other = V_VIEW if view == U_VIEW else U_VIEW
+            segments = [Segment(tensors.index(target), 0, G, other)]
+            if extra is not None:
+                segments.append(Segment(tensors.index(extra), 0, extra.shape[0], EXTRA_VIEW))
+            groups.append(
+                RowGroup(
+                    tensor=tensors.index(local),
+                    start=0,
+                    stop=local.shape[0],
+                    segments=segments,
+                    direction=k,
+                    first_row=k * local.shape[0],
+                    instance_start=batch.start,
+                    view=view,
+                    positive_views=(other,),
+                    pos_cols=(batch.start,),
+                    offset_col=G + batch.start if use_offset else None,
+                    offset=self.hard_negative_weight,
+                )
+            )
+        return Plan(tensors.items, groups, len(groups), 2 * G - 2)
+
 
 class LabelLayout(Layout):
-    """Supervised layout over the stacked batch ``[U; V]`` with positives from labels.
+    """Supervised layout over the stacked views ``[Z^1; ..; Z^Vc]`` with positives from labels.
 
     Args:
-        anchors: ``"all"`` (both views, SupCon's ``contrast_mode="all"``) or ``"one"`` (first view only).
-        positives: ``"labels"`` (every other row of the same class) or ``"augmentation"`` (the partner only).
+        anchors: ``"all"`` (every view, SupCon's ``contrast_mode="all"``) or ``"one"`` (the first view only).
+        positives: ``"labels"`` (every other row of the same class) or ``"augmentation"`` (the other views
+            of the row's instance only).
         negatives: ``"others"`` (every non-self, non-positive row: SupCon's denominator) or
             ``"other_labels"`` (rows of a different class: SCL/H-SCL).
-    Without labels (and without ``positive_mask``) the positives are the augmentation partners.
+    Without labels (and without ``positive_mask``) the positives are the other views of the instance.
+    Any number of views (SupContrast's features ``[bsz, n_views, d]``).
     """
 
     accepts_labels = True
+    max_views = None
 
     def __init__(self, anchors: str = "all", positives: str = "labels", negatives: str = "others") -> None:
         super().__init__()
@@ -192,42 +239,48 @@ class LabelLayout(Layout):
         self.negatives = check_choice("negatives", negatives, ("others", "other_labels"))
         self.requires_labels = negatives == "other_labels"
 
+    def anchor_views(self, batch: Batch) -> int:
+        return batch.n_views if self.anchors == "all" else 1
+
     def forward(self, batch: Batch) -> ContrastTable:
-        B, G = batch.u.shape[0], batch.U.shape[0]
-        local = _arange(B, batch.u) + batch.start
-        candidates = torch.cat([batch.U, batch.V])
-        views = 2 if self.anchors == "all" else 1
-        anchors = torch.cat([batch.u, batch.v][:views])
-        row_instance = local.repeat(views)
-        cand_instance = _arange(G, local).repeat(2)
-        self_col = torch.cat([local, local + G][:views])
-        partner_col = torch.cat([local + G, local][:views])
-        R, C = anchors.shape[0], 2 * G
-        not_self = ~_one_hot_mask(R, C, self_col)
-        partner = _one_hot_mask(R, C, partner_col)
+        views = self.anchor_views(batch)
+        row_instance, _, cand_view, own, partner = _stacked_masks(batch, views)
+        cand_instance = _arange(batch.U.shape[0], row_instance).repeat(batch.candidate_views)
         same_class = None
         if batch.positive_mask is not None:
             same_class = batch.positive_mask[row_instance][:, cand_instance] | (row_instance[:, None] == cand_instance)
         elif batch.labels is not None:
             same_class = batch.labels[row_instance][:, None] == batch.labels[cand_instance][None, :]
         if self.positives == "labels" and same_class is not None:
-            pos = same_class & not_self
+            pos = same_class & ~own
         else:
             pos = partner
-        if self.negatives == "others":
-            neg = not_self & ~pos
-        else:
-            neg = ~same_class
+        neg = ~own & ~pos if self.negatives == "others" else ~same_class
         return ContrastTable(
-            sim=anchors @ candidates.T,
+            sim=torch.cat(batch.views[:views]) @ _candidates(batch).T,
             pos=pos,
             neg=neg,
             direction=torch.zeros_like(row_instance),
             n_directions=1,
             row_instance=row_instance,
-            cand_view=torch.cat([torch.full((G,), U_VIEW), torch.full((G,), V_VIEW)]).to(local.device),
-            nominal_negatives=2 * G - 2,
+            cand_view=cand_view,
+            nominal_negatives=batch.candidate_views * (batch.U.shape[0] - 1),
         )
+
+    def block_plan(self, batch: Batch) -> Plan | str:
+        if batch.positive_mask is not None:
+            return "positive_mask (an instance-level (N, N) mask) is only supported by the dense path"
+        if self.negatives == "other_labels" and batch.labels is None:
+            return "label-aware negatives need labels"
+        tensors = TensorIndex()
+        views = self.anchor_views(batch)
+        if batch.labels is None:
+            groups = stacked_groups(batch, tensors, views, negatives=self.negatives)
+        else:
+            groups = label_groups(batch, tensors, views, self.positives == "augmentation", self.negatives)
+        for g in groups:
+            g.direction = 0  # one direction group: SupCon and SCL average over all anchors
+        return Plan(tensors.items, groups, 1, batch.candidate_views * (batch.U.shape[0] - 1))
 
 
 class WithinViewLayout(Layout):
@@ -263,6 +316,26 @@ class WithinViewLayout(Layout):
             cand_view=cand_view,
             nominal_negatives=2 * G - 2,
         )
+
+    def block_plan(self, batch: Batch) -> Plan:
+        tensors, G = TensorIndex(), batch.U.shape[0]
+        groups = []
+        for k, (local, full) in enumerate([(batch.u, batch.U), (batch.v, batch.V)][: 1 + self.include_second_view]):
+            groups.append(
+                RowGroup(
+                    tensor=tensors.index(local),
+                    start=0,
+                    stop=local.shape[0],
+                    segments=[Segment(tensors.index(full), 0, G, k)],
+                    direction=k,
+                    first_row=k * local.shape[0],
+                    instance_start=batch.start,
+                    view=k,
+                    positive_views=(V_VIEW,) if k == U_VIEW else (),
+                    self_col=batch.start,
+                )
+            )
+        return Plan(tensors.items, groups, len(groups), 2 * G - 2)
 
 
 class QueueLayout(Layout):
@@ -308,12 +381,36 @@ class QueueLayout(Layout):
             cand_view=torch.where(in_queue, EXTRA_VIEW, V_VIEW),
             nominal_negatives=2 * G - 2,
         )
-        if self.training:
-            self._enqueue(batch.V.detach())
+        self.update(batch)
         return table
 
+    def block_plan(self, batch: Batch) -> Plan | str:
+        if not self.batch_negatives:
+            return "QueueLayout(batch_negatives=False) is only supported by the dense path"
+        if batch.u.shape[1] != self.queue.shape[1]:
+            return "the queue's dimension differs from the embeddings' (the dense path raises the error)"
+        tensors = TensorIndex()
+        keys = torch.cat([batch.V, self.queue[: int(self.filled)].to(batch.V.dtype)])
+        group = RowGroup(
+            tensor=tensors.index(batch.u),
+            start=0,
+            stop=batch.u.shape[0],
+            segments=[Segment(tensors.index(keys), 0, keys.shape[0], V_VIEW)],
+            direction=0,
+            first_row=0,
+            instance_start=batch.start,
+            view=U_VIEW,
+            positive_views=(V_VIEW,),
+            pos_cols=(batch.start,),
+        )
+        return Plan(tensors.items, [group], 1, 2 * batch.U.shape[0] - 2)
+
     @torch.no_grad()
-    def _enqueue(self, keys: Tensor) -> None:
+    def update(self, batch: Batch) -> None:
+        """In training mode, the keys of this call join the queue (the oldest leave)."""
+        if not self.training:
+            return
+        keys = batch.V.detach()
         size = self.queue.shape[0]
         keys = keys[-size:]
         index = (self.pointer + torch.arange(keys.shape[0], device=keys.device)) % size

@@ -35,6 +35,28 @@ def masked_logsumexp(x: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
     return torch.where(empty, torch.full_like(out, float("-inf")), out)
 
 
+def other_positives_log_mass(pos_logit: Tensor, rows: Tensor, n_rows: int) -> tuple[Tensor, Tensor]:
+    """For each (anchor, positive) pair ``(a, p)`` (vectors ``(P,)``, ``rows`` the anchor of each), the log
+    mass of the anchor's other positives, ``log sum_{p' != p} e^{l_ap'}`` (``-inf`` where ``p`` is the only
+    one), and the anchor's positive count. Exact and with gradients to every positive: the ``K`` positives
+    of each row are packed into ``(n_rows, K)`` and each left out in turn (``K`` is small: a row's other
+    views)."""
+    P = pos_logit.shape[0]
+    counts = torch.bincount(rows, minlength=n_rows)
+    K = int(counts.max()) if P else 0
+    order = torch.argsort(rows, stable=True)
+    first = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(rows)
+    slot[order] = torch.arange(P, device=rows.device) - first[rows[order]]
+    packed = pos_logit.new_full((n_rows, K), float("-inf")).index_put((rows, slot), pos_logit)
+    present = torch.zeros(n_rows, K, dtype=torch.bool, device=rows.device).index_put(
+        (rows, slot), torch.ones_like(rows, dtype=torch.bool)
+    )
+    others = present[:, None, :] & ~torch.eye(K, dtype=torch.bool, device=rows.device)
+    left_out = masked_logsumexp(packed[:, None, :].expand(n_rows, K, K), others)  # (n_rows, K)
+    return left_out[rows, slot], counts[rows].to(pos_logit.dtype)
+
+
 class NegativeWeighting(nn.Module):
     def __init__(
         self,

@@ -28,9 +28,16 @@ from mmcl.losses.checks import check_choice, check_positive, construct
 
 
 class TemperatureRule(nn.Module):
-    """Base class. ``forward(sim, pair_cos)`` returns a 0-dim tensor or a tensor shaped like ``sim``."""
+    """Base class. ``forward(sim, pair_cos)`` returns a 0-dim tensor or a tensor shaped like ``sim``.
+
+    The blockwise path needs a rule in one of two forms, which the rule declares: a scalar rule
+    (``per_entry = False``) gives the table's one temperature from the batch statistics alone, so
+    ``forward`` on a 0-dim ``sim``; a per-entry rule (``per_entry = True``) gives ``tau_of(s)`` of the
+    detached cosine and its :meth:`lower_bound`. :meth:`blockwise_unsupported` says when it has neither.
+    """
 
     batch_stat_scope = "local"
+    per_entry = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -44,6 +51,11 @@ class TemperatureRule(nn.Module):
         """The smallest possible logit, at cosine -1 (the debiased estimator's floor)."""
         return -1.0 / tau
 
+    def blockwise_unsupported(self) -> str | None:
+        """Why the blockwise path cannot evaluate this rule, or None when it can (a subclass that keeps one
+        of the two forms above says so by returning None)."""
+        return f"temperature rule {type(self).__name__} is not supported"
+
 
 class FixedTemperature(TemperatureRule):
     def __init__(self, temperature: float) -> None:
@@ -54,6 +66,9 @@ class FixedTemperature(TemperatureRule):
         tau = torch.tensor(self.temperature, dtype=sim.dtype, device=sim.device)
         self.diagnostics = {"tau": tau}
         return tau
+
+    def blockwise_unsupported(self) -> None:
+        return None
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
@@ -109,6 +124,9 @@ class AdaptiveTemperature(TemperatureRule):
         self.diagnostics = {"alignment_A": A, "tau": tau, "tau_clamped": clamped.to(sim.dtype)}
         return tau
 
+    def blockwise_unsupported(self) -> None:
+        return None
+
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, alpha={self.alpha}, A0={self.A0}, form={self.form!r}"
 
@@ -131,6 +149,7 @@ class DynamicTemperature(TemperatureRule):
 
     SHAPES = ("cossin", "shifted", "cosconst", "const")
     MONOTONE_KAPPA = (math.pi / 2 - 1) / 2
+    per_entry = True
 
     def __init__(
         self,
@@ -189,6 +208,15 @@ class DynamicTemperature(TemperatureRule):
 
     def floor_logit(self, tau: Tensor) -> Tensor:
         return -1.0 / self.tau_of(torch.tensor(-1.0, dtype=tau.dtype, device=tau.device))
+
+    def lower_bound(self) -> float:
+        """No entry's temperature is below this (the shift of the self-similarity tiles)."""
+        return self.current_tau_min()
+
+    def blockwise_unsupported(self) -> str | None:
+        if not self.detach_temperature:
+            return "DynamicTemperature(detach_temperature=False) is only supported by the dense path"
+        return None
 
     def extra_repr(self) -> str:
         return f"tau_min={self.tau_min}, tau_max={self.tau_max}, shape={self.shape!r}"

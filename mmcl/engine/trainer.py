@@ -405,13 +405,13 @@ class Trainer:
             if self.metrics_file:
                 self.metrics_file.close()
         if stopped:
-            accelerator.end_training()
+            _end_training(accelerator)
             raise KeyboardInterrupt(
                 f"stopped by signal at step {self.step}; resume with --resume (checkpoint saved in {self.run_dir})"
             )
         self._save(final=True)
         self._export()
-        accelerator.end_training()
+        _end_training(accelerator)
 
     def _run_epoch(self, stop: _StopRequest) -> bool:
         """Steps until the epoch ends, the run ends, or a stop is requested (then saved: returns True)."""
@@ -620,6 +620,16 @@ def export(
                 update_manifest(folder, run={"name": run_dir.name, **weights})
             log.info("exported the %s encoder to %s", weights["checkpoint"], folder)
     accelerator.wait_for_everyone()
+
+
+def _end_training(accelerator: Accelerator) -> None:
+    """Accelerate's ``end_training`` with the processes meeting between the trackers and the process group: a rank
+    that tore gloo down while rank 0 still flushed its trackers left rank 0's teardown deadlocked now and then (its
+    main thread joining a gloo thread that waited for the GIL; torch 2.13, seen in the two-process tests)."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.wait_for_everyone()
+    accelerator.state.destroy_process_group()
 
 
 def _embedding_rank(embeddings: torch.Tensor) -> float:

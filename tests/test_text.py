@@ -175,7 +175,8 @@ def test_nli_triplets_and_collate(tiny_model, tmp_path):
     from mmcl.engine.trainer import embeddings_for_loss
 
     arguments = embeddings_for_loss(encoder(batch.inputs), batch)
-    assert set(arguments) == {"z_a", "z_b", "negatives"} and arguments["negatives"].shape == (2, 32)
+    assert set(arguments) == {"views", "negatives"} and arguments["negatives"].shape == (2, 32)
+    assert [tuple(view.shape) for view in arguments["views"]] == [(2, 32), (2, 32)]
     pairs = _adapter(tiny_model, file, mode="nli", hard_negatives=False).train_dataset()
     assert len(pairs.rows) == 3 and all(len(row) == 2 for row in pairs.rows)
     assert not adapter.collate_train([pairs.rows[0]]).has_negatives

@@ -145,8 +145,8 @@ def test_dataset_errors_name_the_key(tmp_path):
         load_source("mnist", root=str(tmp_path), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="set data.root"):
         load_source("imagefolder", root=str(tmp_path))
-    with pytest.raises(ValueError, match="n_views=3"):
-        adapter(n_views=3)
+    with pytest.raises(ValueError, match="local_to_global_only=true needs"):
+        adapter(n_views=3, augment="none", local_to_global_only=True)
 
 
 def test_image_folder_from_zip_archives_is_unpacked_into_the_cache(tmp_path):

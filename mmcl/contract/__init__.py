@@ -12,7 +12,7 @@ depends on all of them and finds plug-ins through the registries (import-linter'
 * :func:`ensure_torchvision_ops`: the CPU-torch compatibility step, run before torchvision or transformers.
 """
 
-from mmcl.contract.adapter import Encoder, ModalityAdapter, ModelCard, TrainBatch, Validation
+from mmcl.contract.adapter import Encoder, ModalityAdapter, ModelCard, TrainBatch, Validation, ViewGroups
 from mmcl.contract.compat import ensure_torchvision_ops
 from mmcl.contract.options import (
     Fraction,
@@ -38,6 +38,7 @@ __all__ = [
     "Registry",
     "SeededViews",
     "TrainBatch",
+    "ViewGroups",
     "Validation",
     "derived_seed",
     "ensure_torchvision_ops",

@@ -19,33 +19,48 @@ All views of a batch travel as *one* input (view-major: the ``B`` first views, t
 second views, then optional hard negatives), so the encoder runs once per step: batch-norm sees the
 whole batch, as in SimCLR, and DDP sees one forward per backward. Inputs are whatever the encoder
 takes (an image tensor, a tokenizer dict, a PyG ``Batch``); they must support ``.to(device)`` or be
-nested lists/dicts of tensors, so that Accelerate can place them.
+nested lists/dicts of tensors, so that Accelerate can place them. Views of several sizes (multi-crop) travel as
+:class:`ViewGroups`, one view-major input per size, and the encoder's backbone runs once per group.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+
+
+class ViewGroups(tuple):
+    """The views of a batch in groups of one input size (multi-crop: the global crops, then the local crops), each
+    group a view-major input of its own, in view order. :meth:`Encoder.features` runs the backbone once per group
+    (so batch norm sees each crop size apart, as DINO's ``MultiCropWrapper`` does) and concatenates the features."""
+
+    def to(self, device) -> ViewGroups:
+        return ViewGroups(group.to(device) for group in self)
 
 
 @dataclass
 class TrainBatch:
     """One pretraining batch of ``B`` instances."""
 
-    inputs: Any  # all views (and negatives) of the batch, view-major, as one encoder input
+    inputs: Any  # all views (and negatives) of the batch, view-major, as one encoder input (or ViewGroups)
     n_views: int  # V >= 2
     labels: Tensor | None = None  # (B,) class ids where the dataset has them (supervised losses)
     has_negatives: bool = False  # the last B rows of ``inputs`` are hard negatives (text NLI)
+    #: Multi-crop's rule: only the first ``global_views`` views are the candidates of the loss (SwAV/DINO: local
+    #: crops are contrasted with the global ones only); None: every view with every other.
+    global_views: int | None = None
 
     def to(self, device) -> TrainBatch:
         inputs = self.inputs.to(device) if hasattr(self.inputs, "to") else self.inputs
         labels = self.labels.to(device) if self.labels is not None else None
-        return TrainBatch(inputs, self.n_views, labels, self.has_negatives)
+        return dataclasses.replace(self, inputs=inputs, labels=labels)
 
 
 class Encoder(nn.Module):
@@ -57,6 +72,8 @@ class Encoder(nn.Module):
         self.head = head
 
     def features(self, inputs: Any) -> Tensor:
+        if isinstance(inputs, ViewGroups):
+            return torch.cat([self.backbone(group) for group in inputs])
         return self.backbone(inputs)
 
     def forward(self, inputs: Any) -> Tensor:
@@ -159,6 +176,11 @@ class ModalityAdapter(ABC):
             "# encoder(x): the projection head's embeddings; encoder.features(x): the backbone's\n```"
         )
         return ModelCard(metadata={"library_name": "mmcl", "tags": ["mmcl", self.name]}, usage=usage)
+
+    @property
+    def n_views(self) -> int:
+        """How many views of each instance a pretraining batch holds (the engine checks the loss takes them)."""
+        return 2
 
     @property
     def has_labels(self) -> bool:

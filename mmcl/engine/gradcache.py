@@ -43,6 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmcl.contract import ViewGroups
+
 Chunk = Any  # a Tensor, a mapping of tensors (tokenizer output) or anything the encoder accepts
 
 
@@ -50,14 +52,17 @@ def split_inputs(inputs: Tensor | Mapping[str, Tensor], chunk_size: int) -> list
     """Split ``inputs`` along dim 0 into chunks of at most ``chunk_size`` rows.
 
     Args:
-        inputs: a tensor ``(N, ...)`` or a mapping of tensors sharing their first dimension (a tokenizer's
-            ``input_ids``, ``attention_mask``, ...); non-tensor values of a mapping are kept in every chunk.
+        inputs: a tensor ``(N, ...)``, a mapping of tensors sharing their first dimension (a tokenizer's
+            ``input_ids``, ``attention_mask``, ...; non-tensor values of a mapping are kept in every chunk), or
+            multi-crop's :class:`~mmcl.contract.ViewGroups` (each group chunked on its own).
         chunk_size: rows per chunk, ``>= 1``.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if isinstance(inputs, Tensor):
         return list(inputs.split(chunk_size, dim=0))
+    if isinstance(inputs, ViewGroups):  # groups of one crop size each, chunked in order: the order of the outputs
+        return [chunk for group in inputs for chunk in split_inputs(group, chunk_size)]
     if isinstance(inputs, Mapping):
         sizes = {v.shape[0] for v in inputs.values() if isinstance(v, Tensor)}
         if len(sizes) != 1:

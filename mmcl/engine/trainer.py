@@ -80,11 +80,14 @@ def build_loss(config: Config) -> torch.nn.Module:
 
 
 def embeddings_for_loss(output: torch.Tensor, batch: TrainBatch) -> dict:
-    """Split the encoder output of a view-major batch into the loss's arguments."""
+    """Split the encoder output of a view-major batch into the loss's arguments: every view (and the hard
+    negatives, and multi-crop's number of global views where the batch has them)."""
     chunks = output.chunk(batch.n_views + int(batch.has_negatives))
-    arguments = {"z_a": chunks[0], "z_b": chunks[1]}
+    arguments = {"views": chunks[: batch.n_views]}
     if batch.has_negatives:
         arguments["negatives"] = chunks[-1]
+    if batch.global_views is not None:
+        arguments["global_views"] = batch.global_views
     return arguments
 
 
@@ -297,8 +300,8 @@ class Trainer:
         torch.manual_seed(train.seed)
         encoder = self.adapter.build_encoder()
         self.loss_fn = build_loss(self.config).to(accelerator.device)
-        self._check_components(encoder)
         self.monitors = self._monitor_losses()
+        self._check_components(encoder)
         self.sampler = EpochPermutation(len(self.data), train.seed, train.shuffle == "every_epoch")
         loader = DataLoader(self.data, batch_size=train.batch_size, sampler=self.sampler, drop_last=train.drop_last,
                             collate_fn=self.adapter.collate_train, num_workers=train.num_workers)  # fmt: skip
@@ -326,6 +329,7 @@ class Trainer:
                 f"train.grad_cache_chunk needs an encoder without batch-dependent layers; this one has batch norm in "
                 f"{batch_dependent_layers(encoder)[:3]}... (turn it off, e.g. model.head_batch_norm=false)"
             )
+        self._check_views(adapter.n_views)
         if train.validate_every and adapter.validation is None:
             raise ValueError(f"train.validate_every: the {adapter.name} modality has no validation metric; unset it")
         self.uses_labels = bool(self.loss_fn.accepts_labels and adapter.has_labels)
@@ -337,6 +341,19 @@ class Trainer:
                 "train.allow_label_leak=true to accept it knowingly (the scores are then not comparable to "
                 "unsupervised ones)"
             )
+
+    def _check_views(self, n_views: int) -> None:
+        """Every loss of the run (trained and monitored) takes the batch's views."""
+        named = [(f"loss.name={self.config.loss['name']}", self.loss_fn)]
+        named += [(f"train.monitor_losses: {name}", loss) for name, loss in self.monitors.items()]
+        for what, loss in named:
+            limit = getattr(loss, "max_views", None)
+            if limit is not None and n_views > limit:
+                takes_more = ", ".join(_multi_view_losses())
+                raise ValueError(
+                    f"data: {n_views} views per instance, and {what} takes {limit}: it is defined for pairs. Use "
+                    f"{limit} views (data.n_views, data.views), or a loss that takes more: {takes_more}"
+                )
 
     def _monitor_losses(self) -> dict[str, torch.nn.Module]:
         """``train.monitor_losses``: other losses of the core, evaluated without gradient on each logged batch."""
@@ -620,6 +637,18 @@ def export(
                 update_manifest(folder, run={"name": run_dir.name, **weights})
             log.info("exported the %s encoder to %s", weights["checkpoint"], folder)
     accelerator.wait_for_everyone()
+
+
+def _multi_view_losses() -> list[str]:
+    """The registered losses that take any number of views with their default options."""
+    names = []
+    for name in losses.available():
+        try:
+            if losses.build(name).max_views is None:
+                names.append(name)
+        except (TypeError, ValueError):  # a loss with required options: not listed
+            pass
+    return names
 
 
 def _end_training(accelerator: Accelerator) -> None:

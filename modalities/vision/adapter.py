@@ -10,6 +10,7 @@ Example config (the packaged ``vision/cifar10``)::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,12 +21,20 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from mmcl.contract import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
-from mmcl.contract.adapter import Encoder, ModalityAdapter, ModelCard, TrainBatch
+from mmcl.contract.adapter import Encoder, ModalityAdapter, ModelCard, TrainBatch, ViewGroups
 from mmcl.modalities import register_modality
 from mmcl.modalities.vision.backbones import backbone_options, build_backbone, build_head
 from mmcl.modalities.vision.datasets import ImageSource, load_source, seeded_subset
 from mmcl.modalities.vision.export import export_encoder, load_encoder, usage
-from mmcl.modalities.vision.transforms import BatchViews, ViewSettings, eval_transform, simclr_view, view_settings
+from mmcl.modalities.vision.transforms import (
+    BatchViews,
+    CropGroup,
+    ViewSettings,
+    crop_groups,
+    eval_transform,
+    simclr_view,
+    view_settings,
+)
 
 
 @dataclass
@@ -50,6 +59,10 @@ class VisionDataConfig:
     test_subset: PositiveInt | None = None
     subset_seed: NonNegativeInt = 0
     n_views: Annotated[int, Range(ge=2)] = 2
+    # Multi-crop: groups of views {count, size, crop_min_scale, crop_max_scale}, the first entry the global crops;
+    # replaces n_views. local_to_global_only: local crops are contrasted with the global ones only (SwAV/DINO).
+    views: list[dict] | None = None
+    local_to_global_only: bool = False
     augment: str = "auto"  # a view preset (digits, 28, 32, 96, 224), none, or auto (by image size)
     augment_on: Literal["auto", "loader", "device"] = "auto"  # auto: device for images of one size, else loader
     crop_min_scale: Annotated[float, Range(gt=0, le=1)] | None = None  # overrides of the preset's entries
@@ -62,17 +75,30 @@ class VisionDataConfig:
 
 
 class MultiView(Dataset):
-    """Items ``([view_1, ..., view_V], label)`` drawn from ``(image, label)`` items."""
+    """Items ``([view_1, ..., view_V], label)`` drawn from ``(image, label)`` items, view ``v`` by ``transforms[v]``."""
 
-    def __init__(self, dataset: Dataset, transform, n_views: int) -> None:
-        self.dataset, self.transform, self.n_views = dataset, transform, n_views
+    def __init__(self, dataset: Dataset, transforms: list) -> None:
+        self.dataset, self.transforms = dataset, transforms
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[list[Tensor], int]:
         image, label = self.dataset[index]
-        return [self.transform(image) for _ in range(self.n_views)], label
+        return [transform(image) for transform in self.transforms], label
+
+
+def grouped_by_size(views: list[Tensor]) -> Tensor | ViewGroups:
+    """View-major input of views ``(B, C, H_v, W_v)``: one tensor where they share a size, else one group per run of
+    consecutive views of one size (multi-crop), which the encoder's backbone takes one at a time."""
+    groups: list[list[Tensor]] = []
+    for view in views:
+        if groups and groups[-1][0].shape[1:] == view.shape[1:]:
+            groups[-1].append(view)
+        else:
+            groups.append([view])
+    stacked = [torch.cat(group) for group in groups]
+    return stacked[0] if len(stacked) == 1 else ViewGroups(stacked)
 
 
 class Transformed(Dataset):
@@ -103,10 +129,15 @@ class VisionAdapter(ModalityAdapter):
     def __init__(self, model: VisionModelConfig, data: VisionDataConfig) -> None:
         super().__init__(model, data)
         backbone_options(model.backbone)  # an unknown backbone fails here, before any data is read
-        if data.n_views != 2:
-            raise ValueError(f"data.n_views={data.n_views}: the loss core contrasts two views per instance; use 2")
+        if data.views is not None and data.n_views != 2:
+            raise ValueError(
+                f"data.n_views={data.n_views} and data.views are both set; data.views gives the number of views "
+                "(the sum of its counts): unset data.n_views"
+            )
+        if data.local_to_global_only and data.views is None:
+            raise ValueError("data.local_to_global_only=true needs multi-crop's data.views (global and local crops)")
         self._source: ImageSource | None = None
-        self._batch_views: BatchViews | None = None
+        self._batch_views: list[BatchViews] | None = None
 
     @property
     def source(self) -> ImageSource:
@@ -119,6 +150,38 @@ class VisionAdapter(ModalityAdapter):
     @property
     def has_labels(self) -> bool:
         return self.source.labelled
+
+    @property
+    def n_views(self) -> int:
+        return self.n_views_of(self.crop_groups())
+
+    def crop_groups(self) -> list[CropGroup]:
+        """The groups of views of each image: ``data.views``, or ``data.n_views`` views of the preset."""
+        d, settings = self.data_config, self._settings()
+        if d.views is None:
+            return [CropGroup(d.n_views, settings)]
+        if settings is None:
+            raise ValueError("data.views (multi-crop) needs augmentations; data.augment=none draws no crops")
+        groups = crop_groups(d.views, settings)
+        sizes = {group.settings.size for group in groups}
+        if len(sizes) > 1 and "image_size" in backbone_options(self.model_config.backbone):
+            raise ValueError(
+                f"data.views has crops of sizes {sorted(sizes)}, and model.backbone={self.model_config.backbone} "
+                "takes one image size; use one size for every crop, or a convolutional backbone"
+            )
+        if d.local_to_global_only and not 2 <= groups[0].count < self.n_views_of(groups):
+            raise ValueError(
+                f"data.local_to_global_only=true: the first entry of data.views holds the global crops, at least 2 "
+                f"and fewer than all views; it has {groups[0].count} of {self.n_views_of(groups)}"
+            )
+        return groups
+
+    @staticmethod
+    def n_views_of(groups: list[CropGroup]) -> int:
+        return sum(group.count for group in groups)
+
+    def _global_views(self) -> int | None:
+        return self.crop_groups()[0].count if self.data_config.local_to_global_only else None
 
     def _preset(self) -> str:
         augment = self.data_config.augment
@@ -206,9 +269,10 @@ class VisionAdapter(ModalityAdapter):
             return not self.source.resize_for_eval and self._settings() is not None
         return mode == "device" and self._settings() is not None
 
-    def view_transform(self):
-        """The per-item view (``data.augment_on=loader``): SimCLR's augmentations, or the evaluation transform."""
-        source, settings = self.source, self._settings()
+    def view_transform(self, settings: ViewSettings | None = None):
+        """The per-item view (``data.augment_on=loader``): SimCLR's augmentations with ``settings`` (default: the
+        preset's), or the evaluation transform for ``data.augment=none``."""
+        source, settings = self.source, settings or self._settings()
         if settings is None:
             return eval_transform(source.size, source.mean, source.std, resize=source.resize_for_eval)
         return simclr_view(settings, source.channels, source.mean, source.std)
@@ -218,7 +282,8 @@ class VisionAdapter(ModalityAdapter):
         data = seeded_subset(self.source.pretrain, d.train_subset, d.subset_seed)
         if self.on_device:  # the loader only decodes: items (uint8 image, label)
             return Transformed(data, as_image_tensor)
-        return MultiView(data, self.view_transform(), d.n_views)
+        transforms = [self.view_transform(group.settings) for group in self.crop_groups() for _ in range(group.count)]
+        return MultiView(data, transforms)
 
     def collate_train(self, items: list) -> TrainBatch:
         labels = torch.tensor([item[1] for item in items]) if self.has_labels else None
@@ -229,19 +294,26 @@ class VisionAdapter(ModalityAdapter):
                     f"data.augment_on=device needs images of one size to stack them, got {sorted(sizes)[:3]}...; "
                     "set data.augment_on=loader to draw the views per image in the data loader"
                 )
-            return TrainBatch(torch.stack([item[0] for item in items]), n_views=self.data_config.n_views, labels=labels)
+            images = torch.stack([item[0] for item in items])
+            return TrainBatch(images, self.n_views, labels=labels, global_views=self._global_views())
         views = [torch.stack([item[0][v] for item in items]) for v in range(len(items[0][0]))]
-        return TrainBatch(torch.cat(views), n_views=len(views), labels=labels)
+        return TrainBatch(grouped_by_size(views), len(views), labels=labels, global_views=self._global_views())
 
     def augment_batch(self, batch: TrainBatch) -> TrainBatch:
-        """With views on the device: ``n_views`` random views of every image, view-major, on the batch's device."""
+        """With views on the device: every view of every image, view-major, on the batch's device."""
         if not self.on_device:
             return batch
         if self._batch_views is None:
             source = self.source
-            self._batch_views = BatchViews(self._settings(), source.channels, source.mean, source.std)
-        views = [self._batch_views(batch.inputs) for _ in range(batch.n_views)]
-        return TrainBatch(torch.cat(views), batch.n_views, batch.labels, batch.has_negatives)
+            self._batch_views = [
+                BatchViews(group.settings, source.channels, source.mean, source.std) for group in self.crop_groups()
+            ]
+        views = [
+            draw(batch.inputs)
+            for draw, group in zip(self._batch_views, self.crop_groups(), strict=True)
+            for _ in range(group.count)
+        ]
+        return dataclasses.replace(batch, inputs=grouped_by_size(views))
 
     def eval_datasets(self) -> dict[str, Dataset]:
         d, source = self.data_config, self.source

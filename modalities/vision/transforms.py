@@ -17,7 +17,9 @@ none      -        -           -     -       -     -     no augmentation: views 
 ========  =======  ==========  ====  ======  ====  ====  ================================================
 
 Every entry can be overridden from the config (``data.crop_min_scale=0.2`` ...; ``data.solarize_prob`` adds
-BYOL's solarization, off in every preset). Single-channel images get brightness/contrast jitter only
+BYOL's solarization, off in every preset). Multi-crop (``data.views``, :func:`crop_groups`) draws groups of views
+with their own size and crop scale range (SwAV, Caron et al. 2020, arXiv:2006.09882: 2 global crops and several
+small local ones), every other entry as the preset says. Single-channel images get brightness/contrast jitter only
 (saturation and hue do not exist for them) and no grayscale step.
 
 The same views come from two pipelines (``data.augment_on``): :func:`simclr_view`, per item in the data loader
@@ -45,6 +47,7 @@ class ViewSettings:
     grayscale_prob: float
     blur_prob: float
     solarize_prob: float = 0.0
+    crop_max_scale: float = 1.0  # multi-crop's local crops cover at most this fraction of the image
 
     @property
     def blur_kernel(self) -> int:
@@ -74,13 +77,62 @@ def view_settings(preset: str, **overrides: float | None) -> ViewSettings:
     if preset not in VIEW_PRESETS:
         raise ValueError(f"data.augment={preset!r} is not a view preset; choose one of {[*VIEW_PRESETS, 'none']}")
     settings = replace(VIEW_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    return checked(settings)
+
+
+def checked(settings: ViewSettings, where: str = "data") -> ViewSettings:
+    """``settings`` if every entry is in its range, else a ``ValueError`` naming the entry (under ``where``)."""
     for name in ("crop_min_scale", "flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
         value = getattr(settings, name)
         if not 0 <= value <= 1 or (name == "crop_min_scale" and value == 0):
-            raise ValueError(f"data.{name}={value} must be in {'(0, 1]' if name == 'crop_min_scale' else '[0, 1]'}")
+            raise ValueError(f"{where}.{name}={value} must be in {'(0, 1]' if name == 'crop_min_scale' else '[0, 1]'}")
+    if not settings.crop_min_scale <= settings.crop_max_scale <= 1:
+        raise ValueError(
+            f"{where}.crop_max_scale={settings.crop_max_scale} must be in [crop_min_scale, 1] = "
+            f"[{settings.crop_min_scale}, 1]"
+        )
     if settings.jitter_strength < 0 or settings.size < 1:
-        raise ValueError(f"data.jitter_strength must be >= 0 and the view size >= 1, got {settings}")
+        raise ValueError(f"{where}.jitter_strength must be >= 0 and the view size >= 1, got {settings}")
     return settings
+
+
+@dataclass(frozen=True)
+class CropGroup:
+    """``count`` views drawn with ``settings`` (multi-crop: the global crops, or the local crops)."""
+
+    count: int
+    settings: ViewSettings
+
+
+CROP_KEYS = ("count", "size", "crop_min_scale", "crop_max_scale")
+
+
+def crop_groups(views: list[dict], base: ViewSettings) -> list[CropGroup]:
+    """Multi-crop's groups from ``data.views`` entries ``{count, size, crop_min_scale, crop_max_scale}``, each
+    missing entry taken from ``base`` (the preset with its overrides); the first entry holds the global crops.
+
+    Example (solo-learn's CIFAR multi-crop, scaled to 32 px: 2 global crops, 4 local ones)::
+
+        views:
+          - {count: 2, size: 32, crop_min_scale: 0.14}
+          - {count: 4, size: 16, crop_min_scale: 0.05, crop_max_scale: 0.14}
+    """
+    groups = []
+    for index, view in enumerate(views):
+        where = f"data.views[{index}]"
+        unknown = sorted(set(view) - set(CROP_KEYS)) if isinstance(view, dict) else None
+        if unknown is None or unknown:
+            raise ValueError(f"{where}={view!r}: each entry is a mapping of {', '.join(CROP_KEYS)}; not {unknown}")
+        count = view.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"{where}.count={count!r} must be a positive integer (the number of such crops)")
+        overrides = {key: view[key] for key in CROP_KEYS[1:] if key in view}
+        groups.append(CropGroup(count, checked(replace(base, **overrides), where)))
+    if sum(group.count for group in groups) < 2:
+        raise ValueError(
+            f"data.views={views!r} describes {sum(g.count for g in groups)} view; contrast needs 2 or more"
+        )
+    return groups
 
 
 def _normalise(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:
@@ -91,7 +143,7 @@ def simclr_view(settings: ViewSettings, channels: int, mean: tuple[float, ...], 
     """One random view ``(C, H, W) uint8 image or PIL -> (C, size, size) float``, normalised (per item)."""
     steps: list[v2.Transform] = [
         v2.ToImage(),
-        v2.RandomResizedCrop(settings.size, scale=(settings.crop_min_scale, 1.0), antialias=True),
+        v2.RandomResizedCrop(settings.size, scale=(settings.crop_min_scale, settings.crop_max_scale), antialias=True),
         v2.RandomHorizontalFlip(settings.flip_prob),
     ]
     if settings.jitter_strength > 0 and settings.jitter_prob > 0:
@@ -120,7 +172,10 @@ class BatchViews(torch.nn.Module):
         size = (settings.size, settings.size)
         steps: list[torch.nn.Module] = [
             K.RandomResizedCrop(
-                size, scale=(settings.crop_min_scale, 1.0), align_corners=False, cropping_mode="resample"
+                size,
+                scale=(settings.crop_min_scale, settings.crop_max_scale),
+                align_corners=False,
+                cropping_mode="resample",
             ),
             K.RandomHorizontalFlip(p=settings.flip_prob),
         ]

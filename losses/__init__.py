@@ -22,7 +22,7 @@ new combinations are one line, e.g. MACL's temperature on DHEL:
 # isort: off
 # Registration order is the order of available() and of the README table: keep it.
 from mmcl.losses import nt_xent, info_nce, simcse, graphcl, dcl, debiased, hcl, supcon, scl  # noqa: F401
-from mmcl.losses import margin, macl, dystress, dhel, kcl, align_uniform  # noqa: F401
+from mmcl.losses import margin, macl, dystress, dhel, kcl, align_uniform, clip  # noqa: F401
 
 # isort: on
 from mmcl.losses.core import ContrastiveLoss, EmbeddingLoss

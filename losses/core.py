@@ -198,6 +198,13 @@ class EmbeddingLoss(nn.Module):
             if hasattr(module, "progress"):
                 module.progress = float(fraction)
 
+    def constrain_(self) -> None:
+        """Project trained parameters of the loss's parts (a learnable temperature) back into their range, in place;
+        the engine calls it after every optimiser step, as open_clip clamps ``logit_scale``."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "constrain_"):
+                module.constrain_()
+
 
 class ContrastiveLoss(EmbeddingLoss):
     """A contrastive loss assembled from parts; the registered losses are presets of it.

@@ -20,7 +20,7 @@ from mmcl.contract import ModalityAdapter, Registry
 # Built-ins are imported on first lookup: each pulls in heavy libraries (torchvision, transformers, PyG).
 MODALITIES: Registry[type[ModalityAdapter]] = Registry(
     "modality",
-    builtin=("mmcl.modalities.vision", "mmcl.modalities.graph", "mmcl.modalities.text"),
+    builtin=("mmcl.modalities.vision", "mmcl.modalities.graph", "mmcl.modalities.text", "mmcl.modalities.paired"),
     config_key="modality",
 )
 

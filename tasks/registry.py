@@ -91,7 +91,7 @@ class EvalTask:
 TASKS: Registry[EvalTask] = Registry(
     "evaluation task",
     # Imported on first lookup: each may pull in heavy libraries.
-    builtin=("mmcl.tasks.classification", "mmcl.tasks.graph_classification", "mmcl.tasks.sts"),
+    builtin=("mmcl.tasks.classification", "mmcl.tasks.graph_classification", "mmcl.tasks.sts", "mmcl.tasks.retrieval"),
     config_key="eval.tasks",
 )
 

@@ -110,7 +110,7 @@ def reference_run(tmp_path_factory) -> Path:
         (["loss.name=ntxent"], "ntxent"),
         (["loss.temprature=0.1"], "unknown option(s) ['temprature'] for loss 'nt_xent'"),
         (["loss.temperature=0"], "temperature"),
-        (["modality=audio"], "unknown modality 'audio' (modality); available: ['graph', 'text', 'vision']"),
+        (["modality=audio"], "unknown modality 'audio' (modality); available: ['graph', 'paired', 'text', 'vision']"),
         (
             ["eval.tasks=[knn, sts_b]"],
             "unknown evaluation task 'sts_b' (eval.tasks); available: ['graph_classification', 'knn', 'linear'",

@@ -16,7 +16,7 @@ from tests.fixtures import LABELS_C, NEGATIVES_C, fixture
 
 NAMES = {
     "nt_xent", "info_nce", "simcse", "graphcl", "dcl", "dclw", "debiased", "hcl", "supcon", "scl", "h_scl",
-    "margin", "macl", "dystress", "dhel", "kcl", "align_uniform",
+    "margin", "macl", "dystress", "dhel", "kcl", "align_uniform", "clip",
 }  # fmt: skip
 ALL = sorted(NAMES)
 LABELLED = {"supcon", "scl", "h_scl"}
@@ -49,9 +49,9 @@ def _call(loss_fn, name, z_a, z_b):
 # Registry
 
 
-def test_available_is_exactly_the_seventeen_losses():
+def test_available_is_exactly_the_eighteen_losses():
     names = losses.available()
-    assert len(names) == len(set(names)) == 17
+    assert len(names) == len(set(names)) == 18
     assert set(names) == NAMES
     assert "h_ucl" not in names  # aliases are not listed
 
@@ -380,7 +380,7 @@ SPECIFIC_KEYS = {
     "tau_clamped": {"macl"},
     "row_weight_mean": {"macl"},
     "row_weight_max": {"macl"},
-    "tau": set(FIXED_TEMPERATURE) | {"macl"},
+    "tau": set(FIXED_TEMPERATURE) | {"macl", "clip"},  # clip: its learned temperature
     "tau_mean": {"dystress"},
     "tau_min": {"dystress"},
     "tau_max": {"dystress"},

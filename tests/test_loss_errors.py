@@ -22,7 +22,7 @@ from tests.fixtures import fixture
 
 ALL = [
     "nt_xent", "info_nce", "simcse", "graphcl", "dcl", "dclw", "debiased", "hcl", "supcon", "scl", "h_scl",
-    "margin", "macl", "dystress", "dhel", "kcl", "align_uniform",
+    "margin", "macl", "dystress", "dhel", "kcl", "align_uniform", "clip",
 ]  # fmt: skip
 # Losses with a `temperature` option; all but MACL (whose temperature is tau0) take a rule or a dict.
 TEMPERATURE = [n for n in ALL if n not in ("dystress", "kcl", "align_uniform")]

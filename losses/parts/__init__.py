@@ -16,6 +16,7 @@ from mmcl.losses.parts.temperature import (
     AdaptiveTemperature,
     DynamicTemperature,
     FixedTemperature,
+    LearnableTemperature,
     TemperatureRule,
     as_temperature_rule,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "DynamicTemperature",
     "FixedTemperature",
     "LabelLayout",
+    "LearnableTemperature",
     "Layout",
     "MACLWeights",
     "MarginGradientScaling",

@@ -8,11 +8,14 @@ rule                           temperature
                                ``tau0 * alpha**A``), ``A`` the mean detached positive cosine
 :class:`DynamicTemperature`    DySTreSS: per entry, ``tau(sg(s))``, a cosine-shaped function of
                                the similarity between ``tau_min`` and ``tau_max``
+:class:`LearnableTemperature`  CLIP: ``tau = 1 / exp(t)`` with ``t`` a trained parameter (the only
+                               rule with a gradient), clamped as open_clip clamps it
 =============================  ==================================================================
 
 A rule is passed as ``temperature=`` to any loss, so ``build("dhel", temperature=AdaptiveTemperature(0.3))``
 puts MACL's temperature on DHEL. A dict ``{"rule": "dystress", "tau_min": 0.07, "tau_max": 0.2}`` or a
-plain number builds the same objects from a config file.
+plain number builds the same objects from a config file; ``{"rule": "learnable", "init": 0.07}`` makes any
+loss's temperature a trained parameter (the engine optimises the loss's parameters with the encoder's).
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ class TemperatureRule(nn.Module):
         """Why the blockwise path cannot evaluate this rule, or None when it can (a subclass that keeps one
         of the two forms above says so by returning None)."""
         return f"temperature rule {type(self).__name__} is not supported"
+
+    def constrain_(self) -> None:
+        """Project the rule's parameters back into their allowed range, in place; the engine calls it after each
+        optimiser step (open_clip's clamp of ``logit_scale``). Rules without parameters do nothing."""
 
 
 class FixedTemperature(TemperatureRule):
@@ -222,11 +229,85 @@ class DynamicTemperature(TemperatureRule):
         return f"tau_min={self.tau_min}, tau_max={self.tau_max}, shape={self.shape!r}"
 
 
-TEMPERATURE_RULES = {"fixed": FixedTemperature, "macl": AdaptiveTemperature, "dystress": DynamicTemperature}
+class LearnableTemperature(TemperatureRule):
+    """CLIP's learned temperature (Radford et al. 2021, arXiv:2103.00020; open_clip's ``logit_scale``).
+
+    The parameter is the log of the logit scale, ``t = log(1 / tau)``, initialised at ``log(1 / init)``
+    (CLIP and open_clip: ``init = 0.07``):
+
+    .. math::
+        \\tau = 1 / e^{t}, \\qquad \\ell_{ij} = e^{t} \\, s_{ij}, \\qquad
+        \\frac{\\partial L}{\\partial t} = \\sum_{ij} \\frac{\\partial L}{\\partial \\ell_{ij}} \\, \\ell_{ij}
+
+    so the loss's gradient reaches ``t`` through every logit (the only temperature rule that is not detached).
+    open_clip clamps in place after each optimiser step, ``logit_scale.clamp_(0, math.log(100))``
+    (``src/open_clip_train/train.py``): :meth:`constrain_` does that with ``[log(min_logit_scale),
+    log(max_logit_scale)]`` (defaults 1 and 100, i.e. ``0.01 <= tau <= 1``), and the engine calls it after every
+    step. The forward pass clamps the same range out of place, so a loss used outside the engine never goes past
+    it either; inside the range (always, after the in-place clamp) it is the identity, with its gradient.
+
+    The blockwise path forms the gradient with respect to the logits itself and has no term for ``t``: a loss
+    with this rule takes the dense path (silently when ``blockwise=None``).
+
+    Example:
+        >>> import torch
+        >>> from mmcl import losses
+        >>> loss_fn = losses.build("info_nce", temperature={"rule": "learnable", "init": 0.07})
+        >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16))
+        >>> loss.backward()
+        >>> [name for name, _ in loss_fn.named_parameters()], round(float(loss_fn.diagnostics["tau"]), 4)
+        (['temperature.log_scale'], 0.07)
+        >>> loss_fn.temperature.log_scale.grad.shape
+        torch.Size([])
+    """
+
+    def __init__(self, init: float = 0.07, max_logit_scale: float = 100.0, min_logit_scale: float = 1.0) -> None:
+        super().__init__()
+        init = check_positive("init", init)
+        self.max_logit_scale = check_positive("max_logit_scale", max_logit_scale)
+        self.min_logit_scale = check_positive("min_logit_scale", min_logit_scale)
+        if not self.min_logit_scale <= 1.0 / init <= self.max_logit_scale:
+            raise ValueError(
+                f"temperature init={init} gives the logit scale 1/init = {1.0 / init:.4g}, outside [min_logit_scale, "
+                f"max_logit_scale] = [{self.min_logit_scale:g}, {self.max_logit_scale:g}]; choose init in "
+                f"[{1.0 / self.max_logit_scale:g}, {1.0 / self.min_logit_scale:g}] or widen the bounds"
+            )
+        self.init = init
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init)))
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """``[log(min_logit_scale), log(max_logit_scale)]``: the range of the parameter."""
+        return math.log(self.min_logit_scale), math.log(self.max_logit_scale)
+
+    def forward(self, sim: Tensor, pair_cos: Tensor) -> Tensor:
+        log_scale = self.log_scale.to(sim.dtype).clamp(*self.bounds)
+        tau = torch.exp(-log_scale)
+        self.diagnostics = {"tau": tau.detach(), "logit_scale": log_scale.detach().exp()}
+        return tau
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        self.log_scale.clamp_(*self.bounds)
+
+    def blockwise_unsupported(self) -> str:
+        return "a learnable temperature (its gradient is not formed by the blockwise path)"
+
+    def extra_repr(self) -> str:
+        return f"init={self.init}, max_logit_scale={self.max_logit_scale}, min_logit_scale={self.min_logit_scale}"
 
 
-def as_temperature_rule(temperature: float | dict | TemperatureRule) -> TemperatureRule:
-    """A rule from a number (fixed), a ``{"rule": name, **options}`` dict (configs) or a rule object."""
+TEMPERATURE_RULES = {
+    "fixed": FixedTemperature,
+    "macl": AdaptiveTemperature,
+    "dystress": DynamicTemperature,
+    "learnable": LearnableTemperature,
+}
+
+
+def as_temperature_rule(temperature: float | str | dict | TemperatureRule) -> TemperatureRule:
+    """A rule from a number (fixed), a ``{"rule": name, **options}`` dict (configs), a rule's name (its defaults:
+    ``"learnable"``) or a rule object."""
     if isinstance(temperature, TemperatureRule):
         return temperature
     if isinstance(temperature, dict):
@@ -235,6 +316,8 @@ def as_temperature_rule(temperature: float | dict | TemperatureRule) -> Temperat
         if name not in TEMPERATURE_RULES:
             raise ValueError(f"temperature dict needs 'rule' set to one of {sorted(TEMPERATURE_RULES)}, got {name!r}")
         return construct("temperature rule", TEMPERATURE_RULES[name], options)
+    if isinstance(temperature, str) and temperature in TEMPERATURE_RULES and temperature != "fixed":
+        return construct("temperature rule", TEMPERATURE_RULES[temperature], {})  # a rule's name: its defaults
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise ValueError(
             f"temperature must be a number > 0, a TemperatureRule or a {{'rule': ...}} dict, got {temperature!r}"

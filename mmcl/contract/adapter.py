@@ -115,6 +115,8 @@ class ModalityAdapter(ABC):
     ModelConfig: ClassVar[type]
     DataConfig: ClassVar[type]
     default_eval_tasks: ClassVar[tuple[str, ...]] = ("knn", "linear", "metrics")  # registered task names
+    #: The loss a config without ``loss.name`` trains with (a registered loss name).
+    default_loss: ClassVar[str] = "nt_xent"
     #: What ``train.validate_every`` runs and maximises; None: the modality has no validation.
     validation: ClassVar[Validation | None] = None
 

@@ -13,8 +13,11 @@ with a message naming the key, the value and the range (``eval.knn.k=0 must be >
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 
 @dataclass(frozen=True)
@@ -49,3 +52,60 @@ NonNegativeInt = Annotated[int, Range(ge=0)]
 PositiveFloat = Annotated[float, Range(gt=0)]
 NonNegativeFloat = Annotated[float, Range(ge=0)]
 Fraction = Annotated[float, Range(ge=0, le=1)]  # a probability or a ratio in [0, 1]
+
+
+def build_dataclass(cls: type, values: dict, section: str) -> Any:
+    """An instance of the dataclass ``cls`` from a config ``section``'s ``values``: unknown keys, wrong types and
+    values outside an option's :class:`Range` are refused with a ``ValueError`` naming ``section.key``."""
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {section!r} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in config section {section!r}; valid keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    checked = {key: check_type(f"{section}.{key}", value, hints[key]) for key, value in values.items()}
+    return cls(**checked)
+
+
+def check_type(name: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the type hint ``hint`` (``name`` in messages); ints become floats where a float is
+    expected."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        value = check_type(name, value, args[0])
+        for bound in (a for a in hint.__metadata__ if isinstance(a, Range)):
+            if value is not None and not bound.contains(value):
+                raise ValueError(f"{name}={value!r} must be {bound}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return check_type(name, value, arg)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{name}={value!r} does not match {hint}")
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{name}={value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{name}={value!r} must be a list")
+        return [check_type(f"{name}[{i}]", item, args[0]) for i, item in enumerate(value)] if args else value
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # data.augment=28 reads as a number in YAML
+    if hint is dict and isinstance(value, dict):
+        return value
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ValueError(f"{name}={value!r} must be of type {getattr(hint, '__name__', hint)}")
+    if hint is float and value != value:
+        raise ValueError(f"{name}={value!r} must be a number, not NaN")
+    return value

@@ -17,8 +17,6 @@ import copy
 import dataclasses
 import logging
 import re
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,8 @@ from mmcl.contract import (
     PositiveInt,
     Range,
 )
+from mmcl.contract.options import build_dataclass
+from mmcl.contract.options import check_type as _check_type  # noqa: F401 (kept importable from here)
 from mmcl.engine.configs import packaged_config
 from mmcl.modalities import modality_class
 from mmcl.tasks import available_tasks, get_task
@@ -284,7 +284,7 @@ def config_from_dict(raw: dict) -> Config:
         modality=modality,
         model=build_dataclass(adapter.ModelConfig, raw.get("model") or {}, "model"),
         data=build_dataclass(adapter.DataConfig, raw.get("data") or {}, "data"),
-        loss=validate_loss(raw.get("loss") or {}),
+        loss=validate_loss(raw.get("loss") or {}, default=adapter.default_loss),
         optim=build_dataclass(OptimConfig, raw.get("optim") or {}, "optim"),
         train=build_dataclass(TrainConfig, raw.get("train") or {}, "train"),
         eval=build_eval_config(raw.get("eval") or {}),
@@ -318,68 +318,16 @@ def build_adapter(config: Config) -> ModalityAdapter:
     return modality_class(config.modality)(config.model, config.data)
 
 
-def validate_loss(section: dict, key: str = "loss") -> dict:
-    """A loss section ``{name, **options}`` checked against the registry (``key`` names it in messages)."""
+def validate_loss(section: dict, key: str = "loss", default: str = "nt_xent") -> dict:
+    """A loss section ``{name, **options}`` checked against the registry (``key`` names it in messages); without a
+    name, ``default`` (the modality's :attr:`~mmcl.contract.ModalityAdapter.default_loss`)."""
     if not isinstance(section, dict):
         raise ValueError(f"{key} must be a loss name or a mapping with 'name' and options, got {section!r}")
     section = dict(section)
-    name = section.pop("name", "nt_xent")
+    name = section.pop("name", default)
     valid = losses.options(name)  # raises for an unknown loss name, listing the available ones
     unknown = sorted(set(section) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for loss {name!r} in {key}; valid: {sorted(valid)}")
     losses.build(name, **section)  # validates the values (temperature > 0, ...)
     return {"name": name, **section}
-
-
-def build_dataclass(cls: type, values: dict, section: str):
-    if not isinstance(values, dict):
-        raise ValueError(f"config section {section!r} must be a mapping, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in config section {section!r}; valid keys: {sorted(fields)}")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    checked = {key: _check_type(f"{section}.{key}", value, hints[key]) for key, value in values.items()}
-    return cls(**checked)
-
-
-def _check_type(name: str, value: Any, hint: Any) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Annotated:
-        value = _check_type(name, value, args[0])
-        for bound in (a for a in hint.__metadata__ if isinstance(a, Range)):
-            if value is not None and not bound.contains(value):
-                raise ValueError(f"{name}={value!r} must be {bound}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _check_type(name, value, arg)
-            except ValueError as error:
-                errors.append(str(error))
-        raise ValueError(errors[0] if len(errors) == 1 else f"{name}={value!r} does not match {hint}")
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"{name}={value!r} is not one of {list(args)}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ValueError(f"{name}={value!r} must be a list")
-        return [_check_type(f"{name}[{i}]", item, args[0]) for i, item in enumerate(value)] if args else value
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # data.augment=28 reads as a number in YAML
-    if hint is dict and isinstance(value, dict):
-        return value
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ValueError(f"{name}={value!r} must be of type {getattr(hint, '__name__', hint)}")
-    if hint is float and value != value:
-        raise ValueError(f"{name}={value!r} must be a number, not NaN")
-    return value

@@ -63,8 +63,13 @@ def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: OptimConfig, loss: nn.Module | None = None) -> torch.optim.Optimizer:
+    """The optimiser of ``model``'s parameters and the trained parameters of ``loss`` (a learnable temperature),
+    the latter in a group of their own without weight decay (open_clip excludes ``logit_scale`` from it too)."""
     groups = parameter_groups(model, config)
+    loss_parameters = [p for p in loss.parameters() if p.requires_grad] if loss is not None else []
+    if loss_parameters:
+        groups.append({"params": loss_parameters, "weight_decay": 0.0, "lars_exclude": True})
     if config.name != "lars":
         for group in groups:
             group.pop("lars_exclude", None)

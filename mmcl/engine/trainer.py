@@ -307,7 +307,7 @@ class Trainer:
                             collate_fn=self.adapter.collate_train, num_workers=train.num_workers)  # fmt: skip
         if len(loader) == 0:
             raise ValueError(f"train.batch_size={train.batch_size} is larger than the dataset ({len(self.data)} items)")
-        optimizer = build_optimizer(encoder, self.config.optim)
+        optimizer = build_optimizer(encoder, self.config.optim, self.loss_fn)
         self.encoder, self.optimizer, self.loader = accelerator.prepare(encoder, optimizer, loader)
         self.steps_per_epoch = max(1, len(self.loader) // train.grad_accumulation)
         self.total_steps = train.max_steps or train.epochs * self.steps_per_epoch
@@ -494,15 +494,19 @@ class Trainer:
                 self._non_finite("the embeddings")
                 self.optimizer.zero_grad()
                 return torch.tensor(math.nan), None
+            if accelerator.sync_gradients:
+                _average_loss_gradients(accelerator, self.loss_fn)
             if accelerator.sync_gradients and self._healthy(loss):
                 self.optimizer.step()
+                self.loss_fn.constrain_()  # open_clip's clamp of logit_scale after the step
             self.optimizer.zero_grad()
         return loss.detach(), embeddings.detach()
 
     def _healthy(self, loss: torch.Tensor) -> bool:
         """Whether the step may update the weights: its loss and gradient norm are finite (under fp16 the loss
         scaler handles non-finite gradients itself). Clips the gradients with ``train.grad_clip``."""
-        norm = self.accelerator.clip_grad_norm_(self.encoder.parameters(), self.train.grad_clip or math.inf)
+        parameters = [*self.encoder.parameters(), *self.loss_fn.parameters()]  # the loss's: a learnable temperature
+        norm = self.accelerator.clip_grad_norm_(parameters, self.train.grad_clip or math.inf)
         bad_loss = _any(self.accelerator, not bool(torch.isfinite(loss.detach()).all()))
         bad_grad = self.train.precision != "fp16" and not bool(torch.isfinite(norm).all())
         if bad_loss or bad_grad:
@@ -679,6 +683,17 @@ def _global_metrics(accelerator: Accelerator, values: dict) -> dict[str, float]:
     )
     total = accelerator.reduce(local, reduction="sum") if accelerator.num_processes > 1 else local
     return {k: float(v) if k.startswith("n_") else float(v) / accelerator.num_processes for k, v in zip(names, total)}
+
+
+def _average_loss_gradients(accelerator: Accelerator, loss_fn: torch.nn.Module) -> None:
+    """Average the gradients of the loss's own parameters (a learnable temperature) over processes, as DDP averages
+    the encoder's: each rank's loss is its share of the global batch's (their mean is the global loss), so the mean
+    of the ranks' gradients is the global loss's gradient."""
+    if accelerator.num_processes == 1:
+        return
+    for parameter in loss_fn.parameters():
+        if parameter.grad is not None:
+            parameter.grad.copy_(accelerator.reduce(parameter.grad, reduction="mean"))
 
 
 def _any(accelerator: Accelerator, flag: bool) -> bool:

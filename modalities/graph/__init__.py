@@ -4,6 +4,7 @@ Your own message-passing layer or data source is one decorated function (:func:`
 :func:`register_source`), then named in a config (``model.encoder``, ``data.source``).
 """
 
+from mmcl.modalities.graph import molecules as _molecules  # noqa: F401,E402  (registers data.source=molecules)
 from mmcl.modalities.graph.adapter import GraphAdapter, GraphDataConfig, GraphModelConfig
 from mmcl.modalities.graph.augment import (
     AttrMask,

@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="also write these results to this JSON file (every result is kept in eval.json)")
     p.set_defaults(run=_evaluate)
 
-    p = commands.add_parser("quickstart", help="pretrain and evaluate on the bundled digits images (about a minute)")
+    p = commands.add_parser("quickstart", help="pretrain and evaluate on the bundled digits images (about 20 s)")
     p.add_argument("--output-dir", default="runs", help="where the run folder goes")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.name=dhel")
     p.set_defaults(run=_quickstart)

@@ -347,3 +347,42 @@ def test_gradient_caching_takes_the_same_steps(reference_run, tmp_path):
 def test_validate_every_needs_a_modality_with_a_validation_metric(tmp_path):
     with pytest.raises(ValueError, match="train.validate_every: the vision modality has no validation metric"):
         pretrain(load_config(tiny(train={"validate_every": 1})), tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "modality, data",
+    [
+        ("vision", {"augment_on": "device"}),
+        ("vision", {"augment_on": "loader"}),
+        ("graph", {"augment_on": "device"}),
+        ("graph", {"augment_on": "loader"}),
+    ],
+)
+def test_items_are_seeded_exactly_when_they_draw_random_numbers(modality, data, tmp_path):
+    """The engine seeds each item only where ``items_are_random``: an adapter that says its items draw nothing
+    must give the same item whatever the generator's state, and one that draws must be seeded to repeat."""
+    from mmcl.engine.config import build_adapter
+    from tests.test_graph import TU_ROOT
+
+    if modality == "vision":
+        config = load_config(tiny(data=data))
+    elif not TU_ROOT.exists():
+        pytest.skip(f"the TU datasets are not at {TU_ROOT}")
+    else:
+        overrides = [f"data.root={TU_ROOT}", f"data.cache_dir={tmp_path}", f"data.augment_on={data['augment_on']}"]
+        config = load_config("graph/mutag", overrides)
+    adapter = build_adapter(config)
+    dataset = adapter.train_dataset()
+
+    def item(state: int):
+        torch.manual_seed(state)
+        value = dataset[3][0]
+        return [v.x if hasattr(v, "x") else v for v in value] if isinstance(value, list) else value
+
+    def same(a, b) -> bool:
+        if isinstance(a, list):
+            return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
+        return torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+
+    unseeded_equal = all(same(item(1), item(state)) for state in (2, 3, 4))
+    assert unseeded_equal == (not adapter.items_are_random)

@@ -180,6 +180,13 @@ class ModalityAdapter(ABC):
         return ModelCard(metadata={"library_name": "mmcl", "tags": ["mmcl", self.name]}, usage=usage)
 
     @property
+    def items_are_random(self) -> bool:
+        """Whether the items of :meth:`train_dataset` draw random numbers (views drawn per item): the engine then
+        seeds each item by (seed, epoch, index); items that are plain decodes (views drawn by :meth:`augment_batch`)
+        need no seeding."""
+        return True
+
+    @property
     def n_views(self) -> int:
         """How many views of each instance a pretraining batch holds (the engine checks the loss takes them)."""
         return 2

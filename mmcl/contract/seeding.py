@@ -22,15 +22,18 @@ def derived_seed(*parts: int) -> int:
 
 
 class SeededViews(Dataset):
-    """A pretraining dataset with each item's augmentations seeded by ``(seed, epoch, index)``."""
+    """A pretraining dataset with each item's augmentations seeded by ``(seed, epoch, index)``; ``seeded=False``
+    passes items through unseeded, for datasets whose items draw no random numbers (views drawn on the device)."""
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+    def __init__(self, dataset: Dataset, seed: int, seeded: bool = True) -> None:
+        self.dataset, self.seed, self.epoch, self.seeded = dataset, seed, 0, seeded
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
+        if not self.seeded:  # forking and seeding the generator costs about 15 us an item: 4 ms of a 256-image step
+            return self.dataset[index]
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only: torch.manual_seed also seeds every accelerator backend, which costs about a
             # millisecond per call where CUDA is not initialised (it records a traceback for its lazy call)

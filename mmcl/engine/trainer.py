@@ -296,7 +296,8 @@ class Trainer:
                 "train.drop_last=false needs a single process; keep train.drop_last=true to train on several"
             )
         self.adapter = build_adapter(self.config)
-        self.data = SeededViews(self.adapter.train_dataset(), train.seed)  # data errors first: they are cheap to find
+        dataset = self.adapter.train_dataset()  # data errors first: they are cheap to find
+        self.data = SeededViews(dataset, train.seed, seeded=self.adapter.items_are_random)
         torch.manual_seed(train.seed)
         encoder = self.adapter.build_encoder()
         self.loss_fn = build_loss(self.config).to(accelerator.device)

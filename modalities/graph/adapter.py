@@ -207,6 +207,10 @@ class GraphAdapter(ModalityAdapter):
         """Whether the views are drawn on whole batches on the training device (:mod:`.batched`)."""
         return self.data_config.augment_on != "loader"
 
+    @property
+    def items_are_random(self) -> bool:
+        return not self.on_device  # on the device the items are indices
+
     def train_dataset(self) -> Dataset:
         if self.on_device:  # the loader only picks graphs: items (index, label), gathered from a flat store
             return GraphIndices(self.source)

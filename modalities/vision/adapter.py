@@ -152,6 +152,10 @@ class VisionAdapter(ModalityAdapter):
         return self.source.labelled
 
     @property
+    def items_are_random(self) -> bool:
+        return not self.on_device  # on the device the loader only decodes
+
+    @property
     def n_views(self) -> int:
         return self.n_views_of(self.crop_groups())
 

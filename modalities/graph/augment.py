@@ -226,6 +226,17 @@ class RandomChoice:
 AUGMENTATIONS = ("node_drop", "edge_perturb", "attr_mask", "subgraph", "identity")
 
 
+def check_augmentation_names(names: Sequence[str]) -> list[str]:
+    """``names`` as a list if it is a non-empty list of :data:`AUGMENTATIONS`, else a ``ValueError`` naming them;
+    shared by the per-graph and the batched augmentations."""
+    if isinstance(names, str) or not names:
+        raise ValueError(f"augmentations must be a non-empty list of names from {list(AUGMENTATIONS)}, got {names!r}")
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown graph augmentation(s) {unknown}; available: {list(AUGMENTATIONS)}")
+    return list(names)
+
+
 def build_augmentation(
     names: Sequence[str],
     *,
@@ -241,8 +252,7 @@ def build_augmentation(
     GraphCL's presets: ``random2`` = ``["node_drop", "subgraph"]`` (its rule of thumb for molecules and
     proteins), ``random3`` adds ``"edge_perturb"``, ``random4`` adds ``"attr_mask"``.
     """
-    if isinstance(names, str) or not names:
-        raise ValueError(f"augmentations must be a non-empty list of names from {list(AUGMENTATIONS)}, got {names!r}")
+    check_augmentation_names(names)
     builders: dict[str, Callable[[], Augmentation]] = {
         "node_drop": lambda: NodeDrop(node_drop_ratio),
         "edge_perturb": lambda: EdgePerturb(edge_perturb_ratio, edge_add_ratio),
@@ -250,9 +260,6 @@ def build_augmentation(
         "subgraph": lambda: Subgraph(subgraph_keep_ratio, subgraph_frontier),
         "identity": Identity,
     }
-    unknown = [name for name in names if name not in builders]
-    if unknown:
-        raise ValueError(f"unknown graph augmentation(s) {unknown}; available: {list(AUGMENTATIONS)}")
     return RandomChoice([builders[name]() for name in names])
 
 

@@ -46,7 +46,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import add_self_loops, is_undirected, scatter
 
-from mmcl.modalities.graph.augment import AUGMENTATIONS, GRAPHCL_TU_STRENGTHS
+from mmcl.modalities.graph.augment import GRAPHCL_TU_STRENGTHS, check_augmentation_names
 
 
 class GraphStore:
@@ -116,10 +116,7 @@ class BatchedAugmentation:
         subgraph_keep_ratio: float = GRAPHCL_TU_STRENGTHS["subgraph"],
         subgraph_frontier: str = "grow",
     ) -> None:
-        unknown = [name for name in names if name not in AUGMENTATIONS]
-        if unknown or not names:
-            raise ValueError(f"unknown graph augmentation(s) {unknown}; available: {list(AUGMENTATIONS)}")
-        self.names = list(names)
+        self.names = check_augmentation_names(names)
         self.node_drop_ratio, self.attr_mask_ratio = node_drop_ratio, attr_mask_ratio
         self.edge_perturb_ratio, self.edge_add_ratio = edge_perturb_ratio, edge_add_ratio
         self.subgraph_keep_ratio, self.subgraph_frontier = subgraph_keep_ratio, subgraph_frontier

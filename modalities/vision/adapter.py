@@ -11,6 +11,7 @@ Example config (the packaged ``vision/cifar10``)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -161,6 +162,11 @@ class VisionAdapter(ModalityAdapter):
 
     def crop_groups(self) -> list[CropGroup]:
         """The groups of views of each image: ``data.views``, or ``data.n_views`` views of the preset."""
+        return self._crop_groups
+
+    @functools.cached_property
+    def _crop_groups(self) -> list[CropGroup]:
+        # read by every collate and every augment_batch: checked and built once
         d, settings = self.data_config, self._settings()
         if d.views is None:
             return [CropGroup(d.n_views, settings)]

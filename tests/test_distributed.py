@@ -11,7 +11,7 @@ import pytest
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -23,7 +23,7 @@ def test_two_processes_match_single_process_on_global_batch(path, cases):
     """Every loss; with ``blockwise``, every loss that has the blockwise path, forced on against dense."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER),
     ] + (["--blockwise"] if path == "blockwise" else [])  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(WORKER.parent.parent), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
@@ -39,7 +39,7 @@ def test_two_processes_multiview_match_supcontrast_and_single_process(path, case
     on the global batch, the other multi-view losses against one process; dense and blockwise ranks."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), "--multiview",
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER), "--multiview",
     ] + (["--blockwise"] if path == "blockwise" else [])  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(WORKER.parent.parent), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)

@@ -4,7 +4,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from mmcl.engine import checkpoint
 from mmcl.engine.config import load_config
 from mmcl.engine.evaluate import build_encoder, evaluate_run
 from mmcl.engine.trainer import pretrain
+from tests.test_distributed import free_port
 
 WORKER = Path(__file__).with_name("train_worker.py")
 ROOT = WORKER.parent.parent
@@ -69,9 +69,6 @@ def run_worker(
     if nproc == 1:
         command = [sys.executable, str(WORKER)]
     else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         command = [
             sys.executable,
             "-m",
@@ -81,7 +78,7 @@ def run_worker(
             "--master_addr",
             "127.0.0.1",
             "--master_port",
-            str(port),
+            str(free_port()),
             str(WORKER),
         ]
     return subprocess.run(

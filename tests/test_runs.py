@@ -24,6 +24,7 @@ from mmcl.cli import main
 from mmcl.engine import checkpoint, runs
 from mmcl.engine.config import load_config
 from mmcl.engine.trainer import NonFiniteError, pretrain
+from tests.test_distributed import free_port
 from tests.test_engine import ROOT, WORKER, logged_metrics, max_difference, run_worker, tiny, weights
 
 TU_ROOT = ROOT.parent / "shared" / "data" / "tu"
@@ -191,6 +192,21 @@ def test_a_two_process_run_resumes_with_two_processes(tmp_path):
     assert one.returncode != 0 and "trained with 2 process(es) and is resumed with 1" in one.stderr
     allowed = run_worker(config, stopped, "--resume", "--allow-world-size-change")
     assert allowed.returncode == 0, allowed.stderr[-3000:]
+
+
+@pytest.mark.distributed
+def test_two_process_runs_always_end(tmp_path):
+    """100 process groups torn down as the engine does, in two processes: none may deadlock (see
+    ``process_group_released_last``; without it one of the first few runs hangs)."""
+    stores = tmp_path / "stores"
+    stores.mkdir()
+    worker = ROOT / "tests" / "teardown_worker.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), str(worker), str(stores), "100"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    ended = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, start_new_session=True)
+    assert ended.returncode == 0, ended.stderr[-3000:]
+    assert ended.stdout.count(": 100 runs ended") == 2
 
 
 def test_two_runs_into_one_run_name_at_once(tmp_path):

@@ -25,6 +25,8 @@ import logging
 import math
 import signal
 import time
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -143,6 +145,14 @@ def pretrain(
     # use another precision, so start from a fresh AcceleratorState (the process group is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     state = PartialState(cpu=train.cpu)  # starts the process group, so every rank agrees on the run folder
+    with process_group_released_last():
+        return _pretrain_in_run_folder(config, state, run_dir, resume, allow_world_size_change)
+
+
+def _pretrain_in_run_folder(
+    config: Config, state: PartialState, run_dir: str | Path | None, resume: bool, allow_world_size_change: bool
+) -> Path:
+    """:func:`pretrain` once the process group is up: agree on the run folder, train, record the session."""
     with contextlib.ExitStack() as held:
         outcome = [None, None, None]  # run folder, the checkpoint to resume from, an error message
         if state.is_main_process:
@@ -657,13 +667,37 @@ def _multi_view_losses() -> list[str]:
 
 
 def _end_training(accelerator: Accelerator) -> None:
-    """Accelerate's ``end_training`` with the processes meeting between the trackers and the process group: a rank
-    that tore gloo down while rank 0 still flushed its trackers left rank 0's teardown deadlocked now and then (its
-    main thread joining a gloo thread that waited for the GIL; torch 2.13, seen in the two-process tests)."""
+    """Accelerate's ``end_training`` with the processes meeting before the process group is destroyed, so that no
+    rank leaves while another still flushes its trackers."""
     for tracker in accelerator.trackers:
         tracker.finish()
     accelerator.wait_for_everyone()
     accelerator.state.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group_released_last() -> Iterator[None]:
+    """Keep the default process group's Python handle until the block's objects are freed, then drop it.
+
+    torch 2.13's gloo group joins its worker threads when it is destroyed. A worker that has just finished a
+    collective still holds the collective's tensors (and a barrier holds all earlier collectives), and releasing
+    a tensor that Python created takes the GIL. When DDP's reducer is the group's last owner, the group is
+    destroyed as the trainer is freed, with the GIL held, and the join waits forever for a worker that waits for
+    the GIL (2 of 24 two-process runs hung so on a busy 2-core machine; ``tests/teardown_worker.py`` without this
+    hung within its first 6 runs in 3 tries of 3). Torch's Python handle of a process group
+    releases the GIL before destroying it, so that handle, held here, must be the last owner: the block's
+    frames are freed before it, on return or, when the block raises, by clearing the traceback's frames (only
+    under several processes: a single process keeps its traceback's locals for post-mortem debugging).
+    """
+    group = torch.distributed.group.WORLD if torch.distributed.is_initialized() else None
+    try:
+        yield
+    except BaseException as error:
+        if group is not None:
+            traceback.clear_frames(error.__traceback__)
+        raise
+    finally:
+        del group
 
 
 def _embedding_rank(embeddings: torch.Tensor) -> float:

@@ -502,7 +502,7 @@ class Trainer:
                     loss = loss_of(embeddings)
                     accelerator.backward(loss)
             except _NonFiniteEmbeddings:
-                self._non_finite("the embeddings")
+                self._non_finite("the embeddings are")
                 self.optimizer.zero_grad()
                 return torch.tensor(math.nan), None
             if accelerator.sync_gradients:
@@ -521,12 +521,13 @@ class Trainer:
         bad_loss = _any(self.accelerator, not bool(torch.isfinite(loss.detach()).all()))
         bad_grad = self.train.precision != "fp16" and not bool(torch.isfinite(norm).all())
         if bad_loss or bad_grad:
-            self._non_finite("the loss" if bad_loss else "the gradients")
+            self._non_finite("the loss is" if bad_loss else "the gradients are")
             return False
         return True
 
     def _non_finite(self, what: str) -> None:
-        """Stop the run with its last good checkpoint (``train.on_nonfinite=stop``), or record a skipped step."""
+        """Stop the run with its last good checkpoint (``train.on_nonfinite=stop``), or record a skipped step.
+        ``what``: the subject and verb, e.g. "the loss is"."""
         step = self.step + 1
         if self.train.on_nonfinite == "skip":
             self.skipped_steps += 1

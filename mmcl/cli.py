@@ -261,8 +261,20 @@ def configure_logging() -> None:
         logger.propagate = False
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with overrides also after the flags (``mmcl pretrain RUN --resume train.max_steps=8``):
+    argparse stops filling a ``nargs="*"`` positional at the first flag, so the ones after it come back unknown."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and (not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in unknown)):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:
+        args.overrides = [*args.overrides, *unknown]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     configure_logging()
     try:
         return args.run(args)

@@ -39,6 +39,17 @@ def test_each_command_has_help():
         assert result.returncode == 0 and "usage: mmcl " + command in result.stdout, result.stderr
 
 
+def test_overrides_may_follow_the_flags_and_anything_else_is_refused():
+    from mmcl.cli import parse_args
+
+    args = parse_args(["pretrain", "run", "a.b=1", "--resume", "train.max_steps=8", "--evaluate", "c.d=2"])
+    assert args.resume and args.evaluate and args.overrides == ["a.b=1", "train.max_steps=8", "c.d=2"]
+    for stray in (["pretrain", "run", "--resume", "--bogus"], ["pretrain", "run", "--resume", "extra"],
+                  ["losses", "hcl", "a.b=1"]):  # fmt: skip
+        result = run(*stray)
+        assert result.returncode == 2 and "mmcl: error: unrecognized arguments: " + stray[-1] in result.stderr
+
+
 def test_pretrain_config_errors_exit_2_with_the_message(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("model: {backbone: small_cnn}\n")
@@ -67,7 +78,7 @@ def test_pretrain_then_evaluate_from_the_command_line(tmp_path):
     assert (tmp_path / "cli" / "eval.json").exists() and (
         tmp_path / "cli" / "checkpoints" / "step_00000003.pt"
     ).exists()
-    resumed = run("pretrain", str(tmp_path / "cli"), "train.max_steps=4", "--resume")
+    resumed = run("pretrain", str(tmp_path / "cli"), "--resume", "train.max_steps=4")  # overrides after the flag
     assert resumed.returncode == 0 and "at step 3" in resumed.stderr, resumed.stderr[-2000:]
     # a config file is evaluated as built, with overrides; overrides on a run folder are refused
     as_built = run(

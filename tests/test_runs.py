@@ -321,6 +321,17 @@ def test_evaluations_are_merged_never_overwritten(four_steps, capsys):
     assert mmcl.Run(four_steps).evaluations() == stored
 
 
+def test_a_config_evaluated_as_built_keeps_its_folder_and_never_mixes_in_another_config(tmp_path):
+    raw = tiny(train={"output_dir": str(tmp_path), "run_name": "as_built"}, eval={"tasks": ["knn"]})
+    first = mmcl.evaluate(raw)
+    again = mmcl.evaluate(raw, tasks=["linear"])
+    assert first["run_dir"] == again["run_dir"] == str(tmp_path / "as_built")
+    assert set(json.loads((tmp_path / "as_built" / "eval.json").read_text())["as_built"]) == {"knn", "linear"}
+    other = {**raw, "optim": {**raw["optim"], "lr": 0.1}}
+    with pytest.raises(ValueError, match=r"another config \(optim.lr: 0.5 there, 0.1 here\)"):
+        mmcl.evaluate(other)
+
+
 # ---------------------------------------------------------------- run metadata
 
 

@@ -161,8 +161,13 @@ def _evaluation_folder(config: Config) -> Path:
     name = f"{config.modality}-{dataset}-as_built-{time.strftime('%Y%m%d-%H%M%S')}".replace("/", "_")
     existing = Path(config.train.output_dir).expanduser() / (config.train.run_name or name)
     if config.train.run_name and (existing / "config.yaml").is_file():
-        if runs.parse_saved_config(existing) != config.to_dict():
-            raise ValueError(f"{existing} holds the evaluation of another config; set another train.run_name")
+        changes = runs.config_changes(runs.parse_saved_config(existing), config.to_dict())
+        if changes:
+            listed = ", ".join(f"{key}: {saved!r} there, {new!r} here" for key, (saved, new) in changes.items())
+            raise ValueError(
+                f"{existing} holds a run or evaluation of another config ({listed}); set another train.run_name "
+                f"to evaluate this config as built, or evaluate the run itself with `mmcl evaluate {existing}`"
+            )
         return existing
     folder = runs.create_run_folder(config.train.output_dir, config.train.run_name, name)
     runs.write_atomically(folder / "config.yaml", config.to_yaml())

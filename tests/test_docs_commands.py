@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mmcl.cli import parse_args
 from mmcl.engine.compare.study import read_study
 from mmcl.engine.config import load_config
 from mmcl.engine.configs import packaged_config
@@ -59,11 +60,12 @@ def test_command_runs_from_any_folder(document, block, command, tmp_path, monkey
     assert "$" not in " ".join(words), f"unknown variable in {command!r}"
     subcommand, rest = words[1], words[2:]
     assert subcommand in ("pretrain", "evaluate", "quickstart", "losses", "configs", "compare", "plot"), subcommand
+    args = parse_args(words[1:])  # the command line as mmcl reads it (a wrong one exits)
     if subcommand == "compare":
         return check_compare(rest, env)
     if subcommand not in ("pretrain", "evaluate") or not rest:
         return
-    target, overrides = rest[0], [word for word in rest[1:] if "=" in word and not word.startswith("-")]
+    target, overrides = args.config if subcommand == "pretrain" else args.target, args.overrides
     monkeypatch.chdir(tmp_path)
     if target.startswith("runs/"):
         earlier = [c for d, b, c in COMMANDS if (d, b) == (document, block)]

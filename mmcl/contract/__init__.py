@@ -8,7 +8,8 @@ depends on all of them and finds plug-ins through the registries (import-linter'
   modality provides; :mod:`mmcl.contract.export`: the manifest and weight files every export folder shares;
 * :class:`Registry`: the one registration mechanism (decorators, built-ins imported on first lookup);
 * :class:`Range` and the typed aliases (:data:`PositiveInt`, ...): the ranges of numeric options;
-* :func:`derived_seed`, :class:`SeededViews`: reproducible randomness shared by training and evaluation;
+* :func:`derived_seed`, :func:`seed_device`, :class:`SeededViews`: reproducible randomness shared by training
+  and evaluation;
 * :func:`ensure_torchvision_ops`: the CPU-torch compatibility step, run before torchvision or transformers.
 """
 
@@ -23,7 +24,7 @@ from mmcl.contract.options import (
     Range,
 )
 from mmcl.contract.registry import Registry
-from mmcl.contract.seeding import SeededViews, derived_seed
+from mmcl.contract.seeding import SeededViews, derived_seed, seed_device
 
 __all__ = [
     "Encoder",
@@ -41,5 +42,6 @@ __all__ = [
     "ViewGroups",
     "Validation",
     "derived_seed",
+    "seed_device",
     "ensure_torchvision_ops",
 ]

@@ -21,6 +21,19 @@ def derived_seed(*parts: int) -> int:
     return value >> 1
 
 
+def seed_device(seed: int, device: torch.device) -> None:
+    """Seed the generators that work on ``device`` draws from: the CPU's and, on a GPU, that GPU's.
+
+    ``torch.manual_seed`` gives the same CPU and current-GPU state but also seeds every CUDA, XPU and MTIA device
+    there is (on a CPU-only machine it records a lazy CUDA call with its traceback): 120 us a call against 1.6 us.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+    elif device.type != "cpu":
+        torch.manual_seed(seed)
+
+
 class SeededViews(Dataset):
     """A pretraining dataset with each item's augmentations seeded by ``(seed, epoch, index)``; ``seeded=False``
     passes items through unseeded, for datasets whose items draw no random numbers (views drawn on the device)."""

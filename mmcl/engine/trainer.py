@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from mmcl import losses
-from mmcl.contract import ModalityAdapter, SeededViews, TrainBatch, derived_seed
+from mmcl.contract import ModalityAdapter, SeededViews, TrainBatch, derived_seed, seed_device
 from mmcl.contract.export import is_export, update_manifest
 from mmcl.engine import checkpoint, runs, tracking
 from mmcl.engine.card import EXPORT_FOLDER, write_model_card
@@ -453,7 +453,8 @@ class Trainer:
         )
         micro = 0
         for batch in batches:
-            torch.manual_seed(derived_seed(self.train.seed, self.step, micro, self.accelerator.process_index))
+            seed = derived_seed(self.train.seed, self.step, micro, self.accelerator.process_index)
+            seed_device(seed, self.accelerator.device)
             micro += 1
             loss, embeddings = self._train_step(batch)
             if not self.accelerator.sync_gradients:

@@ -686,10 +686,10 @@ def process_group_released_last() -> Iterator[None]:
     a tensor that Python created takes the GIL. When DDP's reducer is the group's last owner, the group is
     destroyed as the trainer is freed, with the GIL held, and the join waits forever for a worker that waits for
     the GIL (2 of 24 two-process runs hung so on a busy 2-core machine; ``tests/teardown_worker.py`` without this
-    hung within its first 6 runs in 3 tries of 3). Torch's Python handle of a process group
-    releases the GIL before destroying it, so that handle, held here, must be the last owner: the block's
-    frames are freed before it, on return or, when the block raises, by clearing the traceback's frames (only
-    under several processes: a single process keeps its traceback's locals for post-mortem debugging).
+    hung within its first 6 runs in 3 tries of 3). Torch's Python handle of a process group releases the GIL
+    before destroying it, so that handle, held here, must be the last owner: the block's frames are freed before
+    it, on return or, when the block raises, by clearing the traceback's frames (only under several processes:
+    a single process keeps its traceback's locals for post-mortem debugging).
     """
     group = torch.distributed.group.WORLD if torch.distributed.is_initialized() else None
     try:

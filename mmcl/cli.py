@@ -49,6 +49,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as stop:
         print(f"mmcl: {stop}", file=sys.stderr)
         return 130
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under several processes the first reports (and evaluates) the run
+        return 0
     print(f"run folder: {run.folder}")
     if args.evaluate:
         return _evaluate(

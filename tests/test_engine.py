@@ -17,7 +17,7 @@ from mmcl.engine import checkpoint
 from mmcl.engine.config import load_config
 from mmcl.engine.evaluate import build_encoder, evaluate_run
 from mmcl.engine.trainer import pretrain
-from tests.test_distributed import free_port
+from tests.test_distributed import torchrun
 
 WORKER = Path(__file__).with_name("train_worker.py")
 ROOT = WORKER.parent.parent
@@ -65,25 +65,11 @@ def run_worker(
 ) -> subprocess.CompletedProcess:
     config_file = run_dir.with_suffix(".yaml")
     config_file.write_text(yaml.safe_dump(config))
+    arguments = [str(WORKER), str(config_file), str(run_dir), *flags]
+    if nproc > 1:
+        return torchrun(*arguments, nproc=nproc, timeout=timeout)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    if nproc == 1:
-        command = [sys.executable, str(WORKER)]
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(nproc),
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(free_port()),
-            str(WORKER),
-        ]
-    return subprocess.run(
-        [*command, str(config_file), str(run_dir), *flags], capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return subprocess.run([sys.executable, *arguments], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from mmcl.cli import main
 from mmcl.engine import checkpoint, runs
 from mmcl.engine.config import load_config
 from mmcl.engine.trainer import NonFiniteError, pretrain
-from tests.test_distributed import free_port
+from tests.test_distributed import torchrun
 from tests.test_engine import ROOT, WORKER, logged_metrics, max_difference, run_worker, tiny, weights
 
 TU_ROOT = ROOT.parent / "shared" / "data" / "tu"
@@ -200,13 +200,20 @@ def test_two_process_runs_always_end(tmp_path):
     ``process_group_released_last``; without it one of the first few runs hangs)."""
     stores = tmp_path / "stores"
     stores.mkdir()
-    worker = ROOT / "tests" / "teardown_worker.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(worker), str(stores), "100"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    ended = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, start_new_session=True)
+    ended = torchrun(str(ROOT / "tests" / "teardown_worker.py"), str(stores), "100", timeout=240)
     assert ended.returncode == 0, ended.stderr[-3000:]
     assert ended.stdout.count(": 100 runs ended") == 2
+
+
+@pytest.mark.distributed
+def test_a_two_process_command_line_run_is_reported_and_evaluated_once(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    train = {"max_steps": 2, "batch_size": 16, "output_dir": str(tmp_path), "run_name": "two"}
+    config.write_text(yaml.safe_dump(tiny(train=train, eval={"tasks": ["knn"]})))
+    done = torchrun("-m", "mmcl", "pretrain", str(config), "--evaluate", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run folder: ") == 1 and done.stdout.count("knn top1") == 1, done.stdout
+    assert list(json.loads((tmp_path / "two" / "eval.json").read_text())) == ["step_00000002"]
 
 
 def test_two_runs_into_one_run_name_at_once(tmp_path):

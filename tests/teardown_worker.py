@@ -3,8 +3,9 @@ as the engine tears its group down (collectives, a barrier, ``destroy_process_gr
 inside :func:`mmcl.engine.trainer.process_group_released_last`; every second run raises after its teardown.
 
 Usage: ``torchrun --nproc_per_node 2 teardown_worker.py FOLDER RUNS`` (FOLDER: a fresh folder for the file stores).
-Without the context manager, DDP's reducer destroys each group with the GIL held, and one of the first few dozen
-runs deadlocks (the main thread joining a gloo worker that waits for the GIL); with it every run ends.
+Without the context manager, DDP's reducer destroys each group with the GIL held, and one of the first few
+runs deadlocks (within 6 runs in 3 tries of 3: the main thread joins a gloo worker that waits for the GIL); with
+it every run ends.
 """
 
 import os

@@ -72,6 +72,15 @@ def run_worker(
     return subprocess.run([sys.executable, *arguments], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def test_seed_device_draws_as_torch_manual_seed_on_the_cpu():
+    from mmcl.contract import seed_device
+
+    seed_device(123, torch.device("cpu"))
+    drawn = torch.rand(5)
+    torch.manual_seed(123)
+    assert torch.equal(drawn, torch.rand(5))
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory) -> Path:
     """An uninterrupted 6-step run (3 steps per epoch) that the other runs must reproduce."""

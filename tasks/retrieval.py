@@ -82,7 +82,7 @@ def retrieval_metrics(z_a: Tensor, z_b: Tensor, ks: Sequence[int] = (1, 5, 10)) 
     n = z_a.shape[0]
     a_to_b, b_to_a = _direction(z_a, z_b, ks), _direction(z_b, z_a, ks)
     chance = {f"recall@{k}": 100.0 * min(k, n) / n for k in ks}
-    chance["mrr"] = 100.0 * sum(1.0 / r for r in range(1, n + 1)) / n
+    chance["mrr"] = 100.0 * _mean_reciprocal(1, n)
     mean = {key: (a_to_b[key] + b_to_a[key]) / 2 for key in a_to_b}
     return {"a_to_b": a_to_b, "b_to_a": b_to_a, "mean": mean, "chance": chance, "n": n}
 

@@ -47,8 +47,6 @@ class SeededViews(Dataset):
     def __getitem__(self, index: int):
         if not self.seeded:  # forking and seeding the generator costs about 15 us an item: 4 ms of a 256-image step
             return self.dataset[index]
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed also seeds every accelerator backend, which costs about a
-            # millisecond per call where CUDA is not initialised (it records a traceback for its lazy call)
-            torch.default_generator.manual_seed(derived_seed(self.seed, self.epoch, index))
+        with torch.random.fork_rng(devices=[]):  # items are drawn on the CPU
+            seed_device(derived_seed(self.seed, self.epoch, index), torch.device("cpu"))
             return self.dataset[index]

@@ -35,7 +35,6 @@ from mmcl.contract import (
     Range,
 )
 from mmcl.contract.options import build_dataclass
-from mmcl.contract.options import check_type as _check_type  # noqa: F401 (kept importable from here)
 from mmcl.engine.configs import packaged_config
 from mmcl.modalities import modality_class
 from mmcl.tasks import available_tasks, get_task

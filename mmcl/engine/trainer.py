@@ -508,9 +508,9 @@ class Trainer:
                 return torch.tensor(math.nan), None
             if accelerator.sync_gradients:
                 _average_loss_gradients(accelerator, self.loss_fn)
-            if accelerator.sync_gradients and self._healthy(loss):
-                self.optimizer.step()
-                self.loss_fn.constrain_()  # open_clip's clamp of logit_scale after the step
+                if self._healthy(loss):
+                    self.optimizer.step()
+                    self.loss_fn.constrain_()  # open_clip's clamp of logit_scale after the step
             self.optimizer.zero_grad()
         return loss.detach(), embeddings.detach()
 

@@ -18,6 +18,7 @@ cross-validation over all graphs, as GraphCL evaluates).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,10 +29,10 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import AddSelfLoops
 
-from mmcl.contract import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
+from mmcl.contract import NonNegativeInt, PositiveInt
 from mmcl.contract.adapter import Encoder, ModalityAdapter, ModelCard, TrainBatch
 from mmcl.modalities import register_modality
-from mmcl.modalities.graph.augment import GRAPHCL_TU_STRENGTHS, Augmentation, Identity, build_augmentation
+from mmcl.modalities.graph.augment import Augmentation, AugmentationStrengths, Identity, build_augmentation
 from mmcl.modalities.graph.batched import BatchedAugmentation, GraphStore, view_major, with_self_loops
 from mmcl.modalities.graph.datasets import GraphSource, load_graphs
 from mmcl.modalities.graph.encoders import ENCODERS, GraphBackbone, projection_head, xavier_init_
@@ -54,7 +55,10 @@ class GraphModelConfig:
 
 
 @dataclass
-class GraphDataConfig:
+class GraphDataConfig(AugmentationStrengths):
+    """The ``data`` section of graphs: the source, the node features, the views, and the augmentations' strengths
+    (:class:`~mmcl.modalities.graph.augment.AugmentationStrengths`: ``data.node_drop_ratio``, ...)."""
+
     source: str = "tu"  # tu (TU text files) | pyg (torch_geometric.datasets.<dataset>) | a plug-in's source
     dataset: str = "MUTAG"  # tu: a TU dataset name (MUTAG, PROTEINS, NCI1, ...); pyg: a dataset class name
     root: str | None = None  # tu: holds <dataset>/raw/ in the TU format, read only; pyg: PyG's own root
@@ -66,12 +70,6 @@ class GraphDataConfig:
     edge_attributes: bool = False  # keep TU edge labels/attributes as edge_attr (the built-in encoders ignore it)
     augmentations: list[str] = field(default_factory=lambda: ["node_drop", "subgraph"])  # one drawn per view
     first_view_unaugmented: bool = True  # GraphCL's TU code contrasts the graph with one augmented view
-    node_drop_ratio: Fraction = GRAPHCL_TU_STRENGTHS["node_drop"]
-    edge_perturb_ratio: Fraction = GRAPHCL_TU_STRENGTHS["edge_perturb"]
-    edge_add_ratio: NonNegativeFloat = 0.0
-    attr_mask_ratio: Fraction = GRAPHCL_TU_STRENGTHS["attr_mask"]
-    subgraph_keep_ratio: Fraction = GRAPHCL_TU_STRENGTHS["subgraph"]
-    subgraph_frontier: Literal["grow", "start"] = "grow"  # start: GraphCL's TU code (start node's neighbours only)
     self_loops: bool = False  # a self-loop on every node of the un-augmented graphs (GraphCL's TU loader)
     augment_on: Literal["auto", "loader", "device"] = "auto"  # auto: batched on the device; loader: per graph
 
@@ -133,14 +131,7 @@ class GraphAdapter(ModalityAdapter):
 
     def __init__(self, model: GraphModelConfig, data: GraphDataConfig) -> None:
         super().__init__(model, data)
-        strengths = dict(
-            node_drop_ratio=data.node_drop_ratio,
-            edge_perturb_ratio=data.edge_perturb_ratio,
-            edge_add_ratio=data.edge_add_ratio,
-            attr_mask_ratio=data.attr_mask_ratio,
-            subgraph_keep_ratio=data.subgraph_keep_ratio,
-            subgraph_frontier=data.subgraph_frontier,
-        )
+        strengths = {f.name: getattr(data, f.name) for f in dataclasses.fields(AugmentationStrengths)}
         # the per-graph views (data.augment_on=loader) and the batched ones; names and strengths checked here
         self.augmentation = build_augmentation(data.augmentations, **strengths)
         self.batched = BatchedAugmentation(data.augmentations, **strengths)

@@ -50,16 +50,34 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import is_undirected
 
+from mmcl.contract import Fraction, NonNegativeFloat
+
 Augmentation = Callable[[Data], Data]
 
 #: GraphCL's unsupervised TU strengths (``unsupervised_TU/aug.py``).
 GRAPHCL_TU_STRENGTHS = {"node_drop": 0.1, "edge_perturb": 0.1, "attr_mask": 0.1, "subgraph": 0.2}
+
+
+@dataclass
+class AugmentationStrengths:
+    """How strong each augmentation is, the same for the per-graph augmentations (:func:`build_augmentation`), the
+    batched ones (:class:`~mmcl.modalities.graph.batched.BatchedAugmentation`) and the graph data config (whose
+    ``data.*`` keys these are); GraphCL's unsupervised TU strengths by default."""
+
+    node_drop_ratio: Fraction = GRAPHCL_TU_STRENGTHS["node_drop"]
+    edge_perturb_ratio: Fraction = GRAPHCL_TU_STRENGTHS["edge_perturb"]
+    edge_add_ratio: NonNegativeFloat = 0.0
+    attr_mask_ratio: Fraction = GRAPHCL_TU_STRENGTHS["attr_mask"]
+    subgraph_keep_ratio: Fraction = GRAPHCL_TU_STRENGTHS["subgraph"]
+    subgraph_frontier: Literal["grow", "start"] = "grow"  # start: GraphCL's TU code (start node's neighbours only)
 
 
 def _check_ratio(name: str, value: float, *, low: float = 0.0, high: float = 1.0) -> float:
@@ -237,27 +255,20 @@ def check_augmentation_names(names: Sequence[str]) -> list[str]:
     return list(names)
 
 
-def build_augmentation(
-    names: Sequence[str],
-    *,
-    node_drop_ratio: float = GRAPHCL_TU_STRENGTHS["node_drop"],
-    edge_perturb_ratio: float = GRAPHCL_TU_STRENGTHS["edge_perturb"],
-    edge_add_ratio: float = 0.0,
-    attr_mask_ratio: float = GRAPHCL_TU_STRENGTHS["attr_mask"],
-    subgraph_keep_ratio: float = GRAPHCL_TU_STRENGTHS["subgraph"],
-    subgraph_frontier: str = "grow",
-) -> Augmentation:
-    """A random choice among the named augmentations (one name: that augmentation alone).
+def build_augmentation(names: Sequence[str], **strengths: float | str) -> Augmentation:
+    """A random choice among the named augmentations (one name: that augmentation alone), with the
+    :class:`AugmentationStrengths` given as keywords (``node_drop_ratio=0.2``, ...).
 
     GraphCL's presets: ``random2`` = ``["node_drop", "subgraph"]`` (its rule of thumb for molecules and
     proteins), ``random3`` adds ``"edge_perturb"``, ``random4`` adds ``"attr_mask"``.
     """
     check_augmentation_names(names)
+    s = AugmentationStrengths(**strengths)
     builders: dict[str, Callable[[], Augmentation]] = {
-        "node_drop": lambda: NodeDrop(node_drop_ratio),
-        "edge_perturb": lambda: EdgePerturb(edge_perturb_ratio, edge_add_ratio),
-        "attr_mask": lambda: AttrMask(attr_mask_ratio),
-        "subgraph": lambda: Subgraph(subgraph_keep_ratio, subgraph_frontier),
+        "node_drop": lambda: NodeDrop(s.node_drop_ratio),
+        "edge_perturb": lambda: EdgePerturb(s.edge_perturb_ratio, s.edge_add_ratio),
+        "attr_mask": lambda: AttrMask(s.attr_mask_ratio),
+        "subgraph": lambda: Subgraph(s.subgraph_keep_ratio, s.subgraph_frontier),
         "identity": Identity,
     }
     return RandomChoice([builders[name]() for name in names])

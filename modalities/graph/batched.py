@@ -46,7 +46,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import add_self_loops, is_undirected, scatter
 
-from mmcl.modalities.graph.augment import GRAPHCL_TU_STRENGTHS, check_augmentation_names
+from mmcl.modalities.graph.augment import AugmentationStrengths, check_augmentation_names
 
 
 class GraphStore:
@@ -105,21 +105,9 @@ def ranks_within(keys: Tensor, group: Tensor, groups: int) -> Tensor:
 class BatchedAugmentation:
     """One of ``names`` drawn per graph, applied to every graph of a batch at once (module docstring)."""
 
-    def __init__(
-        self,
-        names: Sequence[str],
-        *,
-        node_drop_ratio: float = GRAPHCL_TU_STRENGTHS["node_drop"],
-        edge_perturb_ratio: float = GRAPHCL_TU_STRENGTHS["edge_perturb"],
-        edge_add_ratio: float = 0.0,
-        attr_mask_ratio: float = GRAPHCL_TU_STRENGTHS["attr_mask"],
-        subgraph_keep_ratio: float = GRAPHCL_TU_STRENGTHS["subgraph"],
-        subgraph_frontier: str = "grow",
-    ) -> None:
+    def __init__(self, names: Sequence[str], **strengths: float | str) -> None:
         self.names = check_augmentation_names(names)
-        self.node_drop_ratio, self.attr_mask_ratio = node_drop_ratio, attr_mask_ratio
-        self.edge_perturb_ratio, self.edge_add_ratio = edge_perturb_ratio, edge_add_ratio
-        self.subgraph_keep_ratio, self.subgraph_frontier = subgraph_keep_ratio, subgraph_frontier
+        self.strengths = AugmentationStrengths(**strengths)
 
     def __call__(self, batch: Data) -> Data:
         graphs, device = int(batch.num_graphs), batch.x.device
@@ -142,12 +130,12 @@ class BatchedAugmentation:
         return _induced(batch, x, keep_nodes, keep_edges, added)
 
     def _node_drop(self, batch: Data, chosen: Tensor, counts: Tensor) -> Tensor:
-        drop = torch.minimum((self.node_drop_ratio * counts).long(), counts - 1) * chosen
+        drop = torch.minimum((self.strengths.node_drop_ratio * counts).long(), counts - 1) * chosen
         ranks = ranks_within(torch.rand(batch.num_nodes, device=counts.device), batch.batch, len(counts))
         return ranks >= drop[batch.batch]
 
     def _attr_mask(self, batch: Data, x: Tensor, chosen: Tensor, counts: Tensor) -> Tensor:
-        count = (self.attr_mask_ratio * counts).long() * chosen
+        count = (self.strengths.attr_mask_ratio * counts).long() * chosen
         ranks = ranks_within(torch.rand(batch.num_nodes, device=counts.device), batch.batch, len(counts))
         masked = ranks < count[batch.batch]
         x = x.clone()
@@ -166,12 +154,12 @@ class BatchedAugmentation:
         pair_graph = torch.zeros(pairs, dtype=torch.long, device=row.device)
         pair_graph[pair] = batch.batch[row]
         per_graph = torch.bincount(pair_graph, minlength=len(counts))
-        remove = (self.edge_perturb_ratio * per_graph).long() * chosen
+        remove = (self.strengths.edge_perturb_ratio * per_graph).long() * chosen
         removed = ranks_within(torch.rand(pairs, device=row.device), pair_graph, len(counts)) < remove[pair_graph]
         return ~removed[pair], self._added_edges(batch, chosen, counts, per_graph)
 
     def _added_edges(self, batch: Data, chosen: Tensor, counts: Tensor, pairs: Tensor) -> Tensor | None:
-        add = (self.edge_add_ratio * pairs).long() * (chosen & (counts > 1))
+        add = (self.strengths.edge_add_ratio * pairs).long() * (chosen & (counts > 1))
         if int(add.sum()) == 0:
             return None
         graph = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), add)
@@ -184,11 +172,12 @@ class BatchedAugmentation:
 
     def _subgraph(self, batch: Data, chosen: Tensor, counts: Tensor) -> Tensor:
         device, graphs = counts.device, len(counts)
-        target = torch.clamp((self.subgraph_keep_ratio * counts).long(), min=1)
+        target = torch.clamp((self.strengths.subgraph_keep_ratio * counts).long(), min=1)
         start = counts.cumsum(0) - counts + (torch.rand(graphs, device=device) * counts).long()
         selected = torch.zeros(batch.num_nodes, dtype=torch.bool, device=device)
         selected[start[chosen]] = True
-        source = selected if self.subgraph_frontier == "grow" else selected.clone()  # "start": the start nodes only
+        grow = self.strengths.subgraph_frontier == "grow"
+        source = selected if grow else selected.clone()  # "start": the start nodes only
         size = chosen.long()
         row, col = batch.edge_index
         rounds = int(target[chosen].max()) - 1 if bool(chosen.any()) else 0

@@ -75,6 +75,12 @@ class VisionDataConfig:
     solarize_prob: Fraction | None = None
 
 
+#: The data keys that override entries of the view preset (``data.flip_prob``, ...): those named as the preset's.
+VIEW_OVERRIDES = tuple(
+    f.name for f in dataclasses.fields(ViewSettings) if f.name in {g.name for g in dataclasses.fields(VisionDataConfig)}
+)
+
+
 class MultiView(Dataset):
     """Items ``([view_1, ..., view_V], label)`` drawn from ``(image, label)`` items, view ``v`` by ``transforms[v]``."""
 
@@ -258,18 +264,8 @@ class VisionAdapter(ModalityAdapter):
         source, preset = self.source, self._preset()
         if preset == "none":
             return None
-        d = self.data_config
-        return view_settings(
-            preset,
-            size=source.size if preset != "digits" else None,
-            crop_min_scale=d.crop_min_scale,
-            flip_prob=d.flip_prob,
-            jitter_strength=d.jitter_strength,
-            jitter_prob=d.jitter_prob,
-            grayscale_prob=d.grayscale_prob,
-            blur_prob=d.blur_prob,
-            solarize_prob=d.solarize_prob,
-        )
+        overrides = {name: getattr(self.data_config, name) for name in VIEW_OVERRIDES}
+        return view_settings(preset, size=source.size if preset != "digits" else None, **overrides)
 
     @property
     def on_device(self) -> bool:

@@ -37,7 +37,7 @@ ensure_torchvision_ops()  # CPU-only torch: before lightly and sentence-transfor
 import mmcl  # noqa: E402
 from mmcl.engine.config import build_adapter, load_config  # noqa: E402
 from mmcl.engine.optim import build_optimizer  # noqa: E402
-from mmcl.engine.trainer import build_loss, embeddings_for_loss  # noqa: E402
+from mmcl.engine.trainer import embeddings_for_loss  # noqa: E402
 
 
 def minilm() -> str:
@@ -93,7 +93,7 @@ def components(config_name: str, overrides: list[str]) -> dict[str, float]:
     torch.manual_seed(0)
     adapter = build_adapter(config)
     dataset = adapter.train_dataset()
-    encoder, loss_fn = adapter.build_encoder().train(), build_loss(config)
+    encoder, loss_fn = adapter.build_encoder().train(), config.build_loss()
     optimizer = build_optimizer(encoder, config.optim)
     size = config.train.batch_size
     items = [dataset[i] for i in range(size)]

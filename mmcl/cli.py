@@ -7,9 +7,10 @@ before a command runs, so ``mmcl --help`` starts without importing torch.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+
+from mmcl.logs import configure_logging
 
 
 def _losses(args: argparse.Namespace) -> int:
@@ -78,9 +79,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mmcl.engine.compare.report import build_report
-    from mmcl.engine.compare.runner import estimate, format_estimate, plan, run_study
-    from mmcl.engine.compare.study import read_study
+    from mmcl.compare.plan import estimate, format_estimate, plan
+    from mmcl.compare.report import build_report
+    from mmcl.compare.runner import run_study
+    from mmcl.compare.study import read_study
     from mmcl.engine.plugins import load_plugins
 
     load_plugins(args.plugin)
@@ -108,12 +110,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _failed(output, cell) -> bool:
-    import json
-
-    from mmcl.engine.compare.runner import record_path
+    from mmcl.compare.records import CellRecord, record_path
 
     path = record_path(output, cell.id)
-    return path.is_file() and json.loads(path.read_text())["status"] != "ok"
+    return path.is_file() and not CellRecord.from_json(path.read_text(), str(path)).ok
 
 
 def _assignment(text: str, flag: str) -> tuple[str, str]:
@@ -136,7 +136,7 @@ def _shard(text: str) -> tuple[int, int]:
 def _plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mmcl.engine.plots import plot_runs
+    from mmcl.compare.figures import plot_runs
 
     paths = plot_runs([Path(run) for run in args.runs], Path(args.output), args.name)
     print("\n".join(str(path) for path in paths))
@@ -245,24 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="a packaged config name: print it")
     p.set_defaults(run=_configs)
     return parser
-
-
-class _ProgressAwareHandler(logging.Handler):
-    """Writes mmcl's messages to stderr without breaking the progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm.auto import tqdm
-
-        tqdm.write(self.format(record), file=sys.stderr)
-
-
-def configure_logging() -> None:
-    """mmcl's messages (``logging.getLogger("mmcl")``) on stderr, INFO and above, once per process."""
-    logger = logging.getLogger("mmcl")
-    if not any(isinstance(handler, _ProgressAwareHandler) for handler in logger.handlers):
-        logger.addHandler(_ProgressAwareHandler())
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,12 +21,13 @@ import pytest
 import yaml
 from scipy import stats
 
-from mmcl.engine.compare.analysis import TaskInfo
-from mmcl.engine.compare.claims import verdicts
-from mmcl.engine.compare.report import build_report
-from mmcl.engine.compare.runner import plan, read_records
-from mmcl.engine.compare.statistics import holm, paired, ranks, summarize
-from mmcl.engine.compare.study import read_study
+from mmcl.compare.analysis import TaskInfo
+from mmcl.compare.claims import verdicts
+from mmcl.compare.plan import plan
+from mmcl.compare.records import CellRecord, read_records
+from mmcl.compare.report import build_report
+from mmcl.compare.statistics import holm, paired, ranks, summarize
+from mmcl.compare.study import read_study
 
 TINY_DIGITS = [
     "train.max_steps=2", "optim.warmup_steps=0", "data.train_subset=64", "data.test_subset=40", "train.batch_size=32",
@@ -146,13 +147,20 @@ def test_holm_and_ranks_by_hand():
     assert ranks({"a": 90.0, "b": 92.0, "c": 90.0, "d": math.nan}) == {"a": 2.5, "b": 1.0, "c": 2.5, "d": 4.0}
 
 
+def cell_record(**values) -> CellRecord:
+    """A synthetic record: ``values`` over an identity no study gave."""
+    identity = {"id": f"{values['task']}/{values['loss']}/seed{values['seed']}", "definition": "", "modality": "vision",
+                "dataset": "d", "metric": "value", "protocol": ""}  # fmt: skip
+    return CellRecord(**{**identity, **values})
+
+
 def test_claim_verdicts_by_hand():
     infos = [TaskInfo("t1", "vision", "d", "value", ""), TaskInfo("t2", "graph", "g", "value", "")]
 
     def value(loss: str, base: float, sign: int) -> float:
         return base + (3.0 if loss == "a" else 0.0) * sign
 
-    records = [{"task": t, "loss": loss, "seed": s, "status": "ok", "value": value(loss, v, sign)}
+    records = [cell_record(task=t, loss=loss, seed=s, status="ok", value=value(loss, v, sign))
                for t, sign in (("t1", 1), ("t2", -1)) for loss in ("a", "b")
                for s, v in enumerate([70, 71, 69])]  # fmt: skip
     rows = {row["group"]: row for row in verdicts([{"kind": "better", "loss": "a", "than": "b"}], records, infos)}
@@ -160,7 +168,7 @@ def test_claim_verdicts_by_hand():
     assert rows["graph"]["verdict"] == "not supported (the opposite holds)"
     curves = [{"step": i, "lo": 1.0, "hi": 2.0 if i < 3 else 0.5} for i in range(4)]
     bound = verdicts([{"kind": "bound", "lower": "lo", "upper": "hi"}],
-                     [{"task": "t1", "loss": "a", "seed": 0, "status": "ok", "curves": curves}], infos)  # fmt: skip
+                     [cell_record(task="t1", loss="a", seed=0, status="ok", curves=curves)], infos)  # fmt: skip
     assert bound[0]["effect"] == 0.75 and bound[0]["verdict"].startswith("inconclusive")
 
 
@@ -252,15 +260,13 @@ def test_a_failing_cell_is_recorded_shown_and_retried_only_when_asked(tmp_path):
     first = mmcl("compare", "failing.yaml", "--output", "out", "--no-plots", cwd=tmp_path)
     assert first.returncode == 0 and "1 cell(s) failed" in first.stdout, first.stderr[-2000:]
     (record,) = read_records(tmp_path / "out").values()
-    assert record["status"] == "failed" and "NonFiniteError: step 2" in record["error"]
+    assert record.status == "failed" and "NonFiniteError: step 2" in record.error
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Failed cells" in report and "diverging/nt_xent/seed0" in report and "(no result)" in report
     again = mmcl("compare", "failing.yaml", "--output", "out", "--no-plots", cwd=tmp_path)
     assert "0 done, 1 failed earlier, 0 to run" in again.stderr
     retried = mmcl("compare", "failing.yaml", "--output", "out", "--no-plots", "--retry-failed", cwd=tmp_path)
-    assert (
-        "1 to run" in retried.stderr and read_records(tmp_path / "out")[record["id"]]["finished"] > record["finished"]
-    )
+    assert "1 to run" in retried.stderr and read_records(tmp_path / "out")[record.id].finished > record.finished
 
 
 def test_a_study_killed_in_the_middle_finishes_what_is_missing(tmp_path):
@@ -285,6 +291,29 @@ def test_a_study_killed_in_the_middle_finishes_what_is_missing(tmp_path):
     assert len(after) == 3 and all(after[name] == text for name, text in done_before.items())
     sessions = json.loads((interrupted.parent / "run.json").read_text())["sessions"]
     assert sessions[-1]["kind"] == "resume" and sessions[-1]["status"] == "finished"
+
+
+def test_a_cell_validates_its_config_once_and_builds_its_loss_once(tmp_path, monkeypatch):
+    """Training hands the evaluation its encoder and adapter: the cell's config is validated once (not again when
+    the run folder's config is read back) and its loss built once."""
+    from mmcl import losses
+    from mmcl.compare.cell import run_cell
+    from mmcl.compare.records import CellSpec
+    from mmcl.compare.runner import write_spec
+    from mmcl.engine import config
+
+    study = read_study({**STUDY, "seeds": [0], "random_init": False, "claims": [], "baseline": None,
+                        "losses": [{"name": "dhel", "temperature": 0.3}]})  # fmt: skip
+    (cell,) = study.cells()
+    spec = CellSpec.from_json(write_spec(study, cell, tmp_path, threads=1).read_text())
+    validated, built = [], []
+    check_effective, build = config.check_effective, losses.build
+    monkeypatch.setattr(config, "check_effective", lambda c: (validated.append(c.loss["name"]), check_effective(c)))
+    monkeypatch.setattr(losses, "build", lambda name, **options: (built.append(name), build(name, **options))[1])
+    record = run_cell(spec)
+    assert record.ok, record.traceback
+    assert validated == ["dhel"] and built.count("dhel") == 1, (validated, built)
+    assert record.steps == 2 and record.value == record.scores["knn.top1"]
 
 
 def test_plan_lists_missing_cells_without_running(finished):

@@ -21,8 +21,8 @@ def test_shipped_config_is_valid(path):
 def test_shipped_study_is_valid_and_plans_without_its_data(path, tmp_path):
     """Every packaged study parses, names registered components and plans its cells (--dry-run) even where its
     data are absent (the GPU studies on this machine)."""
-    from mmcl.engine.compare.runner import estimate, plan
-    from mmcl.engine.compare.study import read_study
+    from mmcl.compare.plan import estimate, plan
+    from mmcl.compare.study import read_study
 
     study = read_study(path.stem, {"DATA": str(tmp_path / "absent"), "MINILM": "unused", "BERT": "unused"})
     work = plan(study, tmp_path / "out")

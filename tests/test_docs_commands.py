@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mmcl.cli import parse_args
-from mmcl.engine.compare.study import read_study
+from mmcl.compare.study import read_study
 from mmcl.engine.config import load_config
 from mmcl.engine.configs import packaged_config
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from mmcl.engine import checkpoint
 from mmcl.engine.config import load_config
 from mmcl.engine.evaluate import build_encoder, evaluate_run
 from mmcl.engine.trainer import pretrain
+from mmcl.runs import checkpoints as checkpoint
 from tests.test_distributed import torchrun
 
 WORKER = Path(__file__).with_name("train_worker.py")
@@ -378,3 +378,23 @@ def test_items_are_seeded_exactly_when_they_draw_random_numbers(modality, data, 
 
     unseeded_equal = all(same(item(1), item(state)) for state in (2, 3, 4))
     assert unseeded_equal == (not adapter.items_are_random)
+
+
+def test_the_trained_encoder_scores_as_its_run_folder_does(tmp_path):
+    """A study cell evaluates the trainer's own encoder and adapter right after training (nothing rebuilt or read
+    again): the results equal an evaluation of the run folder, value for value."""
+    from mmcl.engine.config import config_from_dict
+    from mmcl.engine.evaluate import evaluate_and_record
+    from mmcl.engine.trainer import train
+
+    raw = tiny(train={"output_dir": str(tmp_path), "run_name": "r"}, eval={"tasks": ["knn", "linear", "metrics"]})
+    config = config_from_dict(raw)
+    trained = train(config)
+    assert trained.checkpoint == checkpoint.checkpoint_path(trained.folder, 6)
+    in_memory = evaluate_and_record(config, trained.folder, trained.encoder, trained.adapter, trained.checkpoint)
+    from_folder = evaluate_run(trained.folder)
+    for task in ("knn", "linear", "metrics"):
+        assert {k: v for k, v in in_memory[task].items() if k != "seconds"} == {
+            k: v for k, v in from_folder[task].items() if k != "seconds"
+        }, task
+    assert in_memory["checkpoint"] == from_folder["checkpoint"] and in_memory["encoder"] == "pretrained"

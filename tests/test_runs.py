@@ -21,9 +21,10 @@ import yaml
 
 import mmcl
 from mmcl.cli import main
-from mmcl.engine import checkpoint, runs
 from mmcl.engine.config import load_config
 from mmcl.engine.trainer import NonFiniteError, pretrain
+from mmcl.runs import checkpoints as checkpoint
+from mmcl.runs import folder as runs
 from tests.test_distributed import torchrun
 from tests.test_engine import ROOT, WORKER, logged_metrics, max_difference, run_worker, tiny, weights
 
@@ -244,7 +245,7 @@ def test_a_run_folder_is_locked_while_it_trains(tmp_path):
         trainer.send_signal(signal.SIGINT)
         assert trainer.wait(timeout=120) == 130
     assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
-    (run_dir / ".lock").write_text("PID 999999 on host gone since 2026-01-01\n")  # a lock left behind
+    (run_dir / ".lock.owner").write_text("PID 999999 on host gone since 2026-01-01\n")  # a lock left behind
     resumed = cli("pretrain", str(run_dir), "train.max_steps=" + str(_step(run_dir) + 1), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "took over the lock" in resumed.stderr and "PID 999999 on host gone" in resumed.stderr

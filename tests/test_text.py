@@ -258,10 +258,10 @@ def test_tiny_pretrain_then_evaluate(tiny_model, tmp_path):
     """A few SimCSE steps on the random-init BERT, then ``evaluate_run`` with the sts task; export loads back."""
     from transformers import AutoModel
 
-    from mmcl.engine import checkpoint
     from mmcl.engine.config import load_config
     from mmcl.engine.evaluate import build_encoder, evaluate_run
     from mmcl.engine.trainer import pretrain
+    from mmcl.runs import checkpoints as checkpoint
 
     sts_root = _tiny_sts_root(tmp_path / "sts")
     text = tmp_path / "sentences.txt"
@@ -305,7 +305,9 @@ def test_tiny_pretrain_then_evaluate(tiny_model, tmp_path):
             torch.testing.assert_close(value, encoder.transformer.state_dict()[name], msg=name)
     # the model card names the base model, the loss and its options, the budget and the evaluation just stored
     card = (run_dir / "model" / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: sentence-transformers\n")
+    from huggingface_hub import ModelCard  # the Hub's own reader of the front matter
+
+    assert ModelCard.load(run_dir / "model" / "README.md").data.library_name == "sentence-transformers"
     assert "`simcse` temperature=0.05" in card and "3 steps, batch 8 x 1 process(es)" in card
     assert f"| best | sts | avg | {results['sts']['avg']:.4g} |" in card
     assert f"the best on validation (stsb_dev_spearman = {saved_best['value']:.4g}), step {best['step']}" in card

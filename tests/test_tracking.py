@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import mmcl
-from mmcl.engine import checkpoint, runs
 from mmcl.engine.config import load_config
 from mmcl.engine.trainer import pretrain
+from mmcl.runs import checkpoints as checkpoint
+from mmcl.runs import folder as runs
 from tests.test_engine import tiny
 
 
@@ -181,7 +182,7 @@ def test_loggers_and_weights_only_may_change_on_resume():
 
 
 def test_hyperparameters_are_what_trackers_take():
-    from mmcl.engine.tracking import hyperparameters
+    from mmcl.runs.tracking import hyperparameters
 
     values = hyperparameters(load_config(tiny()).to_dict())
     assert values["loss.temperature"] == 0.5 and values["model.backbone_options.channels"] == "[8, 16]"

@@ -11,10 +11,10 @@ import sys
 
 import torch
 
-from mmcl.cli import configure_logging
-from mmcl.engine import checkpoint
 from mmcl.engine.config import load_config
 from mmcl.engine.trainer import pretrain
+from mmcl.logs import configure_logging
+from mmcl.runs import checkpoints as checkpoint
 
 
 def crash_on_save(n: int) -> None:

@@ -1,9 +1,11 @@
-"""``mmcl compare``: compare losses across modalities in one study, with statistics, verdicts and figures.
+"""``mmcl compare``: compare losses across modalities in one study, with statistics, verdicts and figures; the layer
+above the engine.
 
-A study (:mod:`~mmcl.engine.compare.study`) names seeds, losses and tasks; every (task, loss, seed) cell runs
-through the engine in its own run folder and process (:mod:`~mmcl.engine.compare.runner`,
-:mod:`~mmcl.engine.compare.cell`); the report (:mod:`~mmcl.engine.compare.report`) is rebuilt from the cells'
-records alone (:mod:`~mmcl.engine.compare.analysis`, :mod:`~mmcl.engine.compare.statistics`,
-:mod:`~mmcl.engine.compare.claims`, :mod:`mmcl.engine.plots`). The submodules are imported where used, so that
-a cell's process does not pay for the report's libraries.
+A study (:mod:`~mmcl.compare.study`) names seeds, losses and tasks; :mod:`~mmcl.compare.plan` says which of its
+(task, loss, seed) cells are left; :mod:`~mmcl.compare.runner` runs each through the engine in its own run folder
+and process (:mod:`~mmcl.compare.cell`), which leaves a typed record (:mod:`~mmcl.compare.records`). The report
+(:mod:`~mmcl.compare.report`) is rebuilt from the records alone (:mod:`~mmcl.compare.analysis`,
+:mod:`~mmcl.compare.statistics`, :mod:`~mmcl.compare.claims`, :mod:`~mmcl.compare.study_figures`);
+:mod:`~mmcl.compare.figures` also draws ``mmcl plot``'s training curves of runs. The submodules are imported where
+used, so that a cell's process does not pay for the report's libraries.
 """

@@ -9,9 +9,8 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from mmcl.engine.compare.statistics import ALPHA, Paired, Summary, holm, paired, ranks, summarize
-
-RANDOM_INIT = "random_init"
+from mmcl.compare.records import RANDOM_INIT, CellRecord
+from mmcl.compare.statistics import ALPHA, Paired, Summary, holm, paired, ranks, summarize
 
 
 @dataclass(frozen=True)
@@ -40,33 +39,26 @@ class TaskInfo:
     protocol: str
 
 
-def task_infos(records: list[dict]) -> list[TaskInfo]:
+def task_infos(records: list[CellRecord]) -> list[TaskInfo]:
     """The tasks of the records, in the order they first appear."""
     seen: dict[str, TaskInfo] = {}
     for r in records:
-        seen.setdefault(r["task"], TaskInfo(r["task"], r["modality"], r["dataset"], r["metric"], r.get("protocol", "")))
+        seen.setdefault(r.task, TaskInfo(r.task, r.modality, r.dataset, r.metric, r.protocol))
     return list(seen.values())
 
 
-def values_by_loss(records: list[dict], task: str, key: str = "value") -> dict[str, dict[int, float]]:
+def values_by_loss(records: list[CellRecord], task: str, key: str = "value") -> dict[str, dict[int, float]]:
     """``{loss: {seed: value}}`` of a task's successful cells (``key``: a record field or ``scores.x``)."""
     out: dict[str, dict[int, float]] = defaultdict(dict)
     for r in records:
-        if r["task"] == task and r.get("status") == "ok":
-            value = _field(r, key)
+        if r.task == task and r.ok:
+            value = r.lookup(key)
             if isinstance(value, (int, float)):
-                out[r["loss"]][r["seed"]] = float(value)
+                out[r.loss][r.seed] = float(value)
     return dict(out)
 
 
-def _field(record: dict, key: str):
-    if key in record:
-        return record[key]
-    section, _, name = key.partition(".")
-    return (record.get(section) or {}).get(name) if isinstance(record.get(section), dict) else None
-
-
-def task_table(records: list[dict], task: str, losses: list[str], baseline: str | None) -> list[Row]:
+def task_table(records: list[CellRecord], task: str, losses: list[str], baseline: str | None) -> list[Row]:
     """The rows of one task, in the order of ``losses`` (the random-init row first when present)."""
     values = values_by_loss(records, task)
     trained = [loss for loss in losses if loss != RANDOM_INIT]
@@ -90,9 +82,9 @@ def task_table(records: list[dict], task: str, losses: list[str], baseline: str 
     return rows
 
 
-def _cost(records: list[dict], task: str, loss: str) -> dict[str, float]:
-    mine = [r for r in records if r["task"] == task and r["loss"] == loss and r.get("status") == "ok"]
-    return {key: summarize([float(r.get(key) or 0.0) for r in mine]).mean
+def _cost(records: list[CellRecord], task: str, loss: str) -> dict[str, float]:
+    mine = [r for r in records if r.task == task and r.loss == loss and r.ok]
+    return {key: summarize([float(getattr(r, key) or 0.0) for r in mine]).mean
             for key in ("train_seconds", "eval_seconds", "peak_memory_mb")}  # fmt: skip
 
 
@@ -108,10 +100,10 @@ def mean_ranks(tables: dict[str, list[Row]], infos: list[TaskInfo]) -> dict[str,
     return {loss: {group: sum(r) / len(r) for group, r in groups.items()} for loss, groups in collected.items()}
 
 
-def loss_order(records: list[dict], study: dict | None) -> list[str]:
+def loss_order(records: list[CellRecord], study: dict | None) -> list[str]:
     """The losses in the study's order (random-init first), else in the order of the records."""
     if study:
         labels = [str(e) if isinstance(e, str) else str(e.get("label", e["name"])) for e in study.get("losses", [])]
         return ([RANDOM_INIT] if study.get("random_init") else []) + labels
-    return list(dict.fromkeys(sorted(r["loss"] for r in records if r["loss"] == RANDOM_INIT) +
-                              [r["loss"] for r in records if r["loss"] != RANDOM_INIT]))  # fmt: skip
+    return list(dict.fromkeys(sorted(r.loss for r in records if r.loss == RANDOM_INIT) +
+                              [r.loss for r in records if r.loss != RANDOM_INIT]))  # fmt: skip

@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from mmcl.engine.compare.analysis import TaskInfo, values_by_loss
-from mmcl.engine.compare.statistics import binomial_interval, summarize
+from mmcl.compare.analysis import TaskInfo, values_by_loss
+from mmcl.compare.records import CellRecord
+from mmcl.compare.statistics import binomial_interval, summarize
 
 
-def verdicts(claims: list[dict], records: list[dict], infos: list[TaskInfo]) -> list[dict]:
+def verdicts(claims: list[dict], records: list[CellRecord], infos: list[TaskInfo]) -> list[dict]:
     """One row per claim and group: ``claim``, ``group``, ``effect``, ``ci``, ``n``, ``verdict``."""
     out = []
     for claim in claims:
@@ -45,7 +46,7 @@ def _interval_verdict(effect_ci: tuple[float, float]) -> str:
     return "inconclusive at this budget"
 
 
-def _better(claim: dict, records: list[dict], infos: list[TaskInfo]) -> list[dict]:
+def _better(claim: dict, records: list[CellRecord], infos: list[TaskInfo]) -> list[dict]:
     metric = claim.get("metric", "value")
     groups: dict[str, list[float]] = defaultdict(list)
     for info in infos:
@@ -61,7 +62,7 @@ def _better(claim: dict, records: list[dict], infos: list[TaskInfo]) -> list[dic
     return rows
 
 
-def _smaller_drop(claim: dict, records: list[dict], infos: list[TaskInfo]) -> list[dict]:
+def _smaller_drop(claim: dict, records: list[CellRecord], infos: list[TaskInfo]) -> list[dict]:
     metric = claim.get("metric", "value")
     rows = []
     for group, tasks in claim["groups"].items():
@@ -84,14 +85,14 @@ def _drop(first: dict, last: dict, loss: str) -> dict[int, float]:
     return {s: a[s] - b[s] for s in set(a) & set(b)}
 
 
-def _bound(claim: dict, records: list[dict], infos: list[TaskInfo]) -> list[dict]:
+def _bound(claim: dict, records: list[CellRecord], infos: list[TaskInfo]) -> list[dict]:
     lower, upper = claim["lower"], claim["upper"]
     rows = []
     for info in infos:
         held = total = 0
         for record in records:
-            if record["task"] == info.task and record.get("status") == "ok":
-                for line in record.get("curves") or []:
+            if record.task == info.task and record.ok:
+                for line in record.curves:
                     if lower in line and upper in line:
                         total += 1
                         held += line[lower] <= line[upper]

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from mmcl.engine import runs
-from mmcl.engine.compare.analysis import RANDOM_INIT, Row, loss_order, mean_ranks, task_infos, task_table
-from mmcl.engine.compare.claims import verdicts
-from mmcl.engine.compare.runner import read_records, write_records_file
+from mmcl.compare.analysis import Row, loss_order, mean_ranks, task_infos, task_table
+from mmcl.compare.claims import verdicts
+from mmcl.compare.records import RANDOM_INIT, CellRecord, read_records, write_records_file
+from mmcl.runs import write_atomically
 
 
 def build_report(folders: list[Path], output: Path | None = None, plots: bool = True) -> Path:
@@ -37,34 +37,34 @@ def build_report(folders: list[Path], output: Path | None = None, plots: bool = 
     tables = {info.task: task_table(records, info.task, losses, baseline) for info in infos}
     figures = {}
     if plots:
-        from mmcl.engine.plots import study_figures
+        from mmcl.compare.study_figures import study_figures
 
         figures = study_figures(records, tables, infos, baseline, output / "plots")
     claims = verdicts(list(study.get("claims") or []), records, infos) if study else []
     text = render(study, records, infos, tables, baseline, claims, figures, output)
-    runs.write_atomically(output / "report.md", text)
-    runs.write_atomically(output / "report.csv", _csv(infos, tables))
+    write_atomically(output / "report.md", text)
+    write_atomically(output / "report.csv", _csv(infos, tables))
     return output / "report.md"
 
 
-def render(study: dict, records: list[dict], infos, tables: dict[str, list[Row]], baseline: str | None,
+def render(study: dict, records: list[CellRecord], infos, tables: dict[str, list[Row]], baseline: str | None,
            claims: list[dict], figures: dict[str, list[Path]], output: Path) -> str:  # fmt: skip
-    ok = sum(r.get("status") == "ok" for r in records)
+    ok = sum(r.ok for r in records)
     lines = [f"# Study: {study.get('name', output.name)}", ""]
     if study.get("description"):
         lines += [study["description"].strip(), ""]
-    lines += [f"{ok} cells ok, {len(records) - ok} failed; seeds {sorted({r['seed'] for r in records})}; "
-              f"mmcl {records[0].get('versions', {}).get('mmcl', '?')}, torch "
-              f"{records[0].get('versions', {}).get('torch', '?')}.", ""]  # fmt: skip
+    lines += [f"{ok} cells ok, {len(records) - ok} failed; seeds {sorted({r.seed for r in records})}; "
+              f"mmcl {records[0].versions.get('mmcl', '?')}, torch {records[0].versions.get('torch', '?')}.",
+              ""]  # fmt: skip
     for info in infos:
         lines += _task_section(info, tables[info.task], baseline)
     lines += _rank_section(tables, infos)
     if claims:
         lines += _claims_section(claims)
-    failed = [r for r in records if r.get("status") != "ok"]
+    failed = [r for r in records if not r.ok]
     if failed:
         lines += ["## Failed cells (gaps in the tables)", "", "| cell | error |", "|---|---|"]
-        lines += [f"| {r['id']} | {str(r.get('error', '')).splitlines()[0][:200]} |" for r in failed] + [""]
+        lines += [f"| {r.id} | {(r.error or 'no error recorded').splitlines()[0][:200]} |" for r in failed] + [""]
     if figures:
         lines += ["## Figures", ""]
         lines += [f"- {name.replace('_', ' ')}: [PNG]({paths[0].relative_to(output)}), "

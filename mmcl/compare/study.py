@@ -20,7 +20,7 @@ A study is a YAML file (or a packaged name, ``studies/cpu-small``)::
         loss_options:               # the task's own defaults for the losses that take them (a loss entry's win)
           "*": {temperature: 0.2}   # every loss with a temperature
           dystress: {tau_min: 0.1, tau_max: 0.3}
-    claims: [...]                   # optional verdicts (mmcl.engine.compare.claims)
+    claims: [...]                   # optional verdicts (mmcl.compare.claims)
 
 The budget is the task's: a loss entry holds loss options only, so it never changes steps, batch size or data.
 Every (task, loss, seed) is a :class:`Cell` with a stable id and a definition hash over its resolved config.
@@ -39,10 +39,11 @@ from typing import Any
 import yaml
 
 from mmcl import losses
-from mmcl.engine.compare.claims import check_claims
+from mmcl.compare.claims import check_claims
+from mmcl.compare.records import RANDOM_INIT
 from mmcl.engine.config import Config, apply_overrides, build_adapter, config_from_dict, read_config, validate_loss
 from mmcl.engine.configs import packaged_config
-from mmcl.engine.runs import flatten
+from mmcl.runs.folder import flatten
 from mmcl.tasks import get_task
 
 #: Config keys that do not change what a cell computes: left out of its definition hash.
@@ -54,7 +55,6 @@ PLACEMENT_KEYS = (
     "train.num_workers",
     "train.auto_resume",
 )
-RANDOM_INIT = "random_init"
 _VARIABLE = re.compile(r"\$\{(\w+)\}")
 
 

@@ -17,7 +17,6 @@ True
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,12 +24,13 @@ from pathlib import Path
 
 from mmcl.contract import Encoder
 from mmcl.contract.export import is_export, read_manifest
-from mmcl.engine import checkpoint
 from mmcl.engine.config import Config, ConfigSource, load_config
 from mmcl.engine.evaluate import build_encoder, evaluate_run
 from mmcl.engine.plugins import load_plugins
-from mmcl.engine.runs import read_evaluations
 from mmcl.modalities import modality_class
+from mmcl.runs import checkpoints
+from mmcl.runs.files import config_file
+from mmcl.runs.results import read_evaluations, read_metrics
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,13 @@ class Run:
     @property
     def config(self) -> Config:
         """The run's saved configuration."""
-        return load_config(self.folder / "config.yaml")
+        return load_config(config_file(self.folder))
 
     @property
     def checkpoint(self) -> Path:
         """The checkpoint that evaluation uses: the best on validation when the run selected one, else the latest
         (the newest readable one)."""
-        return checkpoint.load_newest_readable(checkpoint.resolve(self.folder)[1])[0]
+        return checkpoints.load_newest_readable(checkpoints.resolve(self.folder)[1])[0]
 
     def evaluations(self) -> dict:
         """Every evaluation of the run (``eval.json``): ``{encoder: {task: result}}``, the encoder being a
@@ -63,8 +63,7 @@ class Run:
 
     def metrics(self) -> list[dict]:
         """The records of ``metrics.jsonl`` (loss, learning rate, diagnostics per logged step)."""
-        path = self.folder / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        return read_metrics(self.folder)
 
 
 RunLike = Run | str | os.PathLike
@@ -84,7 +83,7 @@ def pretrain(
         config: a YAML file, a packaged config name (``"graph/mutag"``; ``mmcl configs`` lists them), a mapping of
             config sections, or a run folder to continue (with ``resume=True``).
         overrides: dotted ``section.key=value`` strings, as on the command line. On a resume, only those that cannot
-            change what the finished steps computed are accepted (:data:`mmcl.engine.runs.RESUMABLE`).
+            change what the finished steps computed are accepted (:data:`mmcl.runs.folder.RESUMABLE`).
         resume: continue the run folder ``config`` (or the config's ``train.run_name``) from its newest readable
             checkpoint. Without it an existing run folder is refused: every new run gets a new folder.
         allow_world_size_change: accept resuming with another number of processes (the global batch changes).
@@ -95,7 +94,7 @@ def pretrain(
     load_plugins(plugins)
     target = None if isinstance(config, Mapping) else Path(os.fspath(config)).expanduser()
     if target is not None and target.is_dir():  # a run folder: its saved config (continued only with resume)
-        loaded, run_dir = load_config(target / "config.yaml", overrides), target
+        loaded, run_dir = load_config(config_file(target), overrides), target
     else:
         loaded, run_dir = load_config(config, overrides), None
         if resume and not loaded.train.run_name:
@@ -143,9 +142,9 @@ def load_encoder(target: RunLike, *, plugins: Iterable[str] = ()) -> Encoder:
     path = Path(os.fspath(target)).expanduser()
     if is_export(path):
         return modality_class(read_manifest(path)["modality"]).load_export(path).eval()
-    run_dir, candidates = checkpoint.resolve(path)
-    checkpoint_file, _ = checkpoint.load_newest_readable(candidates)
-    encoder, _ = build_encoder(load_config(run_dir / "config.yaml"), checkpoint_file)
+    run_dir, candidates = checkpoints.resolve(path)
+    checkpoint_file, _ = checkpoints.load_newest_readable(candidates)
+    encoder, _ = build_encoder(load_config(config_file(run_dir)), checkpoint_file)
     return encoder.eval()
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 import yaml
 
 from mmcl import losses
@@ -84,7 +85,7 @@ class TrainConfig:
     progress_bar: bool = True
     # Accelerate's experiment trackers (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab,
     # trackio); [] logs to metrics.jsonl only. Each gets the flattened config as hyperparameters; TensorBoard also
-    # the evaluation results (mmcl.engine.tracking). wandb runs offline unless you are logged in.
+    # the evaluation results (mmcl.runs.tracking). wandb runs offline unless you are logged in.
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
     # false: the final checkpoint holds the weights without the optimiser's and scheduler's state (a third the
     # size with Adam), for runs only evaluated or exported afterwards; it cannot be resumed
@@ -138,6 +139,16 @@ class Config:
     optim: OptimConfig
     train: TrainConfig
     eval: EvalConfig
+    built_loss: torch.nn.Module | None = field(default=None, repr=False, compare=False)  # see build_loss
+
+    def build_loss(self) -> torch.nn.Module:
+        """The config's loss: the instance that validating the config built, on the first call (a config's loss is
+        built once), else a new one."""
+        built, self.built_loss = self.built_loss, None
+        if built is not None:
+            return built
+        options = dict(self.loss)
+        return losses.build(options.pop("name"), **options)
 
     def to_dict(self) -> dict:
         return {
@@ -149,9 +160,6 @@ class Config:
             "train": dataclasses.asdict(self.train),
             "eval": self.eval.to_dict(),
         }
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 class _Loader(yaml.SafeLoader):
@@ -226,7 +234,7 @@ def _drop_options_of_a_replaced_loss(raw: dict, file_loss: dict | None, override
     try:
         valid = losses.options(loss.get("name", "nt_xent"))
     except ValueError:
-        return  # an unknown loss name is reported by validate_loss
+        return  # an unknown loss name is reported by _checked_loss
     dropped = sorted(key for key in file_loss if key != "name" and key not in given and key not in valid)
     for key in dropped:
         del loss[key]
@@ -279,14 +287,16 @@ def config_from_dict(raw: dict) -> Config:
         raise ValueError(f"unknown config section(s) {unknown}; valid sections: {list(SECTIONS)}")
     modality = raw.get("modality", "vision")
     adapter = modality_class(modality)
+    loss, built_loss = _checked_loss(raw.get("loss") or {}, "loss", adapter.default_loss)
     config = Config(
         modality=modality,
         model=build_dataclass(adapter.ModelConfig, raw.get("model") or {}, "model"),
         data=build_dataclass(adapter.DataConfig, raw.get("data") or {}, "data"),
-        loss=validate_loss(raw.get("loss") or {}, default=adapter.default_loss),
+        loss=loss,
         optim=build_dataclass(OptimConfig, raw.get("optim") or {}, "optim"),
         train=build_dataclass(TrainConfig, raw.get("train") or {}, "train"),
         eval=build_eval_config(raw.get("eval") or {}),
+        built_loss=built_loss,
     )
     config.train.monitor_losses = [
         validate_loss({"name": m} if isinstance(m, str) else m, f"train.monitor_losses[{i}]")
@@ -320,13 +330,18 @@ def build_adapter(config: Config) -> ModalityAdapter:
 def validate_loss(section: dict, key: str = "loss", default: str = "nt_xent") -> dict:
     """A loss section ``{name, **options}`` checked against the registry (``key`` names it in messages); without a
     name, ``default`` (the modality's :attr:`~mmcl.contract.ModalityAdapter.default_loss`)."""
+    return _checked_loss(section, key, default)[0]
+
+
+def _checked_loss(section: dict, key: str, default: str) -> tuple[dict, torch.nn.Module]:
+    """:func:`validate_loss`'s section, and the loss that checking it built (the registry checks the option names,
+    the loss its values: temperature > 0, ...)."""
     if not isinstance(section, dict):
         raise ValueError(f"{key} must be a loss name or a mapping with 'name' and options, got {section!r}")
-    section = dict(section)
-    name = section.pop("name", default)
-    valid = losses.options(name)  # raises for an unknown loss name, listing the available ones
-    unknown = sorted(set(section) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for loss {name!r} in {key}; valid: {sorted(valid)}")
-    losses.build(name, **section)  # validates the values (temperature > 0, ...)
-    return {"name": name, **section}
+    options = dict(section)
+    name = options.pop("name", default)
+    try:
+        built = losses.build(name, **options)
+    except ValueError as error:
+        raise ValueError(f"{key}: {error}") from None
+    return {"name": name, **options}, built

@@ -5,7 +5,7 @@ names its defaults), so this module knows nothing about any one modality or task
 
 Every evaluation is stored in its run folder's ``eval.json`` under the encoder it scored (a checkpoint's name,
 ``random_init``, or ``as_built`` for a config's encoder without training), one entry per task with the task's
-options, the seed, the library versions and the time, merged with what is there (:func:`mmcl.engine.runs.
+options, the seed, the library versions and the time, merged with what is there (:func:`mmcl.runs.results.
 record_evaluation`). Evaluating a config creates an evaluation folder under ``train.output_dir`` for its results.
 An evaluation of a trained run is also shown where runs are compared (:func:`publish_evaluation`): the model card of
 its export is rewritten from ``eval.json`` and, when the run logs to TensorBoard, its headline numbers are added there.
@@ -24,9 +24,12 @@ import torch
 
 from mmcl.contract import Encoder, ModalityAdapter
 from mmcl.contract.export import is_export
-from mmcl.engine import checkpoint, runs, tracking
-from mmcl.engine.card import EXPORT_FOLDER, write_model_card
 from mmcl.engine.config import Config, ConfigSource, EvalConfig, build_adapter, load_config
+from mmcl.runs import checkpoints, folder, tracking
+from mmcl.runs.card import write_model_card
+from mmcl.runs.files import config_file, export_folder, is_run_folder, now
+from mmcl.runs.record import library_versions
+from mmcl.runs.results import AS_BUILT, RANDOM_INIT, record_evaluation
 from mmcl.tasks import EvalContext, available_tasks, get_task
 
 log = logging.getLogger("mmcl")
@@ -66,7 +69,7 @@ def build_encoder(
     adapter = build_adapter(config)
     encoder = adapter.build_random_encoder() if random_init else adapter.build_encoder()
     if checkpoint_file is not None:
-        checkpoint.load_model_state(encoder, checkpoint.load_checkpoint(checkpoint_file), checkpoint_file)
+        checkpoints.load_model_state(encoder, checkpoints.load_checkpoint(checkpoint_file), checkpoint_file)
     return encoder, adapter
 
 
@@ -85,14 +88,15 @@ def validation_score(encoder: Encoder, adapter: ModalityAdapter, config: Config,
 
 
 def evaluate_run(
-    target: ConfigSource,
+    target: ConfigSource | Config,
     tasks: Sequence[str] | None = None,
     random_init: bool = False,
     output: str | Path | None = None,
     overrides: Sequence[str] | None = None,
 ) -> dict:
     """Evaluate a run folder (its best, else latest readable, checkpoint), a checkpoint file, or a config's encoder
-    as the adapter builds it (a file, packaged name or mapping; e.g. a published text model).
+    as the adapter builds it (a file, packaged name, mapping or validated :class:`Config`; e.g. a published text
+    model).
 
     The results are merged into the run's ``eval.json`` (a config gets an evaluation folder under
     ``train.output_dir``) and, with ``output``, also written there as one JSON file. ``overrides`` (dotted
@@ -105,26 +109,45 @@ def evaluate_run(
     if is_run(target):
         if overrides:
             raise ValueError(f"overrides {list(overrides)} apply to a config only, not to the run {target}")
-        run_dir, candidates = checkpoint.resolve(target)
-        config = load_config(run_dir / "config.yaml")
-        checkpoint_file = None if random_init else checkpoint.load_newest_readable(candidates)[0]
+        run_dir, candidates = checkpoints.resolve(target)
+        config = load_config(config_file(run_dir))
+        checkpoint_file = None if random_init else checkpoints.load_newest_readable(candidates)[0]
     else:
-        config, checkpoint_file = load_config(target, overrides), None
-        run_dir = _evaluation_folder(config)
-    key = "random_init" if random_init else checkpoint_file.stem if checkpoint_file else "as_built"
+        config = target if isinstance(target, Config) else load_config(target, overrides)
+        checkpoint_file, run_dir = None, _evaluation_folder(config)
     if config.train.threads:  # the run's thread count (a study's cell shares the machine with others)
         torch.set_num_threads(config.train.threads)
     encoder, adapter = build_encoder(config, checkpoint_file, random_init)
+    return evaluate_and_record(config, run_dir, encoder, adapter, checkpoint_file, random_init, tasks, output, started)
+
+
+def evaluate_and_record(
+    config: Config,
+    run_dir: Path,
+    encoder: Encoder,
+    adapter: ModalityAdapter,
+    checkpoint_file: Path | None,
+    random_init: bool = False,
+    tasks: Sequence[str] | None = None,
+    output: str | Path | None = None,
+    started: float | None = None,
+) -> dict:
+    """Evaluate ``encoder`` (holding ``checkpoint_file``'s weights; None: as built, or freshly initialised with
+    ``random_init``) and keep the results in ``run_dir``'s ``eval.json``; returns them as :func:`evaluate_run`.
+    An evaluation right after training passes the trainer's encoder and adapter here (:class:`~mmcl.engine.
+    trainer.Trained`), so nothing is built or read again."""
+    started = time.perf_counter() if started is None else started
+    key = RANDOM_INIT if random_init else checkpoint_file.stem if checkpoint_file else AS_BUILT
     device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
     results = evaluate_encoder(encoder, adapter, config.eval, tasks, device)
     stored = {"checkpoint": str(checkpoint_file) if checkpoint_file else None, "seed": config.eval.seed,
-              "versions": runs.library_versions(), "evaluated": runs.now()}  # fmt: skip
+              "versions": library_versions(), "evaluated": now()}  # fmt: skip
     for task, result in results.items():
-        results_file = runs.record_evaluation(run_dir, key, task, {**result, **stored})
+        results_file = record_evaluation(run_dir, key, task, {**result, **stored})
     if checkpoint_file is not None or random_init:
         publish_evaluation(run_dir, config, adapter, key, results, checkpoint_file)
     results.update(
-        encoder=key if key in ("random_init", "as_built") else "pretrained",
+        encoder=key if key in (RANDOM_INIT, AS_BUILT) else "pretrained",
         checkpoint=stored["checkpoint"],
         loss=config.loss["name"],
         seconds=round(time.perf_counter() - started, 2),
@@ -141,7 +164,7 @@ def publish_evaluation(
 ) -> None:
     """Show a stored evaluation of a trained run where runs are compared: the model card of its export (rewritten
     from ``eval.json``) and, when the run logs to TensorBoard, its scalars for the HParams view."""
-    if is_export(run_dir / EXPORT_FOLDER):
+    if is_export(export_folder(run_dir)):
         write_model_card(run_dir, adapter)
     if "tensorboard" in config.train.loggers:
         step = 0 if checkpoint_file is None else checkpoint_step(checkpoint_file)
@@ -150,8 +173,8 @@ def publish_evaluation(
 
 def checkpoint_step(path: Path) -> int:
     """The training step of a checkpoint file (``step_NNNNNNNN.pt`` by its name, ``best.pt`` by its content)."""
-    match = checkpoint.PATTERN.search(Path(path).name)
-    return int(match.group(1)) if match else int(checkpoint.load_checkpoint(path).get("step", 0))
+    match = checkpoints.PATTERN.search(Path(path).name)
+    return int(match.group(1)) if match else int(checkpoints.load_checkpoint(path).get("step", 0))
 
 
 def _evaluation_folder(config: Config) -> Path:
@@ -160,8 +183,8 @@ def _evaluation_folder(config: Config) -> Path:
     dataset = getattr(config.data, "dataset", None) or Path(str(getattr(config.data, "path", None) or "data")).stem
     name = f"{config.modality}-{dataset}-as_built-{time.strftime('%Y%m%d-%H%M%S')}".replace("/", "_")
     existing = Path(config.train.output_dir).expanduser() / (config.train.run_name or name)
-    if config.train.run_name and (existing / "config.yaml").is_file():
-        changes = runs.config_changes(runs.parse_saved_config(existing), config.to_dict())
+    if config.train.run_name and is_run_folder(existing):
+        changes = folder.config_changes(folder.parse_saved_config(existing), config.to_dict())
         if changes:
             listed = ", ".join(f"{key}: {saved!r} there, {new!r} here" for key, (saved, new) in changes.items())
             raise ValueError(
@@ -169,14 +192,14 @@ def _evaluation_folder(config: Config) -> Path:
                 f"to evaluate this config as built, or evaluate the run itself with `mmcl evaluate {existing}`"
             )
         return existing
-    folder = runs.create_run_folder(config.train.output_dir, config.train.run_name, name)
-    runs.write_atomically(folder / "config.yaml", config.to_yaml())
-    return folder
+    created = folder.create_run_folder(config.train.output_dir, config.train.run_name, name)
+    folder.write_config(created, config.to_dict())
+    return created
 
 
-def is_run(target: ConfigSource) -> bool:
+def is_run(target: ConfigSource | Config) -> bool:
     """Whether ``target`` is a run folder or a checkpoint file (else a config: file, packaged name or mapping)."""
-    if isinstance(target, Mapping):
+    if isinstance(target, (Mapping, Config)):
         return False
     path = Path(target).expanduser()
     return path.is_dir() or path.suffix == ".pt"

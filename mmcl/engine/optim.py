@@ -1,4 +1,14 @@
-"""Optimisers (AdamW, Adam, SGD, LARS) and the warmup + cosine learning-rate schedule."""
+"""Optimisers (AdamW, Adam, SGD, LARS) and the warmup + cosine learning-rate schedule.
+
+Written here rather than taken from a library, on purpose:
+
+* LARS: torch has none, and the libraries that do (solo-learn, lightly) are not dependencies of mmcl.
+* The schedule: ``transformers``' ``get_cosine_schedule_with_warmup`` (and ``get_cosine_with_min_lr_schedule_with
+  _warmup``) warm up as ``step / warmup_steps``, so the first step trains at a learning rate of 0, where mmcl's warm
+  up as ``(step + 1) / warmup_steps`` (the last warm-up step reaches ``optim.lr``); and its linear decay has no
+  floor (``optim.min_lr_ratio``). Using them would change every run with a warm-up (the quickstart's published
+  numbers among them); after the warm-up the cosine is the same.
+"""
 
 from __future__ import annotations
 

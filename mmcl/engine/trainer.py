@@ -12,7 +12,7 @@ by ``seed`` alone, so every epoch sees the same batches, as GraphCL's TU code do
 drawn with torch's RNG seeded by ``(seed, epoch, index)``, and each step reseeds torch's RNG by
 ``(seed, step, rank)`` (dropout). A resumed run therefore continues exactly as an uninterrupted one.
 
-:func:`pretrain` applies the run-folder rules of :mod:`mmcl.engine.runs` (a new folder per run, resume only on
+:func:`pretrain` applies the run-folder rules of :mod:`mmcl.runs.folder` (a new folder per run, resume only on
 request and with checked overrides, a lock, ``run.json``) around a :class:`Trainer`, whose methods each do one
 job: set-up, the step, its health checks, logging, checkpoints, validation and export.
 """
@@ -27,6 +27,7 @@ import signal
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,12 +40,14 @@ from tqdm.auto import tqdm
 from mmcl import losses
 from mmcl.contract import ModalityAdapter, SeededViews, TrainBatch, derived_seed, seed_device
 from mmcl.contract.export import is_export, update_manifest
-from mmcl.engine import checkpoint, runs, tracking
-from mmcl.engine.card import EXPORT_FOLDER, write_model_card
 from mmcl.engine.config import Config, build_adapter, config_from_dict
 from mmcl.engine.evaluate import validation_score
 from mmcl.engine.gradcache import batch_dependent_layers, cached_step, split_inputs
 from mmcl.engine.optim import build_optimizer, build_scheduler
+from mmcl.runs import checkpoints, folder, tracking
+from mmcl.runs.card import write_model_card
+from mmcl.runs.files import export_folder, metrics_file
+from mmcl.runs.record import RunRecord
 from mmcl.tasks.metrics import effective_rank
 
 log = logging.getLogger("mmcl")
@@ -74,11 +77,6 @@ class NonFiniteError(ValueError):
 
 class _NonFiniteEmbeddings(Exception):
     """Raised inside a step when the encoder's output is not finite."""
-
-
-def build_loss(config: Config) -> torch.nn.Module:
-    options = dict(config.loss)
-    return losses.build(options.pop("name"), **options)
 
 
 def embeddings_for_loss(output: torch.Tensor, batch: TrainBatch) -> dict:
@@ -121,51 +119,63 @@ class _StopRequest:
 # ---------------------------------------------------------------- the run folder around a training session
 
 
+@dataclass(frozen=True)
+class Trained:
+    """A finished training session: its run folder and, in a single process, the encoder holding the weights an
+    evaluation of the folder loads (the best on validation, else the final ones: ``checkpoint``) with its adapter,
+    so that an evaluation right after training reuses them (None under several processes: DDP's hooks would keep
+    the process group alive)."""
+
+    folder: Path
+    encoder: torch.nn.Module | None = None
+    adapter: ModalityAdapter | None = None
+    checkpoint: Path | None = None
+
+
 def pretrain(
     config: Config,
     run_dir: str | Path | None = None,
     resume: bool = False,
     allow_world_size_change: bool = False,
 ) -> Path:
-    """Pretrain the config's encoder in a run folder (:mod:`mmcl.engine.runs`); returns the folder.
+    """Pretrain the config's encoder in a run folder (:mod:`mmcl.runs.folder`); returns the folder.
 
     Args:
         config: the validated config.
         run_dir: the folder; None: ``train.output_dir/train.run_name`` (or a new timestamped name). Without
             ``resume`` it must not hold a run yet.
         resume: continue the folder from its newest readable checkpoint; ``config`` may differ from the saved one
-            only in :data:`mmcl.engine.runs.RESUMABLE` keys.
+            only in :data:`mmcl.runs.folder.RESUMABLE` keys.
         allow_world_size_change: accept resuming with another number of processes (it changes the global batch).
     """
-    train = config.train
-    tracking.check_loggers(train.loggers)  # before anything is written
-    if train.threads:
-        torch.set_num_threads(train.threads)
+    return train(config, run_dir, resume, allow_world_size_change).folder
+
+
+def train(
+    config: Config,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    allow_world_size_change: bool = False,
+) -> Trained:
+    """:func:`pretrain`, returning the trained encoder too (see :class:`Trained`)."""
+    tracking.check_loggers(config.train.loggers)  # before anything is written
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
     # Accelerate keeps its state per process; a second run in the same process (notebooks, tests, studies) may
     # use another precision, so start from a fresh AcceleratorState (the process group is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
-    state = PartialState(cpu=train.cpu)  # starts the process group, so every rank agrees on the run folder
+    state = PartialState(cpu=config.train.cpu)  # starts the process group, so every rank agrees on the run folder
     with process_group_released_last():
-        return _pretrain_in_run_folder(config, state, run_dir, resume, allow_world_size_change)
+        return _train_in_run_folder(config, state, run_dir, resume, allow_world_size_change)
 
 
-def _pretrain_in_run_folder(
+def _train_in_run_folder(
     config: Config, state: PartialState, run_dir: str | Path | None, resume: bool, allow_world_size_change: bool
-) -> Path:
-    """:func:`pretrain` once the process group is up: agree on the run folder, train, record the session."""
+) -> Trained:
+    """:func:`train` once the process group is up: agree on the run folder, train, record the session."""
     with contextlib.ExitStack() as held:
-        outcome = [None, None, None]  # run folder, the checkpoint to resume from, an error message
-        if state.is_main_process:
-            try:
-                outcome[:2] = _open_run_folder(config, run_dir, resume, held)
-            except (ValueError, OSError) as error:
-                outcome[2] = f"{type(error).__name__}: {error}"
-        outcome = broadcast_object_list(outcome)
-        if outcome[2] is not None:
-            kind, message = outcome[2].split(": ", 1)
-            raise {"FileNotFoundError": FileNotFoundError, "OSError": OSError}.get(kind, ValueError)(message)
-        run_dir, start = Path(outcome[0]), outcome[1]
-        record = runs.RunRecord(run_dir) if state.is_main_process else None
+        run_dir, start = _agree_on_run_folder(config, state, run_dir, resume, held)
+        record = RunRecord(run_dir) if state.is_main_process else None
         trainer = Trainer(config, run_dir, record)
         try:
             trainer.set_up(start, allow_world_size_change)
@@ -180,98 +190,28 @@ def _pretrain_in_run_folder(
             raise
         if record:
             record.end_session("finished", at_step=trainer.step)
-            if is_export(run_dir / EXPORT_FOLDER):
+            if is_export(export_folder(run_dir)):
                 write_model_card(run_dir, trainer.adapter)  # after the session ended: with its wall time
-    return run_dir
+        return trainer.trained()
 
 
-def _open_run_folder(config: Config, run_dir: str | Path | None, resume: bool, held: contextlib.ExitStack):
-    """The run folder, locked, with its config written; and the checkpoint to resume from (None: a new run)."""
-    train = config.train
-    if run_dir is None and not resume and train.auto_resume:
-        found = _resumable_folder(config)
-        if found is not None:
-            run_dir, resume = found
-    if resume:
-        run_dir = Path(run_dir if run_dir is not None else Path(train.output_dir).expanduser() / (train.run_name or ""))
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"--resume: {run_dir} is not a run folder (it has no config.yaml)")
-        held.enter_context(runs.RunLock(run_dir))
-        return run_dir, _prepare_resume(config, run_dir)
-    if run_dir is None:
-        run_dir = runs.create_run_folder(train.output_dir, train.run_name, default_run_name(config))
-    else:
-        run_dir = Path(run_dir)
-        if run_dir.exists() and any(run_dir.iterdir()) and not _fresh_start_allowed(config, run_dir):
-            raise ValueError(
-                f"run folder {run_dir} exists: continue it with `mmcl pretrain {run_dir} --resume` (or "
-                "train.auto_resume=true), or start a new run in another folder (train.run_name)"
+def _agree_on_run_folder(
+    config: Config, state: PartialState, run_dir: str | Path | None, resume: bool, held: contextlib.ExitStack
+) -> tuple[Path, dict | None]:
+    """The main process opens the run folder (:func:`mmcl.runs.folder.open_run_folder`), every rank learns it."""
+    outcome = [None, None, None]  # run folder, the checkpoint to resume from, an error message
+    if state.is_main_process:
+        try:
+            outcome[:2] = folder.open_run_folder(
+                config.to_dict(), run_dir, resume, held, default_run_name(config), validate=config_from_dict
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-    held.enter_context(runs.RunLock(run_dir))
-    runs.write_atomically(run_dir / "config.yaml", config.to_yaml())
-    runs.truncate_metrics(run_dir, 0)
-    runs.RunRecord(run_dir).start_session(kind="new")
-    return run_dir, None
-
-
-def _resumable_folder(config: Config) -> tuple[Path, bool] | None:
-    """``train.auto_resume``: the folder to continue (with a checkpoint of the same config: resume) or to restart
-    (the named folder of the same config that died before its first checkpoint), else None."""
-    output = Path(config.train.output_dir).expanduser()
-    if config.train.run_name:
-        candidates = [output / config.train.run_name]
-    else:
-        candidates = sorted((p for p in output.glob("*") if (p / "config.yaml").is_file()), reverse=True)
-    for folder in candidates:
-        if not (folder / "config.yaml").is_file():
-            continue
-        saved = runs.parse_saved_config(folder)
-        if runs.refused_changes(runs.config_changes(saved, config.to_dict())):
-            if config.train.run_name:
-                raise ValueError(
-                    f"train.auto_resume: {folder} holds a run of another config; set another train.run_name"
-                )
-            continue
-        if checkpoint.list_checkpoints(folder):
-            return folder, True
-        if config.train.run_name:
-            return None  # same config, no checkpoint: it starts afresh in its folder
-    return None
-
-
-def _fresh_start_allowed(config: Config, run_dir: Path) -> bool:
-    """An existing folder may take a fresh start only under ``train.auto_resume``, for the same config and when it
-    holds no checkpoint (its first attempt died before saving one)."""
-    if not config.train.auto_resume or checkpoint.list_checkpoints(run_dir) or not (run_dir / "config.yaml").is_file():
-        return False
-    return not runs.refused_changes(runs.config_changes(runs.parse_saved_config(run_dir), config.to_dict()))
-
-
-def _prepare_resume(config: Config, run_dir: Path) -> dict:
-    """Check the resume against the saved config and checkpoint, then record it; nothing is written before."""
-    candidates = checkpoint.list_checkpoints(run_dir)[::-1]
-    if not candidates:
-        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start the run anew instead")
-    path, state = checkpoint.load_newest_readable(candidates)
-    if "optimizer" not in state:
-        raise ValueError(
-            f"--resume: {path} holds the weights only (it was written with train.save_optimizer_state=false): the "
-            "optimiser state a run continues from is not there. Start a new run instead; keep "
-            "train.save_optimizer_state=true (the default) for runs you may want to extend"
-        )
-    skipped = [p.name for p in candidates[: candidates.index(path)]]
-    saved = runs.parse_saved_config(run_dir)
-    config_from_dict(saved)  # the saved config itself must still be valid (registered names, ranges)
-    changes = runs.config_changes(saved, config.to_dict())
-    runs.check_resume_changes(run_dir, changes, int(state["step"]))
-    runs.write_atomically(run_dir / "config.yaml", config.to_yaml())
-    runs.truncate_metrics(run_dir, int(state["step"]))
-    runs.RunRecord(run_dir).start_session(
-        kind="resume", resumed_from=path.name, resumed_at_step=int(state["step"]), changes=changes, skipped=skipped
-    )
-    log.info("resumed from %s at step %d%s", path, state["step"], f" (skipped unreadable {skipped})" if skipped else "")
-    return {"path": str(path), "step": int(state["step"]), "world_size": state.get("world_size")}
+        except (ValueError, OSError) as error:
+            outcome[2] = f"{type(error).__name__}: {error}"
+    outcome = broadcast_object_list(outcome)
+    if outcome[2] is not None:
+        kind, message = outcome[2].split(": ", 1)
+        raise {"FileNotFoundError": FileNotFoundError, "OSError": OSError}.get(kind, ValueError)(message)
+    return Path(outcome[0]), outcome[1]
 
 
 # ---------------------------------------------------------------- the training session
@@ -280,7 +220,7 @@ def _prepare_resume(config: Config, run_dir: Path) -> dict:
 class Trainer:
     """One training session in a prepared run folder: :meth:`set_up`, then :meth:`fit`."""
 
-    def __init__(self, config: Config, run_dir: Path, record: runs.RunRecord | None) -> None:
+    def __init__(self, config: Config, run_dir: Path, record: RunRecord | None) -> None:
         self.config, self.train, self.run_dir, self.record = config, config.train, run_dir, record
         self.step, self.best = 0, {}
         self.collapsed_intervals, self.skipped_steps = 0, 0
@@ -310,7 +250,7 @@ class Trainer:
         self.data = SeededViews(dataset, train.seed, seeded=self.adapter.items_are_random)
         torch.manual_seed(train.seed)
         encoder = self.adapter.build_encoder()
-        self.loss_fn = build_loss(self.config).to(accelerator.device)
+        self.loss_fn = self.config.build_loss().to(accelerator.device)
         self.monitors = self._monitor_losses()
         self._check_components(encoder)
         self.sampler = EpochPermutation(len(self.data), train.seed, train.shuffle == "every_epoch")
@@ -389,8 +329,8 @@ class Trainer:
                 "--allow-world-size-change to accept it"
             )
         path = Path(start["path"])
-        state = checkpoint.load_checkpoint(path)  # to the CPU: every rank, any device
-        checkpoint.load_model_state(self.accelerator.unwrap_model(self.encoder), state, path)
+        state = checkpoints.load_checkpoint(path)  # to the CPU: every rank, any device
+        checkpoints.load_model_state(self.accelerator.unwrap_model(self.encoder), state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.loss_fn.load_state_dict(state["loss"])
@@ -418,7 +358,7 @@ class Trainer:
 
     def fit(self) -> None:
         accelerator, train = self.accelerator, self.train
-        self.metrics_file = (self.run_dir / "metrics.jsonl").open("a") if accelerator.is_main_process else None
+        self.metrics_file = metrics_file(self.run_dir).open("a") if accelerator.is_main_process else None
         self.bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain",
                         disable=not (accelerator.is_main_process and train.progress_bar))  # fmt: skip
         self.encoder.train()
@@ -535,7 +475,7 @@ class Trainer:
             if self.record:
                 self.record.warn(f"step {step}: {what} not finite; the step was skipped (train.on_nonfinite=skip)")
             return
-        latest = checkpoint.latest_checkpoint(self.run_dir)
+        latest = checkpoints.latest_checkpoint(self.run_dir)
         raise NonFiniteError(
             f"step {step}: {what} not finite; the run stops and keeps its last good checkpoint "
             f"({latest.name if latest else 'none yet'}). Lower optim.lr, set train.grad_clip, or set "
@@ -612,7 +552,7 @@ class Trainer:
                 "skipped_steps": self.skipped_steps,
                 "best": self.best,
             }
-            checkpoint.save_checkpoint(state, self.run_dir, self.step, keep=self.train.keep_checkpoints)
+            checkpoints.save_checkpoint(state, self.run_dir, self.step, keep=self.train.keep_checkpoints)
         accelerator.wait_for_everyone()
 
     def _validate(self) -> dict[str, float]:
@@ -625,7 +565,7 @@ class Trainer:
             metric = self.adapter.validation.name
             if not self.best or value > self.best["value"]:
                 self.best.update(step=self.step, metric=metric, value=value)
-                checkpoint.save_best({"model": model.state_dict(), **self.best}, self.run_dir)
+                checkpoints.save_best({"model": model.state_dict(), **self.best}, self.run_dir)
             scores = {f"val_{metric}": value, "best_step": self.best["step"]}
         self.accelerator.wait_for_everyone()
         return scores
@@ -633,6 +573,16 @@ class Trainer:
     def _export(self) -> None:
         """``RUN/model``: the adapter's own format (e.g. sentence-transformers) of the best weights, else the last."""
         export(self.accelerator, self.adapter, self.encoder, self.run_dir, self.step)
+
+    def trained(self) -> Trained:
+        """The session's outcome; after :meth:`fit` the encoder holds the exported weights (the best, else the
+        final ones), without mixed precision's forward wrapper, as an evaluation loads them."""
+        if self.accelerator.num_processes > 1:
+            return Trained(self.run_dir)
+        best = checkpoints.best_path(self.run_dir)
+        weights = best if best.is_file() else checkpoints.checkpoint_path(self.run_dir, self.step)
+        encoder = self.accelerator.unwrap_model(self.encoder, keep_fp32_wrapper=False)
+        return Trained(self.run_dir, encoder, self.adapter, weights)
 
 
 def export(
@@ -642,17 +592,17 @@ def export(
     final ``step``; its manifest records which."""
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(encoder)
-        best = checkpoint.best_path(run_dir)
+        best = checkpoints.best_path(run_dir)
         weights = {"checkpoint": "final", "step": step}
         if best.is_file():
-            state = checkpoint.load_checkpoint(best)
-            checkpoint.load_model_state(model, state, best)
+            state = checkpoints.load_checkpoint(best)
+            checkpoints.load_model_state(model, state, best)
             weights = {"checkpoint": "best", "step": state["step"], "metric": state["metric"], "value": state["value"]}
-        folder = adapter.export(model, run_dir / EXPORT_FOLDER)
-        if folder is not None:
-            if is_export(folder):  # a plug-in's export may predate the manifest: then it gets no card either
-                update_manifest(folder, run={"name": run_dir.name, **weights})
-            log.info("exported the %s encoder to %s", weights["checkpoint"], folder)
+        exported = adapter.export(model, export_folder(run_dir))
+        if exported is not None:
+            if is_export(exported):  # a plug-in's export may predate the manifest: then it gets no card either
+                update_manifest(exported, run={"name": run_dir.name, **weights})
+            log.info("exported the %s encoder to %s", weights["checkpoint"], exported)
     accelerator.wait_for_everyone()
 
 

@@ -11,7 +11,9 @@ Hugging Face's card layout: YAML front matter (the modality's ``metadata``: ``li
 * **Configuration**: ``config.yaml`` as run.
 
 The engine writes it when a run exports its encoder and again whenever an evaluation of the run is stored
-(``mmcl evaluate RUN``), so the card always shows the results ``eval.json`` holds.
+(``mmcl evaluate RUN``), so the card always shows the results ``eval.json`` holds. The front matter is
+``huggingface_hub``'s (:class:`~huggingface_hub.ModelCardData`, so the Hub reads what it writes); the sections are
+mmcl's own text.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import time
 from pathlib import Path
 
 import yaml
+from huggingface_hub import ModelCard, ModelCardData
 
-from mmcl import __version__
 from mmcl.contract import ModalityAdapter
 from mmcl.contract.export import read_manifest
-from mmcl.engine.runs import RunRecord, read_evaluations, write_atomically
+from mmcl.runs.files import config_file, export_folder, write_atomically
+from mmcl.runs.record import RunRecord, library_versions
+from mmcl.runs.results import read_evaluations
 from mmcl.tasks import available_tasks, get_task
 
-EXPORT_FOLDER = "model"
 CARD = "README.md"
 _PRECISION = {"no": "float32", "bf16": "bfloat16 mixed precision", "fp16": "float16 mixed precision"}
 
@@ -37,21 +40,20 @@ def write_model_card(run_dir: Path, adapter: ModalityAdapter) -> Path:
     """Write ``RUN/model/README.md`` from the run folder's config, ``run.json``, ``eval.json`` and the export's
     manifest; returns its path."""
     run_dir = Path(run_dir)
-    folder = run_dir / EXPORT_FOLDER
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    folder = export_folder(run_dir)
+    config = yaml.safe_load(config_file(run_dir).read_text())
     card = adapter.model_card(folder)
-    front = yaml.safe_dump(card.metadata, sort_keys=False).strip()
     sections = [
-        f"---\n{front}\n---",
-        f"# {run_dir.name}\n\nA {config['modality']} encoder trained with mmcl {__version__} by contrastive learning "
-        f"(loss `{config['loss']['name']}`).",
+        f"# {run_dir.name}\n\nA {config['modality']} encoder trained with mmcl {library_versions()['mmcl']} by "
+        f"contrastive learning (loss `{config['loss']['name']}`).",
         f"## Usage\n\n{card.usage}",
         "## Training\n\n" + _table(_training_rows(run_dir, config)),
         "## Evaluation\n\n" + _evaluations(run_dir),
         "## Configuration\n\n```yaml\n" + yaml.safe_dump(config, sort_keys=False).strip() + "\n```",
     ]
+    text = f"---\n{ModelCardData(**card.metadata).to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
     path = folder / CARD
-    write_atomically(path, "\n\n".join(sections) + "\n")
+    write_atomically(path, str(ModelCard(text)))
     return path
 
 
@@ -82,7 +84,7 @@ def _training_rows(run_dir: Path, config: dict) -> list[tuple[str, str]]:
 
 
 def _exported_weights(run_dir: Path) -> str:
-    run = read_manifest(run_dir / EXPORT_FOLDER).get("run", {})
+    run = read_manifest(export_folder(run_dir)).get("run", {})
     step = run.get("step")
     if run.get("checkpoint") == "best":
         return f"the best on validation ({run.get('metric')} = {run.get('value'):.4g}), step {step}"

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmcl.runs.files import checkpoints_folder
+
 log = logging.getLogger("mmcl")
 PATTERN = re.compile(r"step_(\d{8})\.pt$")
 _TMP = re.compile(r"\.(\d+)\.tmp$")
@@ -29,11 +31,11 @@ class UnreadableCheckpoint(ValueError):
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step_{step:08d}.pt"
+    return checkpoints_folder(run_dir) / f"step_{step:08d}.pt"
 
 
 def best_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints" / "best.pt"
+    return checkpoints_folder(run_dir) / "best.pt"
 
 
 def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 2) -> Path:
@@ -89,7 +91,7 @@ def _alive(pid: int) -> bool:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    folder = Path(run_dir) / "checkpoints"
+    folder = checkpoints_folder(run_dir)
     found = [p for p in folder.glob("step_*.pt") if PATTERN.search(p.name)] if folder.is_dir() else []
     return sorted(found, key=lambda p: int(PATTERN.search(p.name).group(1)))
 
@@ -147,7 +149,7 @@ def resolve(run_or_checkpoint: str | Path) -> tuple[Path, list[Path]]:
     """
     target = Path(run_or_checkpoint)
     if target.is_file():
-        run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
+        run_dir = target.parent.parent if target.parent == checkpoints_folder(target.parent.parent) else target.parent
         return run_dir, [target]
     if target.is_dir():
         steps = list_checkpoints(target)[::-1]

@@ -1,16 +1,5 @@
 """Run folders: the rules that keep a run's work from being lost or mislabelled, in one place.
 
-A run folder holds::
-
-    config.yaml     the resolved config, written atomically and only after validation
-    run.json        versions, commit, device, world size, threads, command, times, status, every session
-    metrics.jsonl   one record per logged step (each step once, also across resumes)
-    checkpoints/    step_NNNNNNNN.pt (the last train.keep_checkpoints), best.pt with train.validate_every
-    eval.json       every evaluation, per checkpoint and task, merged (never overwritten)
-    tensorboard/    TensorBoard logs (train.loggers: other trackers' folders, e.g. wandb/)
-    model/          the modality's export with its model card (mmcl.engine.card)
-    .lock           held while a process trains in the folder
-
 The rules:
 
 * **A new run always gets a new folder.** ``train.run_name`` names it (refused when it exists), else
@@ -19,29 +8,29 @@ The rules:
   when it holds a checkpoint of the same config. Overrides on resume are compared with the saved config: the
   keys of :data:`RESUMABLE` (length of the run, logging, checkpointing, workers, evaluation) are accepted and
   recorded in ``run.json``; any other change is refused before anything is written.
-* **One process trains in a folder at a time** (:class:`RunLock`, a lock naming host and PID; the lock of a
-  process that died is taken over, with a note).
+* **One process trains in a folder at a time** (:class:`~mmcl.runs.lock.RunLock`; the lock of a process that
+  died is taken over, with a note).
 * Nothing of a run is deleted except the checkpoints its own rotation retires.
+
+The engine calls :func:`open_run_folder` with the validated config's sections (a plain dict): this layer reads
+and writes folders and knows nothing of how a config is validated or a model trained.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
-import os
-import platform
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mmcl.runs import checkpoints
+from mmcl.runs.files import config_file, is_run_folder, write_atomically
+from mmcl.runs.lock import RunLock
+from mmcl.runs.record import RunRecord
+from mmcl.runs.results import truncate_metrics
 
 log = logging.getLogger("mmcl")
 
@@ -62,50 +51,23 @@ RESUMABLE = (
     "train.save_optimizer_state",
     "eval.",  # every evaluation option
 )
-LIBRARIES = ("torch", "torchvision", "transformers", "torch_geometric", "accelerate", "datasets", "scikit-learn")
 
 
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+# ---------------------------------------------------------------- configs as a run folder holds them
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def config_text(config: dict) -> str:
+    """The YAML text of a config's sections, as ``RUN/config.yaml`` holds it."""
+    return yaml.safe_dump(config, sort_keys=False)
 
 
-# ---------------------------------------------------------------- creating and continuing
-
-
-def create_run_folder(output_dir: str, run_name: str | None, default_name: str) -> Path:
-    """A new, empty run folder: ``output_dir/run_name``, else ``output_dir/default_name`` (suffixed when taken)."""
-    output = Path(output_dir).expanduser()
-    names = [run_name] if run_name else [default_name] + [f"{default_name}-{i}" for i in range(2, 100)]
-    for name in names:
-        folder = output / name
-        try:
-            folder.mkdir(parents=True, exist_ok=False)
-            return folder
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise OSError(
-                f"cannot create the run folder {folder} ({error.strerror}); set train.output_dir to a writable folder"
-            ) from error
-    raise ValueError(
-        f"run folder {output / names[0]} exists: continue it with `mmcl pretrain {output / names[0]} --resume` "
-        "(or train.auto_resume=true), or start a new run with another train.run_name"
-    )
+def write_config(run_dir: Path, config: dict) -> None:
+    write_atomically(config_file(run_dir), config_text(config))
 
 
 def parse_saved_config(run_dir: Path) -> dict:
     """The raw sections of ``RUN/config.yaml``."""
-    path = Path(run_dir) / "config.yaml"
+    path = config_file(run_dir)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -147,7 +109,7 @@ def check_resume_changes(run_dir: Path, changes: dict[str, list], at_step: int) 
         listed = ", ".join(f"{key}: {changes[key][0]!r} -> {changes[key][1]!r}" for key in refused)
         raise ValueError(
             f"--resume {run_dir}: {listed} would change what the finished steps computed; resume without them, or "
-            f"start a new run (mmcl pretrain {run_dir / 'config.yaml'} ... train.run_name=NEW). A resume may change "
+            f"start a new run (mmcl pretrain {config_file(run_dir)} ... train.run_name=NEW). A resume may change "
             f"only {', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE)}"
         )
     steps = changes.get("train.max_steps", [None, None])[1]
@@ -155,153 +117,133 @@ def check_resume_changes(run_dir: Path, changes: dict[str, list], at_step: int) 
         raise ValueError(f"--resume {run_dir}: train.max_steps={steps} is below the {at_step} steps already done")
 
 
-# ---------------------------------------------------------------- the lock
+# ---------------------------------------------------------------- creating and continuing
 
 
-class RunLock:
-    """An exclusive lock on a run folder while a process trains in it (``RUN/.lock``, naming host and PID).
+def create_run_folder(output_dir: str, run_name: str | None, default_name: str) -> Path:
+    """A new, empty run folder: ``output_dir/run_name``, else ``output_dir/default_name`` (suffixed when taken)."""
+    output = Path(output_dir).expanduser()
+    names = [run_name] if run_name else [default_name] + [f"{default_name}-{i}" for i in range(2, 100)]
+    for name in names:
+        folder = output / name
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise OSError(
+                f"cannot create the run folder {folder} ({error.strerror}); set train.output_dir to a writable folder"
+            ) from error
+    raise ValueError(
+        f"run folder {output / names[0]} exists: continue it with `mmcl pretrain {output / names[0]} --resume` "
+        "(or train.auto_resume=true), or start a new run with another train.run_name"
+    )
 
-    The operating system releases the lock when its process dies (even by ``kill -9``), so a lock left behind
-    is taken over; the note names the process that left it.
+
+def open_run_folder(
+    config: dict,
+    run_dir: str | Path | None,
+    resume: bool,
+    held: contextlib.ExitStack,
+    default_name: str,
+    validate: Callable[[dict], Any],
+) -> tuple[Path, dict | None]:
+    """The run folder, locked (the lock held by ``held``), with its config written; and the checkpoint to resume
+    from (``{"path", "step", "world_size"}``; None: a new run).
+
+    Args:
+        config: the validated config's sections.
+        run_dir: the folder; None: ``train.output_dir/train.run_name``, else a new folder named ``default_name``.
+        resume: continue the folder from its newest readable checkpoint.
+        default_name: the name of a new folder when the config names none.
+        validate: checks a saved config's sections (they must still name registered components, in range).
     """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / ".lock"
-        self._handle = None
-
-    def __enter__(self) -> RunLock:
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
+    train = config["train"]
+    if run_dir is None and not resume and train["auto_resume"]:
+        found = _resumable_folder(config)
+        if found is not None:
+            run_dir, resume = found
+    if resume:
+        run_dir = Path(run_dir if run_dir is not None else Path(train["output_dir"]).expanduser() / (train["run_name"] or ""))
+        if not is_run_folder(run_dir):
+            raise FileNotFoundError(f"--resume: {run_dir} is not a run folder (it has no config.yaml)")
+        held.enter_context(RunLock(run_dir))
+        return run_dir, _prepare_resume(config, run_dir, validate)
+    if run_dir is None:
+        run_dir = create_run_folder(train["output_dir"], train["run_name"], default_name)
+    else:
+        run_dir = Path(run_dir)
+        if run_dir.exists() and any(run_dir.iterdir()) and not _fresh_start_allowed(config, run_dir):
             raise ValueError(
-                f"run folder {self.path.parent} is in use by {holder}; wait for that run to finish, or start a new "
-                "run with another train.run_name"
-            ) from None
-        handle.seek(0)
-        previous = handle.read().strip()
-        if previous:
-            log.warning("note: took over the lock of %s left by %s (that process is gone)", self.path.parent, previous)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"PID {os.getpid()} on host {socket.gethostname()} since {now()}\n")
-        handle.flush()
-        self._handle = handle
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.seek(0)
-            self._handle.truncate()
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+                f"run folder {run_dir} exists: continue it with `mmcl pretrain {run_dir} --resume` (or "
+                "train.auto_resume=true), or start a new run in another folder (train.run_name)"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+    held.enter_context(RunLock(run_dir))
+    write_config(run_dir, config)
+    truncate_metrics(run_dir, 0)
+    RunRecord(run_dir).start_session(kind="new")
+    return run_dir, None
 
 
-@contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """A short exclusive lock on ``path`` (merging evaluation results from several processes)."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _resumable_folder(config: dict) -> tuple[Path, bool] | None:
+    """``train.auto_resume``: the folder to continue (with a checkpoint of the same config: resume) or to restart
+    (the named folder of the same config that died before its first checkpoint), else None."""
+    train = config["train"]
+    output = Path(train["output_dir"]).expanduser()
+    if train["run_name"]:
+        candidates = [output / train["run_name"]]
+    else:
+        candidates = sorted((p for p in output.glob("*") if is_run_folder(p)), reverse=True)
+    for folder in candidates:
+        if not is_run_folder(folder):
+            continue
+        if refused_changes(config_changes(parse_saved_config(folder), config)):
+            if train["run_name"]:
+                raise ValueError(
+                    f"train.auto_resume: {folder} holds a run of another config; set another train.run_name"
+                )
+            continue
+        if checkpoints.list_checkpoints(folder):
+            return folder, True
+        if train["run_name"]:
+            return None  # same config, no checkpoint: it starts afresh in its folder
+    return None
 
 
-# ---------------------------------------------------------------- run.json
+def _fresh_start_allowed(config: dict, run_dir: Path) -> bool:
+    """An existing folder may take a fresh start only under ``train.auto_resume``, for the same config and when it
+    holds no checkpoint (its first attempt died before saving one)."""
+    if not config["train"]["auto_resume"] or checkpoints.list_checkpoints(run_dir) or not is_run_folder(run_dir):
+        return False
+    return not refused_changes(config_changes(parse_saved_config(run_dir), config))
 
 
-def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in ("mmcl", *LIBRARIES):
-        try:
-            versions[name] = metadata.version(name.replace("_", "-") if name == "torch_geometric" else name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def git_commit() -> str | None:
-    """The commit of the mmcl checkout this code runs from (``+dirty`` with uncommitted changes), else None."""
-    checkout = Path(__file__).resolve().parents[2]
-    if not (checkout / ".git").exists():
-        return None
-    try:
-        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-class RunRecord:
-    """``RUN/run.json``: what produced the run and how each session (start or resume) ended."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / "run.json"
-
-    def read(self) -> dict:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {}
-
-    def write(self, record: dict) -> None:
-        write_atomically(self.path, json.dumps(record, indent=2) + "\n")
-
-    def start_session(self, **session: Any) -> None:
-        record = self.read()
-        record.update(versions=library_versions(), git_commit=git_commit(), python=platform.python_version())
-        session = {"started": now(), "command": sys.argv, "status": "running", **session}
-        record["sessions"] = [*record.get("sessions", []), session]
-        record["status"] = "running"
-        self.write(record)
-
-    def update_session(self, **values: Any) -> None:
-        record = self.read()
-        record["sessions"][-1].update(values)
-        if "status" in values:
-            record["status"] = values["status"]
-        self.write(record)
-
-    def end_session(self, status: str, error: str | None = None, **values: Any) -> None:
-        self.update_session(status=status, ended=now(), **({"error": error} if error else {}), **values)
-
-    def warn(self, message: str) -> None:
-        log.warning("warning: %s", message)
-        record = self.read()
-        record.setdefault("warnings", []).append({"time": now(), "message": message})
-        self.write(record)
-
-
-# ---------------------------------------------------------------- metrics and evaluations
-
-
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Keep the ``metrics.jsonl`` records up to ``step``: a resume from there writes the later steps again."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-        if len(kept) != len(lines):
-            write_atomically(path, "".join(line + "\n" for line in kept))
-
-
-def record_evaluation(run_dir: Path, encoder: str, task: str, result: dict) -> Path:
-    """Merge one task's result into ``RUN/eval.json`` under ``encoder`` (a checkpoint's name, ``random_init`` or
-    ``as_built``), keeping every other result."""
-    path = Path(run_dir) / "eval.json"
-    with exclusive(Path(run_dir) / ".eval.lock"):
-        results = json.loads(path.read_text()) if path.is_file() else {}
-        results.setdefault(encoder, {})[task] = result
-        write_atomically(path, json.dumps(results, indent=2) + "\n")
-    return path
-
-
-def read_evaluations(run_dir: Path) -> dict:
-    """``{encoder: {task: result}}`` of ``RUN/eval.json`` (empty when nothing was evaluated)."""
-    path = Path(run_dir) / "eval.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _prepare_resume(config: dict, run_dir: Path, validate: Callable[[dict], Any]) -> dict:
+    """Check the resume against the saved config and checkpoint, then record it; nothing is written before."""
+    candidates = checkpoints.list_checkpoints(run_dir)[::-1]
+    if not candidates:
+        raise FileNotFoundError(
+            f"--resume: no checkpoint in {checkpoints.checkpoints_folder(run_dir)}; start the run anew instead"
+        )
+    path, state = checkpoints.load_newest_readable(candidates)
+    if "optimizer" not in state:
+        raise ValueError(
+            f"--resume: {path} holds the weights only (it was written with train.save_optimizer_state=false): the "
+            "optimiser state a run continues from is not there. Start a new run instead; keep "
+            "train.save_optimizer_state=true (the default) for runs you may want to extend"
+        )
+    skipped = [p.name for p in candidates[: candidates.index(path)]]
+    saved = parse_saved_config(run_dir)
+    changes = config_changes(saved, config)
+    if changes:  # without changes the saved config is the validated one
+        validate(saved)  # the saved config itself must still be valid (registered names, ranges)
+    check_resume_changes(run_dir, changes, int(state["step"]))
+    write_config(run_dir, config)
+    truncate_metrics(run_dir, int(state["step"]))
+    RunRecord(run_dir).start_session(
+        kind="resume", resumed_from=path.name, resumed_at_step=int(state["step"]), changes=changes, skipped=skipped
+    )
+    log.info("resumed from %s at step %d%s", path, state["step"], f" (skipped unreadable {skipped})" if skipped else "")
+    return {"path": str(path), "step": int(state["step"]), "world_size": state.get("world_size")}

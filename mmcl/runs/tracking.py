@@ -25,11 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmcl.engine.runs import flatten
+from mmcl.runs.files import TENSORBOARD, tensorboard_folder
+from mmcl.runs.folder import flatten
 
 log = logging.getLogger("mmcl")
 
-TENSORBOARD_FOLDER = "tensorboard"
 #: pip names of trackers whose package name differs from the tracker's.
 _PACKAGES = {"comet_ml": "comet-ml"}
 
@@ -58,7 +58,7 @@ def log_with(names: Sequence[str], run_dir: Path) -> list | None:
     name (started by :func:`start`); None for no tracker."""
     from accelerate.tracking import TensorBoardTracker
 
-    trackers = [TensorBoardTracker(TENSORBOARD_FOLDER, run_dir) if name == "tensorboard" else name for name in names]
+    trackers = [TensorBoardTracker(TENSORBOARD, run_dir) if name == "tensorboard" else name for name in names]
     return trackers or None
 
 
@@ -111,7 +111,7 @@ def log_evaluation(run_dir: Path, encoder: str, results: dict[str, dict], step: 
     from mmcl.tasks import get_task
 
     prefix = "eval_random_init" if encoder == "random_init" else "eval"
-    with SummaryWriter(str(Path(run_dir) / TENSORBOARD_FOLDER)) as writer:
+    with SummaryWriter(str(tensorboard_folder(run_dir))) as writer:
         for task, result in results.items():
             for key, value in get_task(task).headline_values(result).items():
                 writer.add_scalar(f"{prefix}/{task}/{key.replace('.', '/')}", value, global_step=step)

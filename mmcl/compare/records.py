@@ -1,0 +1,173 @@
+"""A study's records: what the runner hands a cell (:class:`CellSpec`) and what a cell leaves (:class:`CellRecord`),
+each one typed dataclass with ``to_json``/``from_json``, and the files that hold them in a study folder.
+
+A study folder holds::
+
+    study.yaml        the study as run (variables filled in); a changed definition is refused per cell
+    specs/            one JSON spec per cell to run (written by the runner, read by the cell's process)
+    records/          one JSON record per finished cell (ok or failed), written by the cell's own process
+    records.jsonl     all records, one per line, the same schema for every modality
+    runs/<task>/<loss>/seed<k>/   each cell's run folder (config, metrics, checkpoints, eval.json; seed<k>.log)
+    report.md, report.csv, plots/ (PNG and SVG)
+
+Reading records needs neither torch nor a modality, so reports are rebuilt quickly anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmcl.runs import RANDOM_INIT, write_atomically
+
+__all__ = ["RANDOM_INIT", "CellRecord", "CellSpec", "read_records", "record_path", "write_records_file"]
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell as the runner hands it to its process: who it is, its resolved config and where it writes."""
+
+    id: str
+    definition: str  # a hash of what the cell computes (mmcl.compare.study.Cell.definition)
+    task: str
+    modality: str
+    dataset: str
+    loss: str  # the loss label, or RANDOM_INIT
+    seed: int
+    metric: str  # dotted key of the evaluation result: "knn.top1"
+    protocol: str  # one line naming the evaluation protocol
+    eval_tasks: list[str]
+    raw: dict  # the resolved config sections, placed in the cell's run folder
+    run_dir: str
+    study_dir: str
+    record: str  # where the cell's record goes
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> CellSpec:
+        return cls(**json.loads(text))
+
+    @property
+    def relative_run_dir(self) -> str:
+        """The run folder relative to the study folder (portable: shards merge elsewhere)."""
+        return Path(self.run_dir).relative_to(self.study_dir).as_posix()
+
+
+@dataclass
+class CellRecord:
+    """What one cell of a study left: its identity, outcome, training, scores and cost (``records/<cell>.json``)."""
+
+    # identity (from the spec)
+    id: str
+    definition: str
+    task: str
+    modality: str
+    dataset: str
+    loss: str
+    seed: int
+    metric: str
+    protocol: str
+    run_dir: str = ""
+    loss_name: str | None = None
+    loss_options: dict = field(default_factory=dict)
+    # outcome
+    status: str = "failed"  # "ok" or "failed"
+    error: str | None = None
+    traceback: str | None = None
+    # training
+    steps: int = 0
+    samples_seen: int = 0
+    train_seconds: float = 0.0
+    diagnostics: dict = field(default_factory=dict)
+    curves: list[dict] = field(default_factory=list)
+    # evaluation
+    value: float | None = None  # the primary score (the task's metric)
+    scores: dict[str, float] = field(default_factory=dict)  # every headline score, flat and dotted
+    representation: dict[str, float] = field(default_factory=dict)  # alignment, uniformity, effective rank
+    eval_seconds: float = 0.0
+    # cost and provenance
+    peak_memory_mb: float = 0.0
+    seconds: float = 0.0
+    versions: dict = field(default_factory=dict)
+    finished: str = ""
+
+    @classmethod
+    def for_cell(cls, spec: CellSpec, **values: Any) -> CellRecord:
+        """A record of ``spec``'s cell (its identity filled in) with ``values``."""
+        loss = spec.raw.get("loss") or {}
+        identity = {name: getattr(spec, name) for name in ("id", "definition", "task", "modality", "dataset", "loss",
+                                                            "seed", "metric", "protocol")}  # fmt: skip
+        options = {key: value for key, value in loss.items() if key != "name"}
+        return cls(**identity, run_dir=spec.relative_run_dir, loss_name=loss.get("name"), loss_options=options,
+                   **values)  # fmt: skip
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def lookup(self, key: str) -> Any:
+        """A value by name: a field (``value``, ``train_seconds``) or a dotted key of ``scores``, ``representation``
+        or ``diagnostics`` (``representation.backbone.effective_rank``); None when the record has none."""
+        if key in _FIELDS:
+            return getattr(self, key)
+        section, _, name = key.partition(".")
+        values = getattr(self, section, None) if section in _FIELDS else None
+        return values.get(name) if isinstance(values, dict) else None
+
+    def to_dict(self, traceback: bool = True) -> dict:
+        out = dataclasses.asdict(self)
+        if not traceback:
+            out.pop("traceback")
+        return {key: value for key, value in out.items() if value is not None or key == "value"}
+
+    def to_json(self, indent: int | None = 1, traceback: bool = True) -> str:
+        return json.dumps(self.to_dict(traceback), indent=indent)
+
+    @classmethod
+    def from_dict(cls, values: dict, origin: str = "a record") -> CellRecord:
+        unknown = sorted(set(values) - _FIELDS)
+        if unknown:
+            raise ValueError(f"{origin}: unknown key(s) {unknown}; is it a record of a newer mmcl?")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str, origin: str = "a record") -> CellRecord:
+        return cls.from_dict(json.loads(text), origin)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(CellRecord))
+
+
+def record_path(output: Path, cell_id: str) -> Path:
+    return Path(output) / "records" / f"{safe_name(cell_id)}.json"
+
+
+def safe_name(cell_id: str) -> str:
+    """A cell id as one file name (``digits/nt_xent/seed0`` -> ``digits__nt_xent__seed0``)."""
+    return cell_id.replace("/", "__")
+
+
+def read_records(*folders: Path) -> dict[str, CellRecord]:
+    """Every cell record under the study folders (the shards of one study merge by cell id; a cell run in two
+    folders keeps its newest record)."""
+    records: dict[str, CellRecord] = {}
+    for folder in folders:
+        for path in sorted((Path(folder) / "records").glob("*.json")):
+            record = CellRecord.from_json(path.read_text(), str(path))
+            if record.id not in records or record.finished >= records[record.id].finished:
+                records[record.id] = record
+    return records
+
+
+def write_records_file(output: Path, *more: Path) -> Path:
+    """``records.jsonl``: every record of ``output`` (and of the other folders), one per line, ordered by cell."""
+    records = read_records(output, *more)
+    path = Path(output) / "records.jsonl"
+    lines = [record.to_json(indent=None, traceback=False) for _, record in sorted(records.items())]
+    write_atomically(path, "".join(line + "\n" for line in lines))
+    return path

@@ -48,7 +48,8 @@ def _pretrain(args: argparse.Namespace) -> int:
             plugins=args.plugin,
         )  # fmt: skip
     except KeyboardInterrupt as stop:
-        print(f"mmcl: {stop}", file=sys.stderr)
+        print(f"mmcl: {str(stop) or 'stopped by signal before training started; nothing was trained: run it again'}",
+              file=sys.stderr)  # fmt: skip
         return 130
     from accelerate import PartialState
 
@@ -88,6 +89,9 @@ def _compare(args: argparse.Namespace) -> int:
     load_plugins(args.plugin)
     if args.report:
         folders = [Path(folder) for folder in [args.study, *args.more] if folder]
+        for folder in folders:
+            if not folder.is_dir():
+                raise FileNotFoundError(f"--report {folder}: no such study folder (give the --output of a study run)")
         print(f"report: {build_report(folders, Path(args.output) if args.output else None, plots=not args.no_plots)}")
         return 0
     if not args.study:
@@ -100,20 +104,13 @@ def _compare(args: argparse.Namespace) -> int:
         print(format_estimate(estimate(study, plan(study, output, shard, args.retry_failed), output),
                               plan(study, output, shard, args.retry_failed)))  # fmt: skip
         return 0
-    work = run_study(study, output, args.jobs, shard, args.retry_failed)
+    run_study(study, output, args.jobs, shard, args.retry_failed)
     report = build_report([output], plots=not args.no_plots)
-    failed = len(work.failed) + sum(1 for c in work.todo if _failed(output, c))
+    failed = len(plan(study, output, shard).failed)  # the cells of this run (or shard) whose record says failed
     print(
         f"study folder: {output}\nreport: {report}" + (f"\n{failed} cell(s) failed: see the report" if failed else "")
     )
     return 0
-
-
-def _failed(output, cell) -> bool:
-    from mmcl.compare.records import CellRecord, record_path
-
-    path = record_path(output, cell.id)
-    return path.is_file() and not CellRecord.from_json(path.read_text(), str(path)).ok
 
 
 def _assignment(text: str, flag: str) -> tuple[str, str]:

@@ -56,7 +56,7 @@ def estimate(study: Study, work: Plan, output: Path) -> list[dict]:
 
 def _steps_per_epoch(size: int, train) -> int:
     batches = size // train.batch_size if train.drop_last else -(-size // train.batch_size)
-    return max(1, batches // train.grad_accumulation)
+    return max(1, -(-batches // train.grad_accumulation))  # the trainer's: a last, smaller group ends each epoch
 
 
 def _dataset_size(task) -> int | None:

@@ -21,22 +21,31 @@ from mmcl.compare.plan import Plan, plan
 from mmcl.compare.records import CellRecord, CellSpec, record_path, safe_name, write_records_file
 from mmcl.compare.study import Cell, Study
 from mmcl.runs import write_atomically
+from mmcl.runs.lock import RunLock
 
 log = logging.getLogger("mmcl")
 
 
 def run_study(study: Study, output: Path, jobs: int = 1, shard: tuple[int, int] | None = None,
               retry_failed: bool = False) -> Plan:  # fmt: skip
-    """Run the study's missing cells into ``output`` with ``jobs`` processes; returns the plan it carried out."""
-    work = plan(study, output, shard, retry_failed)  # refuses a changed definition before anything is written
+    """Run the study's missing cells into ``output`` with ``jobs`` processes; returns the plan it carried out.
+
+    One process runs a study (or a shard of it) in a folder at a time: a second is refused, naming the first."""
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: run at least one cell at a time (--jobs 1 up to the number of cores)")
+    plan(study, output, shard, retry_failed)  # refuses a changed definition before anything is written
     (output / "records").mkdir(parents=True, exist_ok=True)
-    _save_study(study, output)
-    log.info("study %s: %d cell(s), %d done, %d failed earlier, %d to run with %d process(es)", study.name,
-             len(work.cells), len(work.done), len(work.failed), len(work.todo), jobs)  # fmt: skip
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    specs = [write_spec(study, cell, output, threads) for cell in work.todo]
-    _run_processes(specs, jobs)
-    write_records_file(output)
+    shard_name = "all" if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
+    advice = "wait for it to finish (mmcl compare --report shows what is done), or run into another --output folder"
+    with RunLock(output, what="study folder", advice=advice, name=f".study-{shard_name}.lock"):
+        work = plan(study, output, shard, retry_failed)  # again under the lock: what another run finished counts
+        _save_study(study, output)
+        log.info("study %s: %d cell(s), %d done, %d failed earlier, %d to run with %d process(es)", study.name,
+                 len(work.cells), len(work.done), len(work.failed), len(work.todo), jobs)  # fmt: skip
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        specs = [write_spec(study, cell, output, threads) for cell in work.todo]
+        _run_processes(specs, jobs)
+        write_records_file(output)
     return work
 
 

@@ -15,7 +15,7 @@ A study is a YAML file (or a packaged name, ``studies/cpu-small``)::
     tasks:
       - name: mutag
         config: graph/mutag         # a packaged config or a YAML file
-        overrides: [data.root=${DATA}/tu]   # or a mapping {data.root: ...}
+        overrides: ["data.root=${DATA}/tu"]   # or a mapping {data.root: ...}
         metric: graph_classification.accuracy   # default: the first evaluation task's primary score
         loss_options:               # the task's own defaults for the losses that take them (a loss entry's win)
           "*": {temperature: 0.2}   # every loss with a temperature
@@ -41,7 +41,18 @@ import yaml
 from mmcl import losses
 from mmcl.compare.claims import check_claims
 from mmcl.compare.records import RANDOM_INIT
-from mmcl.engine.config import Config, apply_overrides, build_adapter, config_from_dict, read_config, validate_loss
+from mmcl.contract import Seed
+from mmcl.contract.names import check_name
+from mmcl.contract.options import check_type
+from mmcl.engine.config import (
+    Config,
+    apply_overrides,
+    build_adapter,
+    config_from_dict,
+    read_config,
+    read_text,
+    validate_loss,
+)
 from mmcl.engine.configs import packaged_config
 from mmcl.runs.folder import flatten
 from mmcl.tasks import get_task
@@ -207,7 +218,7 @@ def _load(source: str | Path | dict) -> Any:
             raise FileNotFoundError(f"study {name!r} is neither a file nor a packaged study; `mmcl configs` lists them")
         path = packaged
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(read_text(path, "study file"))
     except yaml.YAMLError as error:
         raise ValueError(f"study file {path} is not valid YAML: {error}") from error
 
@@ -236,10 +247,11 @@ def _fill_variables(raw: dict, declared: dict, given: dict[str, str] | None) -> 
 
 
 def _seeds(value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-        raise ValueError(f"seeds must be a list of integers >= 0, got {value!r}")
-    _check_unique("seed", value)
-    return tuple(value)
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"seeds must be a non-empty list of integers, got {value!r}")
+    seeds = tuple(check_type(f"seeds[{i}]", seed, Seed) for i, seed in enumerate(value))  # train.seed's range
+    _check_unique("seed", list(seeds))
+    return seeds
 
 
 def _loss_entry(entry: Any, index: int) -> LossEntry:
@@ -248,7 +260,7 @@ def _loss_entry(entry: Any, index: int) -> LossEntry:
     if not isinstance(entry, dict) or "name" not in entry:
         raise ValueError(f"losses[{index}] must be a loss name or a mapping with 'name' and options, got {entry!r}")
     entry = dict(entry)
-    label = str(entry.pop("label", entry["name"]))
+    label = check_name(str(entry.pop("label", entry["name"])), f"the study's losses[{index}] label", nested=False)
     section = validate_loss(entry, f"the study's losses[{index}] ({label})")
     return LossEntry(label, section)
 
@@ -256,6 +268,7 @@ def _loss_entry(entry: Any, index: int) -> LossEntry:
 def _task_entry(entry: Any, index: int) -> TaskEntry:
     if not isinstance(entry, dict) or "name" not in entry or "config" not in entry:
         raise ValueError(f"tasks[{index}] must be a mapping with 'name' and 'config' (and optional overrides, metric)")
+    check_name(str(entry["name"]), f"tasks[{index}].name", nested=False)
     unknown = sorted(set(entry) - {"name", "config", "overrides", "metric", "loss_options"})
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in tasks[{index}] ({entry['name']}); valid: name, config, "

@@ -22,6 +22,7 @@ from mmcl.contract.options import (
     PositiveFloat,
     PositiveInt,
     Range,
+    Seed,
 )
 from mmcl.contract.registry import Registry
 from mmcl.contract.seeding import SeededViews, derived_seed, seed_device
@@ -37,6 +38,7 @@ __all__ = [
     "PositiveInt",
     "Range",
     "Registry",
+    "Seed",
     "SeededViews",
     "TrainBatch",
     "ViewGroups",

@@ -14,6 +14,8 @@ with a message naming the key, the value and the range (``eval.knn.k=0 must be >
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -38,13 +40,27 @@ class Range:
         )
 
     def __str__(self) -> str:
-        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
-        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        ge, gt, le, lt = (_plain(bound) for bound in (self.ge, self.gt, self.le, self.lt))
+        low = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else None
+        high = f"{le}]" if le is not None else f"{lt})" if lt is not None else None
         if low and high:
             return f"in {low}, {high}"
         if low:
-            return f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}"
-        return f"<= {self.le:g}" if self.le is not None else f"< {self.lt:g}"
+            return f">= {ge}" if ge is not None else f"> {gt}"
+        return f"<= {le}" if le is not None else f"< {lt}"
+
+
+def short_number(value: int) -> str:
+    """An integer as a message shows it: in full, or its first digits and length when it is long."""
+    text = str(value)
+    return text if len(text) <= 20 else f"{text[:12]}...({len(text)} digits)"
+
+
+def _plain(bound: float | None) -> str | None:
+    """A bound as written: integers in full (a seed's 4294967295), other numbers in their short form."""
+    if bound is None:
+        return None
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
 PositiveInt = Annotated[int, Range(ge=1)]
@@ -52,6 +68,8 @@ NonNegativeInt = Annotated[int, Range(ge=0)]
 PositiveFloat = Annotated[float, Range(gt=0)]
 NonNegativeFloat = Annotated[float, Range(ge=0)]
 Fraction = Annotated[float, Range(ge=0, le=1)]  # a probability or a ratio in [0, 1]
+#: A seed every library mmcl seeds takes (scikit-learn's ``random_state`` stops at 2**32 - 1).
+Seed = Annotated[int, Range(ge=0, le=2**32 - 1)]
 
 
 def build_dataclass(cls: type, values: dict, section: str) -> Any:
@@ -99,13 +117,17 @@ def check_type(name: str, value: Any, hint: Any) -> Any:
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"{name}={short_number(value)} is too large for a number (above {sys.float_info.max:.3g})"
+                             ) from None  # fmt: skip
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # data.augment=28 reads as a number in YAML
     if hint is dict and isinstance(value, dict):
         return value
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ValueError(f"{name}={value!r} must be of type {getattr(hint, '__name__', hint)}")
-    if hint is float and value != value:
-        raise ValueError(f"{name}={value!r} must be a number, not NaN")
+    if hint is float and not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be a finite number")
     return value

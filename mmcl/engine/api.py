@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmcl.contract import Encoder
-from mmcl.contract.export import is_export, read_manifest
+from mmcl.contract.export import MANIFEST, is_export, read_manifest
 from mmcl.engine.config import Config, ConfigSource, load_config
 from mmcl.engine.evaluate import build_encoder, evaluate_run
 from mmcl.engine.plugins import load_plugins
@@ -141,11 +141,23 @@ def load_encoder(target: RunLike, *, plugins: Iterable[str] = ()) -> Encoder:
     load_plugins(plugins)
     path = Path(os.fspath(target)).expanduser()
     if is_export(path):
-        return modality_class(read_manifest(path)["modality"]).load_export(path).eval()
+        return _load_export(path)
     run_dir, candidates = checkpoints.resolve(path)
     checkpoint_file, _ = checkpoints.load_newest_readable(candidates)
     encoder, _ = build_encoder(load_config(config_file(run_dir)), checkpoint_file)
     return encoder.eval()
+
+
+def _load_export(folder: Path) -> Encoder:
+    """An export folder's encoder; a damaged manifest (a missing or mangled entry) is an error naming the folder."""
+    manifest = read_manifest(folder)
+    try:
+        return modality_class(manifest["modality"]).load_export(folder).eval()
+    except (KeyError, AttributeError, TypeError, IndexError) as error:
+        raise ValueError(
+            f"export {folder} is damaged: its {MANIFEST} lacks or mangles an entry ({type(error).__name__}: {error}); "
+            "export the run again from its run folder (mmcl.load_encoder(RUN) reads its checkpoint instead)"
+        ) from None
 
 
 def quickstart(output_dir: str = "runs", overrides: Sequence[str] | None = None) -> dict:

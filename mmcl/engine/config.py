@@ -16,7 +16,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +36,10 @@ from mmcl.contract import (
     PositiveFloat,
     PositiveInt,
     Range,
+    Seed,
 )
-from mmcl.contract.options import build_dataclass
+from mmcl.contract.names import check_name
+from mmcl.contract.options import build_dataclass, short_number
 from mmcl.engine.configs import packaged_config
 from mmcl.modalities import modality_class
 from mmcl.tasks import available_tasks, get_task
@@ -62,7 +66,7 @@ class TrainConfig:
     epochs: PositiveInt = 1
     max_steps: PositiveInt | None = None  # stop after this many optimiser steps (overrides epochs)
     batch_size: Annotated[int, Range(ge=2)] = 256  # per process; the loss sees world_size * batch_size pairs
-    seed: NonNegativeInt = 0
+    seed: Seed = 0
     shuffle: Literal["every_epoch", "once"] = "every_epoch"  # once: the same batch order every epoch (GraphCL TU)
     drop_last: bool = True  # false: an epoch ends with the smaller remaining batch (one process only; GraphCL TU)
     precision: Literal["no", "fp16", "bf16"] = "no"  # fp16 needs a GPU
@@ -98,7 +102,7 @@ class EvalConfig:
 
     tasks: list[str] | None = None  # None: the modality adapter's default_eval_tasks
     batch_size: PositiveInt = 512
-    seed: NonNegativeInt = 0
+    seed: Seed = 0
     options: dict = field(default_factory=dict)  # task name -> its options dataclass
 
     def to_dict(self) -> dict:
@@ -197,14 +201,15 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     file_loss = dict(raw.get("loss") or {}) if isinstance(raw.get("loss"), dict) else None
     for override in overrides:
         keys, value = _parse_override(override)
-        if len(keys) == 1:
-            raw[keys[0]] = value
-            continue
-        node = raw.setdefault(keys[0], {})
-        for key in keys[1:-1]:
+        node = raw
+        for depth, key in enumerate(keys[:-1]):
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {override!r}: {key!r} is not a section")
+                section = ".".join(keys[: depth + 1])
+                raise ValueError(
+                    f"override {override!r}: {section} is a value ({node!r}), not a section with keys; set it as "
+                    f"{section}=VALUE, or drop the override that set it"
+                )
         node[keys[-1]] = value
     _drop_options_of_a_replaced_loss(raw, file_loss, overrides)
     return raw
@@ -264,10 +269,21 @@ def read_config(config: ConfigSource) -> tuple[dict, str]:
             )
         path = packaged
     try:
-        raw = parse_yaml(path.read_text())
+        raw = parse_yaml(read_text(path, "config file"))
     except yaml.YAMLError as error:
         raise ValueError(f"config file {path} is not valid YAML: {error}") from error
     return raw or {}, str(path)
+
+
+def read_text(path: Path, what: str) -> str:
+    """A text file's content; a file that is not UTF-8 is an error naming it and the fix."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{what} {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at position {error.start}); save "
+            "it as UTF-8"
+        ) from None
 
 
 def load_config(config: ConfigSource, overrides: Sequence[str] | None = None) -> Config:
@@ -308,8 +324,10 @@ def config_from_dict(raw: dict) -> Config:
 
 
 def check_effective(config: Config) -> None:
-    """Refuse options that cannot take effect together."""
+    """Refuse options that cannot take effect together, and a run name that would leave ``train.output_dir``."""
     train, optim = config.train, config.optim
+    if train.run_name is not None:
+        check_name(train.run_name, "train.run_name")
     if train.precision == "fp16" and train.cpu:
         raise ValueError(
             "train.precision=fp16 with train.cpu=true: fp16 mixed precision needs a GPU; use train.precision=bf16 "
@@ -333,6 +351,17 @@ def validate_loss(section: dict, key: str = "loss", default: str = "nt_xent") ->
     return _checked_loss(section, key, default)[0]
 
 
+def _check_finite(options: dict, key: str) -> None:
+    """Loss options are checked by the losses themselves, which take infinity for a large number; none means it."""
+    for name, value in options.items():
+        if isinstance(value, dict):
+            _check_finite(value, f"{key}.{name}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key}.{name}={value!r} must be a finite number")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
+            raise ValueError(f"{key}.{name}={short_number(value)} is too large for a number")
+
+
 def _checked_loss(section: dict, key: str, default: str) -> tuple[dict, torch.nn.Module]:
     """:func:`validate_loss`'s section, and the loss that checking it built (the registry checks the option names,
     the loss its values: temperature > 0, ...)."""
@@ -340,6 +369,7 @@ def _checked_loss(section: dict, key: str, default: str) -> tuple[dict, torch.nn
         raise ValueError(f"{key} must be a loss name or a mapping with 'name' and options, got {section!r}")
     options = dict(section)
     name = options.pop("name", default)
+    _check_finite(options, key)
     try:
         built = losses.build(name, **options)
     except ValueError as error:

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -96,6 +97,28 @@ def default_run_name(config: Config) -> str:
     return f"{config.modality}-{dataset}-{config.loss['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM interrupts the session as Ctrl-C does (KeyboardInterrupt), so that a stop during set-up records the
+    session as stopped and exits with 130 instead of dying with 143 mid-write; the training loop turns both
+    signals into a stop after the current step (:class:`_StopRequest`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(
+            f"stopped by {signal.Signals(signum).name} outside the training steps; the run folder keeps what was saved "
+            "(resume with --resume; a run that saved no checkpoint starts again with the same command)"
+        )
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _StopRequest:
     """Turns SIGINT/SIGTERM into a flag checked after each step, so the run saves before exiting."""
 
@@ -165,20 +188,22 @@ def train(
     # use another precision, so start from a fresh AcceleratorState (the process group is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     state = PartialState(cpu=config.train.cpu)  # starts the process group, so every rank agrees on the run folder
-    with process_group_released_last():
+    with process_group_released_last(), _sigterm_interrupts():
         return _train_in_run_folder(config, state, run_dir, resume, allow_world_size_change)
 
 
 def _train_in_run_folder(
     config: Config, state: PartialState, run_dir: str | Path | None, resume: bool, allow_world_size_change: bool
 ) -> Trained:
-    """:func:`train` once the process group is up: agree on the run folder, train, record the session."""
+    """:func:`train` once the process group is up: check everything the config and data decide before any folder
+    exists, agree on the run folder, train, record the session."""
+    trainer = Trainer(config, state)
+    trainer.prepare()
     with contextlib.ExitStack() as held:
-        run_dir, start = _agree_on_run_folder(config, state, run_dir, resume, held)
+        run_dir, start = _agree_on_run_folder(config, state, run_dir, resume, held, allow_world_size_change)
         record = RunRecord(run_dir) if state.is_main_process else None
-        trainer = Trainer(config, run_dir, record)
         try:
-            trainer.set_up(start, allow_world_size_change)
+            trainer.set_up(run_dir, record, start)
             trainer.fit()
         except KeyboardInterrupt:
             if record:
@@ -196,15 +221,21 @@ def _train_in_run_folder(
 
 
 def _agree_on_run_folder(
-    config: Config, state: PartialState, run_dir: str | Path | None, resume: bool, held: contextlib.ExitStack
+    config: Config,
+    state: PartialState,
+    run_dir: str | Path | None,
+    resume: bool,
+    held: contextlib.ExitStack,
+    allow_world_size_change: bool,
 ) -> tuple[Path, dict | None]:
     """The main process opens the run folder (:func:`mmcl.runs.folder.open_run_folder`), every rank learns it."""
     outcome = [None, None, None]  # run folder, the checkpoint to resume from, an error message
     if state.is_main_process:
         try:
             outcome[:2] = folder.open_run_folder(
-                config.to_dict(), run_dir, resume, held, default_run_name(config), validate=config_from_dict
-            )
+                config.to_dict(), run_dir, resume, held, default_run_name(config), validate=config_from_dict,
+                world_size=state.num_processes, allow_world_size_change=allow_world_size_change,
+            )  # fmt: skip
         except (ValueError, OSError) as error:
             outcome[2] = f"{type(error).__name__}: {error}"
     outcome = broadcast_object_list(outcome)
@@ -218,28 +249,23 @@ def _agree_on_run_folder(
 
 
 class Trainer:
-    """One training session in a prepared run folder: :meth:`set_up`, then :meth:`fit`."""
+    """One training session: :meth:`prepare` (before any run folder exists), :meth:`set_up` in the run folder,
+    then :meth:`fit`."""
 
-    def __init__(self, config: Config, run_dir: Path, record: RunRecord | None) -> None:
-        self.config, self.train, self.run_dir, self.record = config, config.train, run_dir, record
+    def __init__(self, config: Config, state: PartialState) -> None:
+        self.config, self.train, self.state = config, config.train, state
         self.step, self.best = 0, {}
-        self.collapsed_intervals, self.skipped_steps = 0, 0
+        self.collapsed_intervals, self.skipped_steps, self.step_skipped = 0, 0, False
 
     # ------------------------------------------------------------ set-up
 
-    def set_up(self, start: dict | None, allow_world_size_change: bool) -> None:
-        train = self.train
-        self.accelerator = Accelerator(
-            cpu=train.cpu,
-            mixed_precision=train.precision,
-            gradient_accumulation_steps=train.grad_accumulation,
-            log_with=tracking.log_with(train.loggers, self.run_dir),
-            project_dir=str(self.run_dir),
-        )
-        accelerator = self.accelerator
-        if train.precision == "fp16" and accelerator.device.type == "cpu":
+    def prepare(self) -> None:
+        """Everything the config and the data decide, checked before a run folder exists: the device, the data,
+        the encoder, the losses, how they fit together, and the batch against the dataset."""
+        train, device = self.train, self.state.device
+        if train.precision == "fp16" and device.type == "cpu":
             raise ValueError("train.precision=fp16 needs a GPU and none is in use; use train.precision=bf16 or no")
-        if not train.drop_last and accelerator.num_processes > 1:
+        if not train.drop_last and self.state.num_processes > 1:
             # Accelerate would complete the last batch of each process with repeated items, which the loss
             # would then contrast with copies of themselves.
             raise ValueError(
@@ -249,18 +275,32 @@ class Trainer:
         dataset = self.adapter.train_dataset()  # data errors first: they are cheap to find
         self.data = SeededViews(dataset, train.seed, seeded=self.adapter.items_are_random)
         torch.manual_seed(train.seed)
-        encoder = self.adapter.build_encoder()
-        self.loss_fn = self.config.build_loss().to(accelerator.device)
-        self.monitors = self._monitor_losses()
-        self._check_components(encoder)
+        self.encoder = self.adapter.build_encoder()
+        self.loss_fn = self.config.build_loss().to(device)
+        self.monitors = self._monitor_losses(device)
+        self._check_components(self.encoder)
         self.sampler = EpochPermutation(len(self.data), train.seed, train.shuffle == "every_epoch")
-        loader = DataLoader(self.data, batch_size=train.batch_size, sampler=self.sampler, drop_last=train.drop_last,
-                            collate_fn=self.adapter.collate_train, num_workers=train.num_workers)  # fmt: skip
-        if len(loader) == 0:
+        self.loader = DataLoader(self.data, batch_size=train.batch_size, sampler=self.sampler,
+                                 drop_last=train.drop_last, collate_fn=self.adapter.collate_train,
+                                 num_workers=train.num_workers)  # fmt: skip
+        if len(self.loader) == 0:
             raise ValueError(f"train.batch_size={train.batch_size} is larger than the dataset ({len(self.data)} items)")
-        optimizer = build_optimizer(encoder, self.config.optim, self.loss_fn)
-        self.encoder, self.optimizer, self.loader = accelerator.prepare(encoder, optimizer, loader)
-        self.steps_per_epoch = max(1, len(self.loader) // train.grad_accumulation)
+
+    def set_up(self, run_dir: Path, record: RunRecord | None, start: dict | None) -> None:
+        """The session in its run folder: the accelerator and its trackers, the optimiser and schedule, the
+        checkpoint to resume from (``start``; None: a new run)."""
+        train, self.run_dir, self.record = self.train, run_dir, record
+        self.accelerator = accelerator = Accelerator(
+            cpu=train.cpu,
+            mixed_precision=train.precision,
+            gradient_accumulation_steps=train.grad_accumulation,
+            log_with=tracking.log_with(train.loggers, run_dir),
+            project_dir=str(run_dir),
+        )
+        optimizer = build_optimizer(self.encoder, self.config.optim, self.loss_fn)
+        self.encoder, self.optimizer, self.loader = accelerator.prepare(self.encoder, optimizer, self.loader)
+        # Accelerate steps the optimiser at the end of every epoch too (a last group of fewer micro-batches)
+        self.steps_per_epoch = math.ceil(len(self.loader) / train.grad_accumulation)
         self.total_steps = train.max_steps or train.epochs * self.steps_per_epoch
         if self.config.optim.warmup_steps >= self.total_steps:
             raise ValueError(
@@ -269,9 +309,9 @@ class Trainer:
             )
         self.scheduler = build_scheduler(self.optimizer, self.config.optim, self.total_steps)
         if start is not None:
-            self._restore(start, allow_world_size_change)
+            self._restore(start)
         self._record_session()
-        tracking.start(accelerator, self.config.to_dict(), self.run_dir)
+        tracking.start(accelerator, self.config.to_dict(), run_dir)
 
     def _check_components(self, encoder: torch.nn.Module) -> None:
         train, adapter = self.train, self.adapter
@@ -306,7 +346,7 @@ class Trainer:
                     f"{limit} views (data.n_views, data.views), or a loss that takes more: {takes_more}"
                 )
 
-    def _monitor_losses(self) -> dict[str, torch.nn.Module]:
+    def _monitor_losses(self, device: torch.device) -> dict[str, torch.nn.Module]:
         """``train.monitor_losses``: other losses of the core, evaluated without gradient on each logged batch."""
         monitors = {}
         for section in self.train.monitor_losses:
@@ -315,19 +355,11 @@ class Trainer:
             needs_labels = "labels" in losses.info(name).inputs and "optional" not in losses.info(name).inputs
             if needs_labels and not self.adapter.has_labels:
                 raise ValueError(f"train.monitor_losses: {name} needs class labels, and the pretraining data has none")
-            monitors[name] = losses.build(name, **options).to(self.accelerator.device)
+            monitors[name] = losses.build(name, **options).to(device)
         return monitors
 
-    def _restore(self, start: dict, allow_world_size_change: bool) -> None:
-        saved_world = start.get("world_size")
-        world = self.accelerator.num_processes
-        if saved_world is not None and saved_world != world and not allow_world_size_change:
-            raise ValueError(
-                f"--resume: the run was trained with {saved_world} process(es) and is resumed with {world}: the "
-                f"global batch (train.batch_size x processes) would change from {saved_world * self.train.batch_size} "
-                f"to {world * self.train.batch_size}. Resume with {saved_world} process(es), or pass "
-                "--allow-world-size-change to accept it"
-            )
+    def _restore(self, start: dict) -> None:
+        """Continue from the checkpoint :func:`mmcl.runs.folder.open_run_folder` checked (its world size too)."""
         path = Path(start["path"])
         state = checkpoints.load_checkpoint(path)  # to the CPU: every rank, any device
         checkpoints.load_model_state(self.accelerator.unwrap_model(self.encoder), state, path)
@@ -404,6 +436,7 @@ class Trainer:
             self.step += 1
             self.loss_fn.set_progress(self.step / self.total_steps)
             self._log(epoch, loss, embeddings, batch)
+            self.step_skipped = False
             self.bar.update(1)
             if _any(self.accelerator, stop.requested):
                 self._save()
@@ -472,6 +505,7 @@ class Trainer:
         step = self.step + 1
         if self.train.on_nonfinite == "skip":
             self.skipped_steps += 1
+            self.step_skipped = True
             if self.record:
                 self.record.warn(f"step {step}: {what} not finite; the step was skipped (train.on_nonfinite=skip)")
             return
@@ -490,13 +524,15 @@ class Trainer:
         if not (validated or self.step % train.log_every == 0 or self.step == self.total_steps):
             return
         record = {"step": self.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0]}
-        values = {"loss": loss, **self.loss_fn.diagnostics}
-        if embeddings is not None:
-            values["embedding_rank"] = _embedding_rank(embeddings)
+        values = {"loss": loss}
+        if embeddings is not None:  # the loss ran on this step's embeddings: its diagnostics are this step's
+            values.update(self.loss_fn.diagnostics, embedding_rank=_embedding_rank(embeddings))
             values.update(self._monitored(embeddings, batch))
         record.update(_global_metrics(self.accelerator, values))
         if self.skipped_steps:
             record["skipped_steps"] = self.skipped_steps
+        if self.step_skipped:
+            record["skipped"] = True
         if validated:
             record.update(self._validate())
         self.accelerator.log(record, step=self.step)

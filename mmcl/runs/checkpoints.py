@@ -39,11 +39,33 @@ def best_path(run_dir: Path) -> Path:
 
 
 def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 2) -> Path:
-    """Write ``step_NNNNNNNN.pt`` atomically, then retire this run's oldest checkpoints beyond ``keep``."""
+    """Write ``step_NNNNNNNN.pt`` atomically, then retire the checkpoints beyond the newest ``keep`` readable ones.
+
+    The checkpoint just written is always kept. Unreadable ones are never counted among the kept: an unreadable
+    file of a later step (left by an earlier session) stays until training overwrites it, and one older than the
+    oldest kept readable checkpoint is retired with them.
+    """
     path = _save_atomically(state, checkpoint_path(run_dir, step))
-    for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+    kept = []
+    for candidate in reversed(list_checkpoints(run_dir)):  # newest first
+        if len(kept) < keep and (candidate == path or is_readable(candidate)):
+            kept.append(candidate)
+        elif len(kept) == keep or _step_of(candidate) < step:
+            candidate.unlink(missing_ok=True)
     return path
+
+
+def is_readable(path: Path) -> bool:
+    """Whether a checkpoint file loads (memory-mapped: its tensors are not read, so this is cheap)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
+        return False
+    return isinstance(state, dict) and "model" in state
+
+
+def _step_of(path: Path) -> int:
+    return int(PATTERN.search(path.name).group(1))
 
 
 def save_best(state: dict, run_dir: Path) -> Path:
@@ -93,7 +115,7 @@ def _alive(pid: int) -> bool:
 def list_checkpoints(run_dir: Path) -> list[Path]:
     folder = checkpoints_folder(run_dir)
     found = [p for p in folder.glob("step_*.pt") if PATTERN.search(p.name)] if folder.is_dir() else []
-    return sorted(found, key=lambda p: int(PATTERN.search(p.name).group(1)))
+    return sorted(found, key=_step_of)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -130,7 +152,16 @@ def load_newest_readable(candidates: list[Path]) -> tuple[Path, dict]:
 
 
 def load_model_state(model: nn.Module, state: dict, path: Path) -> None:
-    """Load a checkpoint's weights into ``model``; a clear error when they do not fit its shapes."""
+    """Load a checkpoint's weights into ``model``; a clear error when they do not fit its shapes or are not finite."""
+    damaged = [
+        name for name, value in state["model"].items() if value.is_floating_point() and not value.isfinite().all()
+    ]
+    if damaged:
+        named = ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
+        raise ValueError(
+            f"checkpoint {path} holds non-finite weights (NaN or inf in {named}); it cannot be evaluated or resumed: "
+            "use an earlier checkpoint of the run (checkpoints/step_*.pt)"
+        )
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

@@ -27,10 +27,10 @@ from typing import Any
 import yaml
 
 from mmcl.runs import checkpoints
-from mmcl.runs.files import config_file, is_run_folder, write_atomically
+from mmcl.runs.files import config_file, evaluations_file, export_folder, is_run_folder, write_atomically
 from mmcl.runs.lock import RunLock
 from mmcl.runs.record import RunRecord
-from mmcl.runs.results import truncate_metrics
+from mmcl.runs.results import read_metrics, truncate_metrics
 
 log = logging.getLogger("mmcl")
 
@@ -148,9 +148,11 @@ def open_run_folder(
     held: contextlib.ExitStack,
     default_name: str,
     validate: Callable[[dict], Any],
+    world_size: int = 1,
+    allow_world_size_change: bool = False,
 ) -> tuple[Path, dict | None]:
     """The run folder, locked (the lock held by ``held``), with its config written; and the checkpoint to resume
-    from (``{"path", "step", "world_size"}``; None: a new run).
+    from (``{"path", "step", "world_size"}``; None: a new run). Everything is checked before anything is written.
 
     Args:
         config: the validated config's sections.
@@ -158,38 +160,73 @@ def open_run_folder(
         resume: continue the folder from its newest readable checkpoint.
         default_name: the name of a new folder when the config names none.
         validate: checks a saved config's sections (they must still name registered components, in range).
+        world_size, allow_world_size_change: the number of processes of this session, and whether a resume may
+            change it (it changes the global batch).
     """
     train = config["train"]
     if run_dir is None and not resume and train["auto_resume"]:
         found = _resumable_folder(config)
         if found is not None:
             run_dir, resume = found
+    if run_dir is None and train["run_name"]:
+        run_dir = Path(train["output_dir"]).expanduser() / train["run_name"]
     if resume:
-        run_dir = Path(run_dir if run_dir is not None else Path(train["output_dir"]).expanduser() / (train["run_name"] or ""))
-        if not is_run_folder(run_dir):
+        if run_dir is None or not is_run_folder(run_dir):
             raise FileNotFoundError(f"--resume: {run_dir} is not a run folder (it has no config.yaml)")
         held.enter_context(RunLock(run_dir))
-        return run_dir, _prepare_resume(config, run_dir, validate)
+        start = _prepare_resume(config, Path(run_dir), validate, world_size, allow_world_size_change)
+        return Path(run_dir), start
     if run_dir is None:
-        run_dir = create_run_folder(train["output_dir"], train["run_name"], default_name)
+        run_dir = create_run_folder(train["output_dir"], None, default_name)
+        held.enter_context(RunLock(run_dir))
     else:
-        run_dir = Path(run_dir)
-        if run_dir.exists() and any(run_dir.iterdir()) and not _fresh_start_allowed(config, run_dir):
-            raise ValueError(
-                f"run folder {run_dir} exists: continue it with `mmcl pretrain {run_dir} --resume` (or "
-                "train.auto_resume=true), or start a new run in another folder (train.run_name)"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-    held.enter_context(RunLock(run_dir))
+        run_dir = _make_folder(Path(run_dir))
+        held.enter_context(RunLock(run_dir))
+        _claim_unstarted(run_dir)  # under the lock: a run that started meanwhile is never restarted
     write_config(run_dir, config)
     truncate_metrics(run_dir, 0)
     RunRecord(run_dir).start_session(kind="new")
     return run_dir, None
 
 
+def has_started(run_dir: Path) -> bool:
+    """Whether a folder holds anything of a run worth keeping: a checkpoint, an evaluation or an export. A run
+    that failed or was stopped before its first checkpoint has not: it may be started again under its name."""
+    return bool(
+        checkpoints.list_checkpoints(run_dir)
+        or checkpoints.best_path(run_dir).is_file()
+        or evaluations_file(run_dir).is_file()
+        or export_folder(run_dir).exists()
+    )
+
+
+def _make_folder(run_dir: Path) -> Path:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(
+            f"cannot create the run folder {run_dir} ({error.strerror}); set train.output_dir to a writable folder"
+        ) from error
+    return run_dir
+
+
+def _claim_unstarted(run_dir: Path) -> None:
+    """Refuse a folder holding a run that started; note the earlier attempt of one that did not."""
+    if has_started(run_dir):
+        raise ValueError(
+            f"run folder {run_dir} exists: continue it with `mmcl pretrain {run_dir} --resume` (or "
+            "train.auto_resume=true), or start a new run with another train.run_name"
+        )
+    earlier = RunRecord(run_dir).read_or_empty().get("sessions") or []
+    if earlier:
+        last = earlier[-1]
+        log.warning("note: %s held a run that never saved a checkpoint (%s%s); it starts again", run_dir,
+                    last.get("status", "unknown"), f": {last['error']}" if last.get("error") else "")  # fmt: skip
+
+
 def _resumable_folder(config: dict) -> tuple[Path, bool] | None:
-    """``train.auto_resume``: the folder to continue (with a checkpoint of the same config: resume) or to restart
-    (the named folder of the same config that died before its first checkpoint), else None."""
+    """``train.auto_resume``: the folder of the same config holding a checkpoint to resume, else None (a named
+    folder that never started is then started again)."""
     train = config["train"]
     output = Path(train["output_dir"]).expanduser()
     if train["run_name"]:
@@ -197,7 +234,7 @@ def _resumable_folder(config: dict) -> tuple[Path, bool] | None:
     else:
         candidates = sorted((p for p in output.glob("*") if is_run_folder(p)), reverse=True)
     for folder in candidates:
-        if not is_run_folder(folder):
+        if not is_run_folder(folder) or not has_started(folder):
             continue
         if refused_changes(config_changes(parse_saved_config(folder), config)):
             if train["run_name"]:
@@ -207,25 +244,19 @@ def _resumable_folder(config: dict) -> tuple[Path, bool] | None:
             continue
         if checkpoints.list_checkpoints(folder):
             return folder, True
-        if train["run_name"]:
-            return None  # same config, no checkpoint: it starts afresh in its folder
     return None
 
 
-def _fresh_start_allowed(config: dict, run_dir: Path) -> bool:
-    """An existing folder may take a fresh start only under ``train.auto_resume``, for the same config and when it
-    holds no checkpoint (its first attempt died before saving one)."""
-    if not config["train"]["auto_resume"] or checkpoints.list_checkpoints(run_dir) or not is_run_folder(run_dir):
-        return False
-    return not refused_changes(config_changes(parse_saved_config(run_dir), config))
-
-
-def _prepare_resume(config: dict, run_dir: Path, validate: Callable[[dict], Any]) -> dict:
-    """Check the resume against the saved config and checkpoint, then record it; nothing is written before."""
+def _prepare_resume(
+    config: dict, run_dir: Path, validate: Callable[[dict], Any], world_size: int, allow_world_size_change: bool
+) -> dict:
+    """Check the resume against the saved config, checkpoint, ``run.json``, ``metrics.jsonl`` and the number of
+    processes, then record it; nothing is written before every check has passed."""
     candidates = checkpoints.list_checkpoints(run_dir)[::-1]
     if not candidates:
         raise FileNotFoundError(
-            f"--resume: no checkpoint in {checkpoints.checkpoints_folder(run_dir)}; start the run anew instead"
+            f"--resume: no checkpoint in {checkpoints.checkpoints_folder(run_dir)}: the run never saved one; start it "
+            f"again without --resume (mmcl pretrain {run_dir})"
         )
     path, state = checkpoints.load_newest_readable(candidates)
     if "optimizer" not in state:
@@ -234,16 +265,29 @@ def _prepare_resume(config: dict, run_dir: Path, validate: Callable[[dict], Any]
             "optimiser state a run continues from is not there. Start a new run instead; keep "
             "train.save_optimizer_state=true (the default) for runs you may want to extend"
         )
+    step = int(state["step"])
+    _check_world_size(run_dir, state.get("world_size"), world_size, allow_world_size_change, config)
     skipped = [p.name for p in candidates[: candidates.index(path)]]
     saved = parse_saved_config(run_dir)
     changes = config_changes(saved, config)
     if changes:  # without changes the saved config is the validated one
         validate(saved)  # the saved config itself must still be valid (registered names, ranges)
-    check_resume_changes(run_dir, changes, int(state["step"]))
+    check_resume_changes(run_dir, changes, step)
+    record = RunRecord(run_dir)
+    record.read()  # a damaged run.json is refused here, before anything is written
+    read_metrics(run_dir)  # likewise a damaged metrics.jsonl (a line cut short at its end is dropped)
     write_config(run_dir, config)
-    truncate_metrics(run_dir, int(state["step"]))
-    RunRecord(run_dir).start_session(
-        kind="resume", resumed_from=path.name, resumed_at_step=int(state["step"]), changes=changes, skipped=skipped
-    )
-    log.info("resumed from %s at step %d%s", path, state["step"], f" (skipped unreadable {skipped})" if skipped else "")
-    return {"path": str(path), "step": int(state["step"]), "world_size": state.get("world_size")}
+    truncate_metrics(run_dir, step)
+    record.start_session(kind="resume", resumed_from=path.name, resumed_at_step=step, changes=changes, skipped=skipped)
+    log.info("resumed from %s at step %d%s", path, step, f" (skipped unreadable {skipped})" if skipped else "")
+    return {"path": str(path), "step": step, "world_size": state.get("world_size")}
+
+
+def _check_world_size(run_dir: Path, saved: int | None, world_size: int, allowed: bool, config: dict) -> None:
+    if saved is not None and saved != world_size and not allowed:
+        batch = config["train"]["batch_size"]
+        raise ValueError(
+            f"--resume {run_dir}: the run was trained with {saved} process(es) and is resumed with {world_size}: the "
+            f"global batch (train.batch_size x processes) would change from {saved * batch} to {world_size * batch}. "
+            f"Resume with {saved} process(es), or pass --allow-world-size-change to accept it"
+        )

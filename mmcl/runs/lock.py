@@ -24,11 +24,19 @@ log = logging.getLogger("mmcl")
 
 class RunLock:
     """An exclusive lock on a run folder while a process trains in it (``RUN/.lock``; ``RUN/.lock.owner`` names
-    the host and PID holding it)."""
+    the host and PID holding it); also a study folder's while a study runs in it (``what``, ``advice`` and
+    ``name`` say so in the refusal and the file)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = lock_file(run_dir)
+    def __init__(
+        self,
+        run_dir: Path,
+        what: str = "run folder",
+        advice: str = "wait for that run to finish, or start a new run with another train.run_name",
+        name: str | None = None,
+    ) -> None:
+        self.path = Path(run_dir) / name if name else lock_file(run_dir)
         self.owner = self.path.with_name(self.path.name + ".owner")
+        self.what, self.advice = what, advice
         self._lock = FileLock(self.path, timeout=0, thread_local=False)
 
     def __enter__(self) -> RunLock:
@@ -36,10 +44,7 @@ class RunLock:
             self._lock.acquire()
         except Timeout:
             holder = self._read_owner() or "another process"
-            raise ValueError(
-                f"run folder {self.path.parent} is in use by {holder}; wait for that run to finish, or start a new "
-                "run with another train.run_name"
-            ) from None
+            raise ValueError(f"{self.what} {self.path.parent} is in use by {holder}; {self.advice}") from None
         previous = self._read_owner()
         if previous:
             log.warning("note: took over the lock of %s left by %s (that process is gone)", self.path.parent, previous)

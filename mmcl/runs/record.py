@@ -51,7 +51,26 @@ class RunRecord:
         self.path = record_file(run_dir)
 
     def read(self) -> dict:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+        """The record (empty before the first session); a damaged file is an error naming it and the way out."""
+        if not self.path.is_file():
+            return {}
+        try:
+            record = json.loads(self.path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"{self.path} is damaged ({error}); move it aside (mv {self.path} {self.path}.damaged): it only "
+                "describes the run, whose training state is in its checkpoints, and a new one is started"
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{self.path} does not hold a run record; move it aside and run again")
+        return record
+
+    def read_or_empty(self) -> dict:
+        """The record, or an empty one where the file is missing or damaged (for notes that may go without)."""
+        try:
+            return self.read()
+        except ValueError:
+            return {}
 
     def write(self, record: dict) -> None:
         write_atomically(self.path, json.dumps(record, indent=2) + "\n")

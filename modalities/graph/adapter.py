@@ -237,8 +237,16 @@ class GraphAdapter(ModalityAdapter):
         return TrainBatch(view_major([first, self.batched(original)]), 2, batch.labels)
 
     def eval_datasets(self) -> dict[str, Dataset]:
-        """``"all"``: the whole labelled dataset (graph classification); none without graph labels."""
-        return {"all": LabelledGraphs(self.source, self.unaugmented)} if self.has_labels else {}
+        """``"all"``: the whole labelled dataset (graph classification); an error naming what is missing without
+        graph labels."""
+        if not self.has_labels:
+            data = self.data_config
+            where = f" (a TU dataset: {data.dataset}_graph_labels.txt in {data.root})" if data.source == "tu" else ""
+            raise ValueError(
+                f"the evaluation needs graph labels, and data.dataset={data.dataset} has none{where}; add them, or "
+                "evaluate a dataset that has them"
+            )
+        return {"all": LabelledGraphs(self.source, self.unaugmented)}
 
     def collate_eval(self, items: list) -> tuple[Batch, Tensor]:
         return Batch.from_data_list([item[0] for item in items]), torch.tensor([item[1] for item in items])

@@ -92,7 +92,7 @@ class GraphEncoder(torch.nn.Module):
 
 
 backbone = GraphEncoder()
-backbone.load_state_dict(load_file("{Path(folder) / BACKBONE_FILE}"))
+backbone.load_state_dict(load_file({str(Path(folder) / BACKBONE_FILE)!r}))
 backbone.eval()'''
 
 
@@ -106,7 +106,7 @@ def usage(folder: str | Path) -> str:
         parts.append(f"The GNN with torch_geometric alone:\n\n```python\n{code}\n```\n")
     parts.append(
         "The GNN and the projection head with mmcl (a torch_geometric `Batch` in, one row per graph out):\n\n"
-        f'```python\nimport mmcl\n\nencoder = mmcl.load_encoder("{folder}")\n'
+        f"```python\nimport mmcl\n\nencoder = mmcl.load_encoder({str(folder)!r})\n"
         "# features = encoder.features(batch); embeddings = encoder(batch)\n```\n"
     )
     parts.append(

@@ -29,14 +29,18 @@ same width, checked when the encoder is built.
 from __future__ import annotations
 
 import inspect
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from mmcl.contract import Encoder, ModalityAdapter, NonNegativeInt, PositiveInt, TrainBatch
+from mmcl.contract import Encoder, ModalityAdapter, PositiveInt, Seed, TrainBatch
+from mmcl.contract.export import MANIFEST, read_manifest, write_manifest
+from mmcl.contract.names import inside
 from mmcl.contract.options import build_dataclass
 from mmcl.modalities import modality_class, register_modality
 from mmcl.modalities.paired.sources import PAIR_SOURCES, PairSource
@@ -59,7 +63,7 @@ class PairedDataConfig:
     options: dict = field(default_factory=dict)  # the source's keyword options
     towers: dict = field(default_factory=dict)  # {a: {...tower a's data section...}, b: {...}}
     test_size: PositiveInt = 1000  # pairs held out for evaluation (retrieval)
-    split_seed: NonNegativeInt = 0  # the seed of the train/test split
+    split_seed: Seed = 0  # the seed of the train/test split
 
 
 @dataclass
@@ -183,6 +187,30 @@ class PairedAdapter(ModalityAdapter):
 
     def train_dataset(self) -> Dataset:
         return Pairs(self.source, self.split["train"])
+
+    def export(self, encoder: Encoder, folder: Path) -> Path | None:
+        """Each tower in its own modality's export format, in ``folder/a`` and ``folder/b`` (a sentence-transformers
+        folder for a text tower, ...), and the manifest naming them; None when a tower's modality exports nothing."""
+        folder = Path(folder)
+        exported = {name: self.towers[name].export(encoder.tower(name), folder / name) for name in TOWERS}
+        if any(path is None for path in exported.values()):
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        modalities = {name: self.model_config.towers[name]["modality"] for name in TOWERS}
+        write_manifest(
+            folder, self.name, towers={name: {"folder": name, "modality": modalities[name]} for name in TOWERS}
+        )
+        return folder
+
+    @classmethod
+    def load_export(cls, folder: Path) -> Encoder:
+        """Both towers, each read back by its own modality (:meth:`export`)."""
+        towers = read_manifest(folder)["towers"]
+        encoders = []
+        for name in TOWERS:
+            tower = inside(folder, towers[name]["folder"], f"{MANIFEST}'s towers.{name}.folder")
+            encoders.append(modality_class(read_manifest(tower)["modality"]).load_export(tower))
+        return PairedEncoder(*encoders).eval()
 
     def collate_train(self, items: list) -> TrainBatch:
         """``B`` pairs -> one :class:`PairInputs`, each tower's items through its own ``collate_eval``."""

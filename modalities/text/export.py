@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from mmcl.contract.export import load_weights, read_manifest, save_weights, write_manifest
+from mmcl.contract.export import MANIFEST, load_weights, read_manifest, save_weights, write_manifest
+from mmcl.contract.names import inside
 from mmcl.modalities.text.encoder import TextEncoder, load_pretrained, pooler_dense
 
 #: SimCSE ``evaluation.py`` ``--pooler`` name of each mmcl evaluation pooler.
@@ -110,7 +111,7 @@ def load_encoder(folder: str | Path) -> TextEncoder:
     encoder = TextEncoder(transformer, tokenizer, manifest["pooler"], manifest["mlp_only_train"],
                           "pretrained" if in_pooler_layer else "random", manifest["max_length"])  # fmt: skip
     if encoder.mlp is not None and not in_pooler_layer:
-        state = load_weights(Path(folder) / manifest["mlp_file"])
+        state = load_weights(inside(folder, manifest["mlp_file"], f"{MANIFEST}'s mlp_file"))
         encoder.mlp.dense.load_state_dict({key.split(".")[-1]: value for key, value in state.items()})
     return encoder.eval()
 
@@ -191,7 +192,7 @@ def usage(folder: str | Path) -> str:
 ```python
 from sentence_transformers import SentenceTransformer
 
-model = SentenceTransformer("{folder}")
+model = SentenceTransformer({str(folder)!r})
 embeddings = model.encode(["A man is playing a guitar.", "Someone plays an instrument."])
 print(model.similarity(embeddings, embeddings))
 ```
@@ -203,7 +204,7 @@ name once the folder is on the Hugging Face Hub):
 import mteb
 from sentence_transformers import SentenceTransformer
 
-results = mteb.evaluate(SentenceTransformer("{folder}"), mteb.get_tasks(tasks=["STSBenchmark"]))
+results = mteb.evaluate(SentenceTransformer({str(folder)!r}), mteb.get_tasks(tasks=["STSBenchmark"]))
 ```
 
 With mmcl (`encoder.encode(sentences)` gives the evaluation embeddings, before normalisation):
@@ -211,9 +212,9 @@ With mmcl (`encoder.encode(sentences)` gives the evaluation embeddings, before n
 ```python
 import mmcl
 
-encoder = mmcl.load_encoder("{folder}")
+encoder = mmcl.load_encoder({str(folder)!r})
 ```
 
-The transformer alone loads with `transformers.AutoModel.from_pretrained("{folder}")`; mmcl's pooler is
+The transformer alone loads with `transformers.AutoModel.from_pretrained({str(folder)!r})`; mmcl's pooler is
 `{pooler}` (SimCSE's `evaluation.py --pooler {manifest["simcse_evaluation_pooler"]}`), with at most
 {manifest["max_length"]} tokens per sentence."""

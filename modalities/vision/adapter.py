@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from mmcl.contract import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
+from mmcl.contract import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range, Seed
 from mmcl.contract.adapter import Encoder, ModalityAdapter, ModelCard, TrainBatch, ViewGroups
 from mmcl.modalities import register_modality
 from mmcl.modalities.vision.backbones import backbone_options, build_backbone, build_head
@@ -58,7 +58,7 @@ class VisionDataConfig:
     image_size: PositiveInt | None = None  # ImageFolder view size (default 224; other datasets use their native size)
     train_subset: PositiveInt | None = None  # seeded subset sizes (quick runs)
     test_subset: PositiveInt | None = None
-    subset_seed: NonNegativeInt = 0
+    subset_seed: Seed = 0
     n_views: Annotated[int, Range(ge=2)] = 2
     # Multi-crop: groups of views {count, size, crop_min_scale, crop_max_scale}, the first entry the global crops;
     # replaces n_views. local_to_global_only: local crops are contrasted with the global ones only (SwAV/DINO).

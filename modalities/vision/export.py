@@ -113,7 +113,7 @@ def torchvision_code(folder: str | Path) -> str | None:
         lines.append("backbone.heads = torch.nn.Identity()  # the CLS token after the final LayerNorm")
     else:
         return None
-    lines += [f'backbone.load_state_dict(load_file("{Path(folder) / BACKBONE_FILE}"))', "backbone.eval()"]
+    lines += [f"backbone.load_state_dict(load_file({str(Path(folder) / BACKBONE_FILE)!r}))", "backbone.eval()"]
     return "\n".join(lines)
 
 
@@ -127,7 +127,7 @@ def usage(folder: str | Path) -> str:
         parts.append(f"The backbone with torchvision alone:\n\n```python\n{code}\n```\n")
     parts.append(
         "The backbone and the projection head with mmcl:\n\n```python\nimport mmcl\nimport torch\n\n"
-        f'encoder = mmcl.load_encoder("{folder}")\n'
+        f"encoder = mmcl.load_encoder({str(folder)!r})\n"
         f"images = torch.zeros(2, {channels}, {size}, {size})  # normalised as below\n"
         "features = encoder.features(images)  # what mmcl's kNN and linear probe score\n"
         "embeddings = encoder(images)  # the projection head's output, which the loss saw\n```\n"

@@ -27,9 +27,10 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -197,6 +198,8 @@ def _train_in_run_folder(
 ) -> Trained:
     """:func:`train` once the process group is up: check everything the config and data decide before any folder
     exists, agree on the run folder, train, record the session."""
+    if resume:  # a refused change is the first thing to say, before the data are read
+        _on_main(state, lambda: folder.check_resume_request(config.to_dict(), run_dir))
     trainer = Trainer(config, state)
     trainer.prepare()
     with contextlib.ExitStack() as held:
@@ -229,20 +232,26 @@ def _agree_on_run_folder(
     allow_world_size_change: bool,
 ) -> tuple[Path, dict | None]:
     """The main process opens the run folder (:func:`mmcl.runs.folder.open_run_folder`), every rank learns it."""
-    outcome = [None, None, None]  # run folder, the checkpoint to resume from, an error message
+    opened = _on_main(state, lambda: folder.open_run_folder(
+        config.to_dict(), run_dir, resume, held, default_run_name(config), validate=config_from_dict,
+        world_size=state.num_processes, allow_world_size_change=allow_world_size_change,
+    ))  # fmt: skip
+    return Path(opened[0]), opened[1]
+
+
+def _on_main(state: PartialState, job: Callable[[], Any]) -> Any:
+    """``job()`` on the main process, its result (or its error, raised again) on every rank."""
+    outcome = [None, None]  # the result, an error message
     if state.is_main_process:
         try:
-            outcome[:2] = folder.open_run_folder(
-                config.to_dict(), run_dir, resume, held, default_run_name(config), validate=config_from_dict,
-                world_size=state.num_processes, allow_world_size_change=allow_world_size_change,
-            )  # fmt: skip
+            outcome[0] = job()
         except (ValueError, OSError) as error:
-            outcome[2] = f"{type(error).__name__}: {error}"
+            outcome[1] = f"{type(error).__name__}: {error}"
     outcome = broadcast_object_list(outcome)
-    if outcome[2] is not None:
-        kind, message = outcome[2].split(": ", 1)
+    if outcome[1] is not None:
+        kind, message = outcome[1].split(": ", 1)
         raise {"FileNotFoundError": FileNotFoundError, "OSError": OSError}.get(kind, ValueError)(message)
-    return Path(outcome[0]), outcome[1]
+    return outcome[0]
 
 
 # ---------------------------------------------------------------- the training session

@@ -189,6 +189,17 @@ def open_run_folder(
     return run_dir, None
 
 
+def check_resume_request(config: dict, run_dir: str | Path | None) -> None:
+    """Refuse a resume whose config changes what the finished steps computed: read-only, the first check of a
+    resume (:func:`open_run_folder` checks it again under the lock, with the checkpoint)."""
+    train = config["train"]
+    folder = (
+        Path(run_dir) if run_dir is not None else Path(train["output_dir"]).expanduser() / (train["run_name"] or "")
+    )
+    if is_run_folder(folder):
+        check_resume_changes(folder, config_changes(parse_saved_config(folder), config), at_step=0)
+
+
 def has_started(run_dir: Path) -> bool:
     """Whether a folder holds anything of a run worth keeping: a checkpoint, an evaluation or an export. A run
     that failed or was stopped before its first checkpoint has not: it may be started again under its name."""

@@ -213,11 +213,16 @@ def _summary_section(tables: dict[str, TaskTable], infos: list[TaskInfo]) -> lis
                          and not r.vs_best.distinguishable)  # fmt: skip
         below = "; ".join(f"{r.loss} {_difference(r.vs_best)}" for r in rows if r.vs_best and r.vs_best.distinguishable)
         detectable = sorted(r.vs_best.detectable for r in rows if r.vs_best)
-        span = f"{_number(detectable[0])}-{_number(detectable[-1])}" if detectable else ""
+        span = _span([_number(d) for d in detectable])
         missing = "; ".join(f"{r.loss} ({r.standing.removeprefix('n/a: ').split(':')[0]})" for r in rows
                             if not r.untrained and not r.best and r.vs_best is None)  # fmt: skip
         lines.append(f"| {info.task} (`{info.metric}`) | {best or 'n/a'} | {same} | {below} | {span} | {missing} |")
     return lines + [""]
+
+
+def _span(values: list[str]) -> str:
+    """The first and last of sorted values ("1.00-3.00"), one when they are the same."""
+    return "-".join(dict.fromkeys([values[0], values[-1]])) if values else ""
 
 
 def _aggregate_section(aggregates: list[Aggregate], normalised, reference: str | None,

@@ -89,13 +89,20 @@ def _compare(args: argparse.Namespace) -> int:
     load_plugins(args.plugin)
     if args.report:
         folders = [Path(folder) for folder in [args.study, *args.more] if folder]
+        if not folders:
+            raise ValueError("mmcl compare --report needs the study folder(s) to report: mmcl compare --report DIR")
         for folder in folders:
             if not folder.is_dir():
                 raise FileNotFoundError(f"--report {folder}: no such study folder (give the --output of a study run)")
-        print(f"report: {build_report(folders, Path(args.output) if args.output else None, plots=not args.no_plots)}")
+        output = Path(args.output) if args.output else None
+        print(f"report: {build_report(folders, output, plots=not args.no_plots, study=args.definition)}")
         return 0
     if not args.study:
         raise ValueError("mmcl compare needs a study (a YAML file or a packaged study name) or --report DIR")
+    if args.definition:
+        raise ValueError(f"--study {args.definition} is for --report (a run reads its study from STUDY)")
+    if args.more:
+        raise ValueError(f"unrecognized argument(s) {args.more}: more study folders go with --report only")
     variables = dict(_assignment(item, "--var") for item in args.var)
     study = read_study(args.study, variables)
     output = Path(args.output or f"runs/study-{study.name}")
@@ -221,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="run the cells that failed before again")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a study variable (${NAME})")
     p.add_argument("--report", action="store_true", help="only rebuild the report from the records (STUDY is a folder)")
+    p.add_argument("--study", dest="definition", metavar="STUDY",
+                   help="with --report: the study file or packaged name the records were run with, for folders "
+                   "without study.yaml (stored results: benchmarks/results/study-*)")  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.set_defaults(run=_compare)
 

@@ -11,8 +11,10 @@ a task's score is the **Spearman correlation x 100** between system and gold sco
   per-subset correlations are reported too (``spearman_mean``, ``spearman_wmean``), never as the score.
 * STS-B: ``sts-test.csv`` (``split=dev``: ``sts-dev.csv``); SICK-R: ``relatedness_score`` of
   ``SICK_test_annotated.txt`` (``split=dev``: ``SICK_trial.txt``). Spearman on the split, no training.
-* ``avg``: the mean of the task scores each rounded to two decimals (SimCSE prints ``%.2f`` and averages
-  those). Rows without a gold score (blank score fields in STS15/16) are skipped.
+* ``avg``: the mean of the task scores, at full precision like every score here (a study ranks and tests them:
+  rounding is for display only). ``avg_simcse`` is the figure SimCSE prints, the mean of the task scores each
+  rounded to two decimals; the two differ by less than 0.005. Rows without a gold score (blank score fields in
+  STS15/16) are skipped.
 
 Sentences are whitespace-normalised (``" ".join(s.split())``) as SentEval's batcher rebuilds them.
 
@@ -268,7 +270,8 @@ def _embed_once(embed: Callable[[list[str]], object], pairs: list[STSPairs]) -> 
 
 
 def evaluate_sts(embed: Callable[[list[str]], object], options: STSOptions | None = None) -> dict:
-    """Every selected task's scores (Spearman x 100) and the average of the rounded task scores."""
+    """Every selected task's scores (Spearman x 100, full precision), their average, and SimCSE's average of the
+    rounded scores."""
     options = options or STSOptions()
     if options.root is None:
         raise ValueError(
@@ -296,8 +299,9 @@ def evaluate_sts(embed: Callable[[list[str]], object], options: STSOptions | Non
                 out[name]["missing_subsets"] = missing
         else:
             out[name] = scored["all"]
-    out["scores"] = {name: round(out[name]["spearman"], 2) for name in names}
-    out["avg"] = round(float(np.mean(list(out["scores"].values()))), 2)
+    out["scores"] = {name: out[name]["spearman"] for name in names}
+    out["avg"] = float(np.mean(list(out["scores"].values())))
+    out["avg_simcse"] = round(float(np.mean([round(score, 2) for score in out["scores"].values()])), 2)
     out["tasks"] = names
     return out
 

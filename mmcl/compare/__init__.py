@@ -5,7 +5,9 @@ A study (:mod:`~mmcl.compare.study`) names seeds, losses and tasks; :mod:`~mmcl.
 (task, loss, seed) cells are left; :mod:`~mmcl.compare.runner` runs each through the engine in its own run folder
 and process (:mod:`~mmcl.compare.cell`), which leaves a typed record (:mod:`~mmcl.compare.records`). The report
 (:mod:`~mmcl.compare.report`) is rebuilt from the records alone (:mod:`~mmcl.compare.analysis`,
-:mod:`~mmcl.compare.statistics`, :mod:`~mmcl.compare.claims`, :mod:`~mmcl.compare.study_figures`);
+:mod:`~mmcl.compare.statistics`, :mod:`~mmcl.compare.aggregates`, :mod:`~mmcl.compare.claims`,
+:mod:`~mmcl.compare.study_figures`), with the study definition of :mod:`~mmcl.compare.definition` and the earlier
+reports of :mod:`~mmcl.compare.history`;
 :mod:`~mmcl.compare.figures` also draws ``mmcl plot``'s training curves of runs. The submodules are imported where
 used, so that a cell's process does not pay for the report's libraries.
 """

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmcl.compare.records import RANDOM_INIT, CellRecord, CellSpec
+from mmcl.compare.records import CURVE_KEYS, RANDOM_INIT, REPRESENTATION_KEYS, CellRecord, CellSpec
 from mmcl.engine.config import Config, config_from_dict
 from mmcl.engine.evaluate import evaluate_and_record, evaluate_run, lookup
 from mmcl.logs import configure_logging
@@ -27,9 +27,6 @@ from mmcl.runs import RunRecord, library_versions, now, read_metrics, write_atom
 
 if TYPE_CHECKING:
     from mmcl.engine.trainer import Trained
-
-#: Diagnostics kept in a record's training curves (those the plots draw, and every monitored loss).
-CURVE_KEYS = ("loss", "lr", "pos_cos_mean", "neg_cos_mean", "tau", "embedding_rank")
 
 
 def run_cell(spec: CellSpec) -> CellRecord:
@@ -91,11 +88,12 @@ def _set_scores(record: CellRecord, results: dict, metric: str) -> None:
                 value = lookup(result, key)
                 if isinstance(value, (int, float)):
                     scores[f"{name}.{key}"] = float(value)
+    metrics = results.get("metrics", {})
     representation = {
-        f"{layer}.{key}": float(results["metrics"][layer][key])
-        for layer in ("backbone", "head")
-        for key in ("alignment", "uniformity", "effective_rank")
-        if key in results.get("metrics", {}).get(layer, {})
+        name: float(metrics[layer][key])
+        for name in REPRESENTATION_KEYS
+        for layer, key in [name.split(".")]
+        if key in metrics.get(layer, {})
     }
     value = lookup(results, metric)
     if not isinstance(value, (int, float)):

@@ -6,9 +6,11 @@ A study folder holds::
     study.yaml        the study as run (variables filled in); a changed definition is refused per cell
     specs/            one JSON spec per cell to run (written by the runner, read by the cell's process)
     records/          one JSON record per finished cell (ok or failed), written by the cell's own process
-    records.jsonl     all records, one per line, the same schema for every modality
+    records.jsonl     all records, one per line, the same schema for every modality (read in place of records/
+                      where a folder has none: a study's stored results)
     runs/<task>/<loss>/seed<k>/   each cell's run folder (config, metrics, checkpoints, eval.json; seed<k>.log)
-    report.md, report.csv, plots/ (PNG and SVG)
+    report.md, report.csv, plots/ (PNG and SVG); report-seeds-<seeds>.md/.csv: a report of fewer seeds, kept
+                      when seeds were added after it (mmcl.compare.report)
 
 Reading records needs neither torch nor a modality, so reports are rebuilt quickly anywhere.
 """
@@ -17,13 +19,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from mmcl.runs import RANDOM_INIT, write_atomically
 
-__all__ = ["RANDOM_INIT", "CellRecord", "CellSpec", "read_records", "record_path", "write_records_file"]
+__all__ = [
+    "CURVE_KEYS",
+    "NUMBER_FIELDS",
+    "REPRESENTATION_KEYS",
+    "RANDOM_INIT",
+    "CellRecord",
+    "CellSpec",
+    "Unreadable",
+    "read_records",
+    "record_path",
+    "scan_records",
+    "write_records_file",
+]
+
+#: Diagnostics kept in a record's training curves (those the plots draw); every monitored loss is kept too, as
+#: ``monitor/<loss name>``.
+CURVE_KEYS = ("loss", "lr", "pos_cos_mean", "neg_cos_mean", "tau", "embedding_rank")
+#: A record's representation metrics, ``<layer>.<metric>`` (alignment and uniformity of Wang & Isola 2020).
+REPRESENTATION_KEYS = tuple(f"{layer}.{key}" for layer in ("backbone", "head")
+                            for key in ("alignment", "uniformity", "effective_rank"))  # fmt: skip
+#: The record fields that hold a number: a claim's metric may name them.
+NUMBER_FIELDS = ("value", "steps", "samples_seen", "train_seconds", "eval_seconds", "peak_memory_mb", "seconds")
 
 
 @dataclass(frozen=True)
@@ -130,9 +155,14 @@ class CellRecord:
 
     @classmethod
     def from_dict(cls, values: dict, origin: str = "a record") -> CellRecord:
+        if not isinstance(values, dict):
+            raise ValueError(f"{origin}: a record is a JSON object, not a {type(values).__name__}")
         unknown = sorted(set(values) - _FIELDS)
         if unknown:
             raise ValueError(f"{origin}: unknown key(s) {unknown}; is it a record of a newer mmcl?")
+        missing = sorted(_REQUIRED - set(values))
+        if missing:
+            raise ValueError(f"{origin}: missing key(s) {missing}")
         return cls(**values)
 
     @classmethod
@@ -141,6 +171,8 @@ class CellRecord:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(CellRecord))
+_REQUIRED = frozenset(f.name for f in dataclasses.fields(CellRecord) if f.default is dataclasses.MISSING
+                      and f.default_factory is dataclasses.MISSING)  # fmt: skip
 
 
 def record_path(output: Path, cell_id: str) -> Path:
@@ -152,21 +184,71 @@ def safe_name(cell_id: str) -> str:
     return cell_id.replace("/", "__")
 
 
-def read_records(*folders: Path) -> dict[str, CellRecord]:
-    """Every cell record under the study folders (the shards of one study merge by cell id; a cell run in two
-    folders keeps its newest record)."""
+@dataclass(frozen=True)
+class Unreadable:
+    """A record that could not be read: the report shows it as a gap of its cell; running the study refuses it."""
+
+    where: str  # the file (and line of records.jsonl)
+    cell: str  # the cell's id, as far as the file name tells
+    error: str
+    fix: str
+
+    def message(self) -> str:
+        return f"{self.where} is not a readable cell record ({self.error}); {self.fix}"
+
+
+def scan_records(*folders: Path) -> tuple[dict[str, CellRecord], list[Unreadable]]:
+    """Every cell record under the study folders, and those that could not be read. A folder's records are its
+    ``records/*.json`` files, or, where it has no ``records/`` (a study's stored results), its ``records.jsonl``.
+    The shards of one study merge by cell id; a cell run in two folders keeps its newest record."""
     records: dict[str, CellRecord] = {}
+    unreadable: list[Unreadable] = []
     for folder in folders:
-        for path in sorted((Path(folder) / "records").glob("*.json")):
-            record = CellRecord.from_json(path.read_text(), str(path))
+        for where, cell, read, fix in _record_sources(Path(folder)):
+            try:
+                record = CellRecord.from_json(read(), where)
+            except (ValueError, TypeError) as error:  # bad JSON or UTF-8, a list, missing or unknown keys
+                unreadable.append(Unreadable(where, cell, str(error).removeprefix(f"{where}: "), fix))
+                continue
             if record.id not in records or record.finished >= records[record.id].finished:
                 records[record.id] = record
+    return records, unreadable
+
+
+def _record_sources(folder: Path) -> list[tuple[str, str, Callable[[], str], str]]:
+    """``(where, cell id, read its text, the fix when it is unreadable)`` of each record of a folder."""
+    if (folder / "records").is_dir():
+        return [(str(path), path.stem.replace("__", "/"), partial(path.read_text, encoding="utf-8"),
+                 "delete it to re-run that cell") for path in sorted((folder / "records").glob("*.json"))]  # fmt: skip
+    path = folder / "records.jsonl"
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        return [(str(path), "?", partial(_raise, error), "restore it from its records/ folder or its history")]
+    return [(f"{path} line {i}", "?", partial(str, line), "mend or delete that line")
+            for i, line in enumerate(lines, 1) if line.strip()]  # fmt: skip
+
+
+def _raise(error: Exception) -> str:
+    raise error
+
+
+def read_records(*folders: Path) -> dict[str, CellRecord]:
+    """Every cell record under the study folders (:func:`scan_records`); an unreadable one is an error that names
+    its file and the fix."""
+    records, unreadable = scan_records(*folders)
+    if unreadable:
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise ValueError(unreadable[0].message() + more)
     return records
 
 
 def write_records_file(output: Path, *more: Path) -> Path:
-    """``records.jsonl``: every record of ``output`` (and of the other folders), one per line, ordered by cell."""
-    records = read_records(output, *more)
+    """``records.jsonl``: every readable record of ``output`` (and of the other folders), one per line, ordered by
+    cell (an unreadable record stays where it is, for its owner to mend or delete)."""
+    records, _ = scan_records(output, *more)
     path = Path(output) / "records.jsonl"
     lines = [record.to_json(indent=None, traceback=False) for _, record in sorted(records.items())]
     write_atomically(path, "".join(line + "\n" for line in lines))

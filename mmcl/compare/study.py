@@ -9,6 +9,7 @@ A study is a YAML file (or a packaged name, ``studies/cpu-small``)::
     seeds: [0, 1, 2]
     baseline: nt_xent               # a loss label; paired differences are taken against it
     random_init: true               # an untrained-encoder row per task (evaluated, never trained)
+    reference: random_init          # the score 0 of the normalised aggregates (default: random_init, if any)
     losses:
       - nt_xent                     # a registered loss with its defaults
       - {name: hcl, beta: 1.0, label: hcl-b1}
@@ -20,7 +21,7 @@ A study is a YAML file (or a packaged name, ``studies/cpu-small``)::
         loss_options:               # the task's own defaults for the losses that take them (a loss entry's win)
           "*": {temperature: 0.2}   # every loss with a temperature
           dystress: {tau_min: 0.1, tau_max: 0.3}
-    claims: [...]                   # optional verdicts (mmcl.compare.claims)
+    claims: [...]                   # optional verdicts (mmcl.compare.claims), fixed before the study runs
 
 The budget is the task's: a loss entry holds loss options only, so it never changes steps, batch size or data.
 Every (task, loss, seed) is a :class:`Cell` with a stable id and a definition hash over its resolved config.
@@ -36,24 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mmcl import losses
 from mmcl.compare.claims import check_claims
-from mmcl.compare.records import RANDOM_INIT
+from mmcl.compare.definition import load_study_file
+from mmcl.compare.records import CURVE_KEYS, NUMBER_FIELDS, RANDOM_INIT, REPRESENTATION_KEYS
 from mmcl.contract import Seed
 from mmcl.contract.names import check_name
 from mmcl.contract.options import check_type
-from mmcl.engine.config import (
-    Config,
-    apply_overrides,
-    build_adapter,
-    config_from_dict,
-    read_config,
-    read_text,
-    validate_loss,
-)
-from mmcl.engine.configs import packaged_config
+from mmcl.engine.config import Config, apply_overrides, build_adapter, config_from_dict, read_config, validate_loss
 from mmcl.runs.folder import flatten
 from mmcl.tasks import get_task
 
@@ -83,6 +74,19 @@ class TaskEntry:
     metric: str  # dotted key of the evaluation result: "knn.top1"
     protocol: str  # one line naming the evaluation protocol
     loss_options: dict  # {"*" or a loss name: {option: value}}: the task's defaults for the losses
+    evaluations: tuple[str, ...] = ()  # the evaluation tasks its cells run
+
+    @property
+    def claim_metrics(self) -> set[str]:
+        """The keys of its records that a claim's metric may name (``diagnostics.*``: any final diagnostic)."""
+        scores = {f"scores.{name}.{key}" for name in self.evaluations if name != "metrics"
+                  for key in get_task(name).headline}  # fmt: skip
+        return {*NUMBER_FIELDS, *scores, *(f"representation.{key}" for key in REPRESENTATION_KEYS), "diagnostics.*"}
+
+    @property
+    def curves(self) -> set[str]:
+        """The keys its cells' training curves log: a bound claim compares two of them."""
+        return {*CURVE_KEYS, *(f"monitor/{m['name']}" for m in self.config.train.monitor_losses)}
 
     def loss_section(self, entry: LossEntry) -> dict:
         """The entry's loss section on this task: the task's defaults that the loss takes, then the entry's."""
@@ -135,6 +139,7 @@ class Study:
     baseline: str | None
     random_init: bool
     claims: tuple[dict, ...]
+    reference: str | None  # the normalised aggregates' reference row
     source: dict = field(repr=False)  # the study as read, variables filled in (saved beside the records)
 
     def cells(self) -> list[Cell]:
@@ -170,11 +175,9 @@ def read_study(source: str | Path | dict, variables: dict[str, str] | None = Non
     raw = _load(source)
     if not isinstance(raw, dict):
         raise ValueError(f"a study must be a mapping with name, seeds, losses and tasks; got {type(raw).__name__}")
-    unknown = sorted(set(raw) - {"name", "description", "variables", "seeds", "losses", "tasks", "baseline",
-                                 "random_init", "claims"})  # fmt: skip
+    unknown = sorted(set(raw) - set(STUDY_KEYS))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in the study; valid: name, description, variables, seeds, "
-                         "losses, tasks, baseline, random_init, claims")  # fmt: skip
+        raise ValueError(f"unknown key(s) {unknown} in the study; valid: {', '.join(STUDY_KEYS)}")
     raw = _fill_variables(raw, raw.get("variables") or {}, variables)
     for key in ("name", "seeds", "losses", "tasks"):
         if not raw.get(key):
@@ -193,7 +196,10 @@ def read_study(source: str | Path | dict, variables: dict[str, str] | None = Non
         for loss in loss_entries:
             validate_loss(task.loss_section(loss), f"the loss {loss.label!r} on task {task.name!r}")
             _check_feeds(task, loss)
-    check_claims(list(raw.get("claims") or []), [loss.label for loss in loss_entries], [task.name for task in tasks])
+    labels = [loss.label for loss in loss_entries]
+    reference = _reference(raw, labels)
+    metrics, curves = {task.name: task.claim_metrics for task in tasks}, {task.name: task.curves for task in tasks}
+    check_claims(list(raw.get("claims") or []), labels, [task.name for task in tasks], metrics, curves)
     return Study(
         name=str(raw["name"]),
         description=str(raw.get("description", "")),
@@ -203,24 +209,27 @@ def read_study(source: str | Path | dict, variables: dict[str, str] | None = Non
         baseline=baseline,
         random_init=bool(raw.get("random_init", False)),
         claims=tuple(raw.get("claims") or ()),
+        reference=reference,
         source=raw,
     )
 
 
+STUDY_KEYS = ("name", "description", "variables", "seeds", "losses", "tasks", "baseline", "random_init", "reference",
+              "claims")  # fmt: skip
+
+
 def _load(source: str | Path | dict) -> Any:
-    if isinstance(source, dict):
-        return source
-    path = Path(source).expanduser()
-    if not path.is_file():
-        name = str(source)
-        packaged = packaged_config(name if name.startswith("studies/") else f"studies/{name}")
-        if packaged is None:
-            raise FileNotFoundError(f"study {name!r} is neither a file nor a packaged study; `mmcl configs` lists them")
-        path = packaged
-    try:
-        return yaml.safe_load(read_text(path, "study file"))
-    except yaml.YAMLError as error:
-        raise ValueError(f"study file {path} is not valid YAML: {error}") from error
+    return source if isinstance(source, dict) else load_study_file(source)
+
+
+def _reference(raw: dict, labels: list[str]) -> str | None:
+    """The normalised aggregates' reference row: the study's ``reference``, else random_init where it runs."""
+    reference = raw.get("reference", RANDOM_INIT if raw.get("random_init") else None)
+    valid = labels + [RANDOM_INIT] * bool(raw.get("random_init"))
+    if reference is not None and reference not in valid:
+        raise ValueError(f"reference={reference!r} is not a row of the study: use one of {valid} (random_init needs "
+                         "random_init: true)")  # fmt: skip
+    return reference
 
 
 def _fill_variables(raw: dict, declared: dict, given: dict[str, str] | None) -> dict:
@@ -282,16 +291,16 @@ def _task_entry(entry: Any, index: int) -> TaskEntry:
         config = config_from_dict(raw)
     except (ValueError, FileNotFoundError) as error:
         raise ValueError(f"task {entry['name']!r}: {error}") from None
-    metric, protocol = _metric(entry.get("metric"), config, entry["name"])
+    names = tuple(config.eval.tasks or build_adapter(config).default_eval_tasks)
+    metric, protocol = _metric(entry.get("metric"), config, entry["name"], names)
     loss_options = entry.get("loss_options") or {}
     if not isinstance(loss_options, dict) or not all(isinstance(v, dict) for v in loss_options.values()):
         raise ValueError(f"tasks[{index}].loss_options must map '*' or loss names to option mappings")
-    return TaskEntry(str(entry["name"]), config, config.to_dict(), metric, protocol, loss_options)
+    return TaskEntry(str(entry["name"]), config, config.to_dict(), metric, protocol, loss_options, names)
 
 
-def _metric(metric: str | None, config: Config, task: str) -> tuple[str, str]:
+def _metric(metric: str | None, config: Config, task: str, names: tuple[str, ...]) -> tuple[str, str]:
     """The cell's primary score (``eval_task.key``) and the protocol that produces it."""
-    names = list(config.eval.tasks or build_adapter(config).default_eval_tasks)
     if metric is None:
         primary = [name for name in names if get_task(name).primary]
         if not primary:
@@ -300,7 +309,7 @@ def _metric(metric: str | None, config: Config, task: str) -> tuple[str, str]:
     evaluation = metric.split(".")[0]
     if evaluation not in names:
         raise ValueError(f"task {task!r}: metric {metric!r} names the evaluation task {evaluation!r}, which the "
-                         f"task does not run (its eval.tasks: {names})")  # fmt: skip
+                         f"task does not run (its eval.tasks: {list(names)})")  # fmt: skip
     spec = get_task(evaluation)
     return metric, spec.describe(config.eval.options.get(evaluation) or spec.options())
 

@@ -1,6 +1,7 @@
 """The figures of a study report (``mmcl compare``): scores with confidence intervals, the differences to the
-baseline as a heatmap, the alignment-uniformity plane per modality (Wang & Isola 2020), effective rank against
-score, training curves with seed bands, and the cost of each cell.
+baseline as a heatmap, performance profiles of the normalised scores (Agarwal et al. 2021), the
+alignment-uniformity plane per modality (Wang & Isola 2020), effective rank against score, training curves with
+seed bands, and the cost of each cell.
 """
 
 from __future__ import annotations
@@ -11,13 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcl.compare.analysis import Row, TaskInfo
+from mmcl.compare.aggregates import Normalised, performance_profile
+from mmcl.compare.analysis import TaskInfo, TaskTable
 from mmcl.compare.figures import CURVES, grid, pyplot, save
 from mmcl.compare.records import RANDOM_INIT, CellRecord
 
 
-def study_figures(records: list[CellRecord], tables: dict[str, list[Row]], infos: list[TaskInfo], baseline: str | None,
-                  folder: Path) -> dict[str, list[Path]]:  # fmt: skip
+def study_figures(
+    records: list[CellRecord],
+    tables: dict[str, TaskTable],
+    infos: list[TaskInfo],
+    baseline: str | None,
+    folder: Path,
+    normalised: list[Normalised],
+) -> dict[str, list[Path]]:
     """Every figure of a study report: ``{figure name: [png, svg]}``."""
     figures = {
         "scores": scores_figure(tables, infos, folder),
@@ -27,16 +35,18 @@ def study_figures(records: list[CellRecord], tables: dict[str, list[Row]], infos
     }
     if baseline:
         figures["baseline_differences"] = baseline_heatmap(tables, infos, baseline, folder)
+    if any(n.left_out is None for n in normalised):
+        figures["performance_profiles"] = performance_profile_figure(normalised, infos, folder)
     if any(r.curves for r in records):
         figures["training_curves"] = training_curves_figure(records, infos, folder)
     return figures
 
 
-def scores_figure(tables: dict[str, list[Row]], infos: list[TaskInfo], folder: Path) -> list[Path]:
+def scores_figure(tables: dict[str, TaskTable], infos: list[TaskInfo], folder: Path) -> list[Path]:
     """Each loss's mean score with its 95% confidence interval, one panel per task; random init dashed."""
     figure, axes = grid(len(infos))
     for axis, info in zip(axes, infos):
-        rows = [row for row in tables[info.task] if row.loss != RANDOM_INIT and row.values]
+        rows = [row for row in tables[info.task].rows if row.loss != RANDOM_INIT and row.values]
         means = [row.summary.mean for row in rows]
         errors = [
             [m - row.summary.ci[0] if not math.isnan(row.summary.ci[0]) else 0 for m, row in zip(means, rows)],
@@ -45,7 +55,7 @@ def scores_figure(tables: dict[str, list[Row]], infos: list[TaskInfo], folder: P
         axis.errorbar(range(len(rows)), means, yerr=errors, fmt="o", capsize=3)
         for i, row in enumerate(rows):
             axis.plot([i] * len(row.values), list(row.values.values()), ".", color="grey", alpha=0.5)
-        baseline = next((r for r in tables[info.task] if r.loss == RANDOM_INIT and r.values), None)
+        baseline = next((r for r in tables[info.task].rows if r.loss == RANDOM_INIT and r.values), None)
         if baseline is not None:
             axis.axhline(baseline.summary.mean, linestyle="--", color="grey", label="random init")
             axis.legend(fontsize=7)
@@ -54,18 +64,18 @@ def scores_figure(tables: dict[str, list[Row]], infos: list[TaskInfo], folder: P
     return save(figure, folder, "scores")
 
 
-def baseline_heatmap(tables: dict[str, list[Row]], infos: list[TaskInfo], baseline: str, folder: Path) -> list[Path]:
+def baseline_heatmap(tables: dict[str, TaskTable], infos: list[TaskInfo], baseline: str, folder: Path) -> list[Path]:
     """Mean paired difference to the baseline, losses x tasks, with Holm-corrected significance marks."""
     plt = pyplot()
-    losses = [row.loss for row in tables[infos[0].task] if row.loss not in (RANDOM_INIT, baseline)]
+    losses = [row.loss for row in tables[infos[0].task].rows if row.loss not in (RANDOM_INIT, baseline)]
     grid = np.full((len(losses), len(infos)), np.nan)
     marks = [["" for _ in infos] for _ in losses]
     for j, info in enumerate(infos):
-        for row in tables[info.task]:
+        for row in tables[info.task].rows:
             if row.loss in losses and row.vs_baseline is not None:
-                i = losses.index(row.loss)
-                grid[i, j] = row.vs_baseline.diff.mean
-                marks[i][j] = "**" if row.p_holm < 0.01 else "*" if row.p_holm < 0.05 else ""
+                i, p = losses.index(row.loss), row.vs_baseline.p_holm
+                grid[i, j] = row.vs_baseline.paired.diff.mean
+                marks[i][j] = "**" if p < 0.01 else "*" if p < 0.05 else ""
     figure, axis = plt.subplots(figsize=(1.4 * len(infos) + 2.5, 0.5 * len(losses) + 1.8), layout="constrained")
     limit = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
     image = axis.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
@@ -183,15 +193,15 @@ def _curves_by_loss(records: list[CellRecord], task: str, key: str) -> dict[str,
     return out
 
 
-def cost_figure(tables: dict[str, list[Row]], infos: list[TaskInfo], folder: Path) -> list[Path]:
+def cost_figure(tables: dict[str, TaskTable], infos: list[TaskInfo], folder: Path) -> list[Path]:
     """Mean training and evaluation seconds, and peak memory, of each loss's cells per task."""
     plt = pyplot()
     figure, axes = plt.subplots(
-        1, 2, figsize=(12, 0.35 * sum(len(t) for t in tables.values()) + 2), layout="constrained"
+        1, 2, figsize=(12, 0.35 * sum(len(t.rows) for t in tables.values()) + 2), layout="constrained"
     )
     labels, train, evaluation, memory = [], [], [], []
     for info in infos:
-        for row in tables[info.task]:
+        for row in tables[info.task].rows:
             if row.values:
                 labels.append(f"{info.task} / {row.loss}")
                 train.append(row.cost["train_seconds"])
@@ -207,3 +217,25 @@ def cost_figure(tables: dict[str, list[Row]], infos: list[TaskInfo], folder: Pat
     axes[1].set_yticks(y, labels, fontsize=6)
     axes[1].set_xlabel("peak memory per cell (MiB)")
     return save(figure, folder, "cost")
+
+
+def performance_profile_figure(normalised: list[Normalised], infos: list[TaskInfo], folder: Path) -> list[Path]:
+    """Per modality and over all tasks: the fraction of each loss's runs above each normalised score (averaged over
+    the tasks), the losses with a result on every task of the panel."""
+    usable = [n for n in normalised if n.left_out is None]
+    modality = {info.task: info.modality for info in infos}
+    panels = {group: [n for n in usable if modality[n.task] == group] for group in dict.fromkeys(modality.values())}
+    panels = {group: tasks for group, tasks in panels.items() if tasks}
+    if len(panels) > 1:
+        panels["all tasks"] = usable
+    scores = np.concatenate([x for n in usable for x in n.runs.values()])
+    thresholds = np.linspace(min(0.0, scores.min()), max(1.0, scores.max()), 201)
+    figure, axes = grid(len(panels))
+    for axis, (group, tasks) in zip(axes, panels.items()):
+        for loss in [loss for loss in tasks[0].runs if all(loss in n.runs for n in tasks)]:
+            axis.plot(thresholds, performance_profile([n.runs[loss] for n in tasks], thresholds), label=loss)
+        axis.set_xlabel("normalised score tau (0: reference, 1: best mean)")
+        axis.set_ylabel("fraction of runs with score > tau")
+        axis.set_title(f"{group} ({len(tasks)} task(s))", fontsize=9)
+        axis.legend(fontsize=6)
+    return save(figure, folder, "performance_profiles")

@@ -40,7 +40,7 @@ from mmcl.contract import (
 )
 from mmcl.contract.names import check_name
 from mmcl.contract.options import build_dataclass, short_number
-from mmcl.engine.configs import packaged_config
+from mmcl.engine.configs import packaged_config, read_text
 from mmcl.modalities import modality_class
 from mmcl.tasks import available_tasks, get_task
 
@@ -273,17 +273,6 @@ def read_config(config: ConfigSource) -> tuple[dict, str]:
     except yaml.YAMLError as error:
         raise ValueError(f"config file {path} is not valid YAML: {error}") from error
     return raw or {}, str(path)
-
-
-def read_text(path: Path, what: str) -> str:
-    """A text file's content; a file that is not UTF-8 is an error naming it and the fix."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{what} {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at position {error.start}); save "
-            "it as UTF-8"
-        ) from None
 
 
 def load_config(config: ConfigSource, overrides: Sequence[str] | None = None) -> Config:

@@ -52,3 +52,14 @@ def format_configs() -> str:
     lines += ["", "studies (mmcl compare NAME):"]
     lines += [f"  {name.removeprefix(STUDIES).ljust(width)}  {describe(path)}" for name, path in studies.items()]
     return "\n".join(lines)
+
+
+def read_text(path: Path, what: str) -> str:
+    """A text file's content; a file that is not UTF-8 is an error naming it and the fix."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{what} {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at position {error.start}); save "
+            "it as UTF-8"
+        ) from None

@@ -99,3 +99,13 @@ def test_pretrain_then_evaluate_from_the_command_line(tmp_path):
     assert json.loads((folder / "eval.json").read_text())["as_built"]["knn"]["top1"] == results["knn"]["top1"]
     refused = run("evaluate", str(tmp_path / "cli"), "eval.tasks=[knn]")
     assert refused.returncode == 2 and "apply to a config only" in refused.stderr
+
+
+def test_a_short_quickstart_needs_one_override(tmp_path):
+    """The quickstart's warm-up is a ratio of the run, so ``train.max_steps=10`` alone is a valid quick try."""
+    command = ["quickstart", "train.max_steps=10", "data.train_subset=300", "data.test_subset=100"]
+    result = subprocess.run([sys.executable, "-m", "mmcl", *command], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "knn top-1 (%)" in result.stdout and "linear top-1 (%)" in result.stdout
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "run.json").read_text())["sessions"][-1]["warmup_steps"] == 1

@@ -1,7 +1,7 @@
 """mmcl's Python API: :func:`pretrain`, :func:`evaluate`, :func:`load_encoder` (the ``mmcl`` CLI is a layer over it).
 
 >>> import tempfile, torch, mmcl
->>> run = mmcl.pretrain("quickstart", ["train.max_steps=2", "optim.warmup_steps=0", "data.train_subset=64",
+>>> run = mmcl.pretrain("quickstart", ["train.max_steps=2", "data.train_subset=64",
 ...                                    "train.batch_size=32", "train.progress_bar=false",
 ...                                    f"train.output_dir={tempfile.mkdtemp()}"])
 >>> run.folder.is_dir(), [record["step"] for record in run.metrics()][-1]

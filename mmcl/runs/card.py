@@ -74,7 +74,8 @@ def _training_rows(run_dir: Path, config: dict) -> list[tuple[str, str]]:
         (
             "optimiser",
             f"{optim['name']}, lr {optim['lr']}, {optim['schedule']} schedule, "
-            f"{optim['warmup_steps']} warm-up steps, weight decay {optim['weight_decay']}",
+            f"{last.get('warmup_steps', optim.get('warmup_steps') or 0)} warm-up steps, weight decay "
+            f"{optim['weight_decay']}",
         ),  # fmt: skip
         ("precision", f"{_PRECISION.get(train['precision'], train['precision'])} on {last.get('device', '?')}"),
         ("wall time", _wall_time(sessions)),

@@ -27,12 +27,12 @@ def _losses(args: argparse.Namespace) -> int:
 
 
 def _configs(args: argparse.Namespace) -> int:
-    from mmcl.engine.configs import format_configs, packaged_config
+    from mmcl.engine.configs import format_configs, packaged_config, packaged_study
 
     if args.name:
-        path = packaged_config(args.name)
+        path = packaged_config(args.name) or packaged_study(args.name)
         if path is None:
-            raise ValueError(f"no packaged config {args.name!r}; `mmcl configs` lists them")
+            raise ValueError(f"no packaged config or study {args.name!r}; `mmcl configs` lists them")
         print(path.read_text(), end="")
         return 0
     print(format_configs())
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the packaged configs with their descriptions, or print one",
         description="Packaged configs are named without a path, e.g. `mmcl pretrain graph/mutag data.root=...`.",
     )
-    p.add_argument("name", nargs="?", help="a packaged config name: print it")
+    p.add_argument("name", nargs="?", help="a packaged config or study, named as listed: print it")
     p.set_defaults(run=_configs)
     return parser
 

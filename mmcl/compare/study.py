@@ -1,6 +1,6 @@
 """Study files: which losses, tasks and seeds a comparison runs, checked before any cell starts.
 
-A study is a YAML file (or a packaged name, ``studies/cpu-small``)::
+A study is a YAML file (or a packaged name, ``cpu-small``, as ``mmcl configs`` lists it)::
 
     name: cpu-small
     description: six losses on images, graphs and sentences at a CPU budget
@@ -42,7 +42,7 @@ from mmcl import losses
 from mmcl.compare.claims import check_claims
 from mmcl.compare.records import RANDOM_INIT
 from mmcl.engine.config import Config, apply_overrides, build_adapter, config_from_dict, read_config, validate_loss
-from mmcl.engine.configs import packaged_config
+from mmcl.engine.configs import packaged_study
 from mmcl.runs.folder import flatten
 from mmcl.tasks import get_task
 
@@ -202,7 +202,7 @@ def _load(source: str | Path | dict) -> Any:
     path = Path(source).expanduser()
     if not path.is_file():
         name = str(source)
-        packaged = packaged_config(name if name.startswith("studies/") else f"studies/{name}")
+        packaged = packaged_study(name)
         if packaged is None:
             raise FileNotFoundError(f"study {name!r} is neither a file nor a packaged study; `mmcl configs` lists them")
         path = packaged

@@ -150,11 +150,27 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """``mmcl 0.2.0 (torch 2.13.0+cpu, Python 3.12.3)``: read from the installed packages' metadata, so that
+    ``mmcl --version`` imports no torch."""
+    import platform
+    from importlib import metadata
+
+    from mmcl import __version__
+
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = "not installed"
+    return f"mmcl {__version__} (torch {torch}, Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcl", description="Multimodal contrastive representation learning.")
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an error (also: environment variable MMCL_DEBUG=1)"
     )
+    parser.add_argument("--version", action="version", version=_version(), help="print mmcl's version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     plugin = argparse.ArgumentParser(add_help=False)
     plugin.add_argument(

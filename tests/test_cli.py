@@ -33,6 +33,17 @@ def test_mmcl_help():
     assert result.returncode == 0 and "losses" in result.stdout
 
 
+def test_mmcl_version_names_mmcl_and_torch_without_importing_torch():
+    import mmcl
+
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.startswith(f"mmcl {mmcl.__version__} (torch "), result.stdout
+    code = "import sys\nfrom mmcl.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+    code += "print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    imports = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in imports.stdout, imports.stdout[-500:]
+
+
 def test_each_command_has_help():
     for command in ("pretrain", "evaluate", "quickstart", "losses"):
         result = run(command, "--help")

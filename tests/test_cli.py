@@ -120,3 +120,21 @@ def test_a_short_quickstart_needs_one_override(tmp_path):
     assert "knn top-1 (%)" in result.stdout and "linear top-1 (%)" in result.stdout
     (run,) = (tmp_path / "runs").iterdir()
     assert json.loads((run / "run.json").read_text())["sessions"][-1]["warmup_steps"] == 1
+
+
+def test_a_target_that_names_nothing_says_what_could_have_been_meant(tmp_path):
+    (tmp_path / "runs" / "mutag-dhel").mkdir(parents=True)
+
+    def refused(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "mmcl", *args], capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 2 and not (tmp_path / "runs" / "no-such-run").exists(), result.stderr
+        return result.stderr
+
+    message = refused("evaluate", "runs/no-such-run")
+    assert "no run folder, checkpoint, config file or packaged config is named 'runs/no-such-run'" in message
+    assert "`mmcl configs` lists them" in message and "similar" not in message
+    assert "(similar: runs/mutag-dhel)" in refused("evaluate", "runs/mutag-dhl")
+    assert "(similar: graph/mutag" in refused("pretrain", "graph/mutg")
+    assert "'cpu-small' is a packaged study, not a config: run it with `mmcl compare cpu-small`" in refused(
+        "pretrain", "cpu-small"
+    )

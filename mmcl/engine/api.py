@@ -25,7 +25,7 @@ from pathlib import Path
 from mmcl.contract import Encoder
 from mmcl.contract.export import is_export, read_manifest
 from mmcl.engine.config import Config, ConfigSource, load_config
-from mmcl.engine.evaluate import build_encoder, evaluate_run
+from mmcl.engine.evaluate import build_encoder, check_target, evaluate_run
 from mmcl.engine.plugins import load_plugins
 from mmcl.modalities import modality_class
 from mmcl.runs import checkpoints
@@ -92,6 +92,7 @@ def pretrain(
     from mmcl.engine.trainer import pretrain as train
 
     load_plugins(plugins)
+    check_target(config)
     target = None if isinstance(config, Mapping) else Path(os.fspath(config)).expanduser()
     if target is not None and target.is_dir():  # a run folder: its saved config (continued only with resume)
         loaded, run_dir = load_config(config_file(target), overrides), target

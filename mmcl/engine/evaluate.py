@@ -14,6 +14,7 @@ its export is rewritten from ``eval.json`` and, when the run logs to TensorBoard
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ import torch
 from mmcl.contract import Encoder, ModalityAdapter
 from mmcl.contract.export import is_export
 from mmcl.engine.config import Config, ConfigSource, EvalConfig, build_adapter, load_config
+from mmcl.engine.configs import packaged_config, packaged_configs, packaged_study
 from mmcl.runs import checkpoints, folder, tracking
 from mmcl.runs.card import write_model_card
 from mmcl.runs.files import config_file, export_folder, is_run_folder, now
@@ -106,6 +108,7 @@ def evaluate_run(
         ``{task: result, ..., "encoder", "checkpoint", "loss", "seconds", "run_dir", "results_file"}``.
     """
     started = time.perf_counter()
+    check_target(target)
     if is_run(target):
         if overrides:
             raise ValueError(f"overrides {list(overrides)} apply to a config only, not to the run {target}")
@@ -195,6 +198,27 @@ def _evaluation_folder(config: Config) -> Path:
     created = folder.create_run_folder(config.train.output_dir, config.train.run_name, name)
     folder.write_config(created, config.to_dict())
     return created
+
+
+def check_target(target: ConfigSource | Config) -> None:
+    """Refuse a target of ``mmcl evaluate``/``mmcl pretrain`` that names nothing, before anything is read or written:
+    no run folder, checkpoint, config file or packaged config has its name (similar names are suggested)."""
+    if isinstance(target, (Mapping, Config)):
+        return
+    name, path = str(target), Path(target).expanduser()
+    if path.exists() or packaged_config(name) is not None:
+        return
+    if packaged_study(name) is not None:
+        raise ValueError(f"{name!r} is a packaged study, not a config: run it with `mmcl compare {name}`")
+    siblings = [str(path.parent / p.name) for p in path.parent.iterdir()] if path.parent.is_dir() else []
+    similar = difflib.get_close_matches(name, [*siblings, *packaged_configs()], n=3)
+    raise FileNotFoundError(
+        f"no run folder, checkpoint, config file or packaged config is named {name!r}"
+        + (f" (similar: {', '.join(similar)})" if similar else "")
+        + ". Give a run folder (the `run folder:` that mmcl pretrain printed, under train.output_dir, runs/ by "
+        "default), a checkpoint (RUN/checkpoints/step_*.pt), a YAML config file, or a packaged config name "
+        "(`mmcl configs` lists them)"
+    )
 
 
 def is_run(target: ConfigSource | Config) -> bool:

@@ -83,8 +83,12 @@ def _compare(args: argparse.Namespace) -> int:
     from mmcl.compare.report import build_report
     from mmcl.compare.runner import run_study
     from mmcl.compare.study import read_study
+    from mmcl.engine.configs import packaged_study
     from mmcl.engine.plugins import load_plugins
 
+    if args.example:
+        print(packaged_study("example").read_text(), end="")
+        return 0
     load_plugins(args.plugin)
     if args.report:
         folders = [Path(folder) for folder in [args.study, *args.more] if folder]
@@ -165,6 +169,20 @@ def _version() -> str:
     return f"mmcl {__version__} (torch {torch}, Python {platform.python_version()})"
 
 
+STUDY_FILE_HELP = """\
+a study file (YAML) has the keys:
+  name          the study's name; its folder is runs/study-<name>
+  seeds         a list of seeds; at a seed every loss starts from the same weights, data order and views
+  losses        registered losses (mmcl losses): a name, or {name, <its options>, label}
+  tasks         each {name, config (packaged or a file), overrides, metric, loss_options}; the budget is the task's
+  description   optional: the report's first line
+  variables     optional: {NAME: what it is}; ${NAME} is filled from --var NAME=VALUE or the environment
+  baseline      optional: a loss label; the report tests each loss's paired difference to it
+  random_init   optional: true adds an untrained encoder per task and seed
+  claims        optional: verdicts (kind: better, smaller_drop or bound)
+`mmcl compare --example > study.yaml` writes a commented study; `mmcl configs` lists the packaged ones."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcl", description="Multimodal contrastive representation learning.")
     parser.add_argument(
@@ -230,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare losses across tasks and modalities in a study, with statistics and figures",
         description="Run every (task, loss, seed) cell of a study (resumable), then write report.md, report.csv and "
         "plots/ into the study folder. With --report, rebuild them from the records of one or several folders.",
+        epilog=STUDY_FILE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("study", nargs="?", help="a study YAML file or a packaged study name (mmcl configs lists them)")
     p.add_argument("more", nargs="*", help="with --report: more study folders (shards) to merge")
@@ -241,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a study variable (${NAME})")
     p.add_argument("--report", action="store_true", help="only rebuild the report from the records (STUDY is a folder)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.add_argument("--example", action="store_true", help="print a commented study file (every key) and exit")
     p.set_defaults(run=_compare)
 
     p = commands.add_parser(

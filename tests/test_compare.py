@@ -90,6 +90,26 @@ def test_study_errors_name_the_problem(change, message):
     assert message in str(error.value)
 
 
+def test_the_help_and_the_example_show_every_key_of_a_study_file_and_the_example_runs(tmp_path):
+    """``mmcl compare --help`` names the study file's keys; ``--example`` prints a commented study that the reader
+    takes as it is and whose cells plan (``--dry-run``) from an empty folder."""
+    from mmcl.compare.study import STUDY_KEYS, TASK_KEYS
+
+    help_text = mmcl("compare", "--help", cwd=tmp_path).stdout
+    for key in STUDY_KEYS:
+        assert f"\n  {key} " in help_text, key
+    assert all(key in help_text.split("\n  tasks ")[1].splitlines()[0] for key in TASK_KEYS)
+    example = mmcl("compare", "--example", cwd=tmp_path)
+    assert example.returncode == 0 and example.stdout.startswith("# ")
+    for key in [*STUDY_KEYS, *TASK_KEYS]:
+        assert f"{key}:" in example.stdout, f"the example does not show {key!r}"
+    (tmp_path / "study.yaml").write_text(example.stdout)
+    study = read_study(tmp_path / "study.yaml", {})
+    assert [loss.label for loss in study.losses] == ["nt_xent", "dhel", "hcl-b1"] and study.random_init
+    planned = mmcl("compare", "study.yaml", "--dry-run", cwd=tmp_path)
+    assert planned.returncode == 0 and "12 to run" in planned.stderr + planned.stdout, planned.stderr[-2000:]
+
+
 def test_a_loss_the_data_cannot_feed_is_refused(tmp_path):
     text = {"name": "sentences", "config": "text/minilm_eval", "overrides": ["model.name_or_path=unused"]}
     with pytest.raises(ValueError, match=r"loss 'scl' \(scl\) needs class labels, and task 'sentences'"):

@@ -1,26 +1,15 @@
 """Study files: which losses, tasks and seeds a comparison runs, checked before any cell starts.
 
-A study is a YAML file (or a packaged name, ``cpu-small``, as ``mmcl configs`` lists it)::
+A study is a YAML file (or a packaged study's name, ``cpu-small``, as ``mmcl configs`` lists it) with the keys
+:data:`STUDY_KEYS`; each task has :data:`TASK_KEYS`. ``mmcl compare --example`` prints a commented study with every
+key (the packaged study ``example``)::
 
     name: cpu-small
-    description: six losses on images, graphs and sentences at a CPU budget
-    variables:                      # filled from --var NAME=VALUE or the environment
-      DATA: the folder holding tu/, stsb/, wiki1m_slice/ (this repository's ../shared/data)
     seeds: [0, 1, 2]
     baseline: nt_xent               # a loss label; paired differences are taken against it
-    random_init: true               # an untrained-encoder row per task (evaluated, never trained)
-    losses:
-      - nt_xent                     # a registered loss with its defaults
-      - {name: hcl, beta: 1.0, label: hcl-b1}
+    losses: [nt_xent, {name: hcl, beta: 1.0, label: hcl-b1}]
     tasks:
-      - name: mutag
-        config: graph/mutag         # a packaged config or a YAML file
-        overrides: [data.root=${DATA}/tu]   # or a mapping {data.root: ...}
-        metric: graph_classification.accuracy   # default: the first evaluation task's primary score
-        loss_options:               # the task's own defaults for the losses that take them (a loss entry's win)
-          "*": {temperature: 0.2}   # every loss with a temperature
-          dystress: {tau_min: 0.1, tau_max: 0.3}
-    claims: [...]                   # optional verdicts (mmcl.compare.claims)
+      - {name: mutag, config: graph/mutag, overrides: [data.root=${DATA}/tu]}   # ${DATA}: --var DATA=...
 
 The budget is the task's: a loss entry holds loss options only, so it never changes steps, batch size or data.
 Every (task, loss, seed) is a :class:`Cell` with a stable id and a definition hash over its resolved config.
@@ -56,6 +45,9 @@ PLACEMENT_KEYS = (
     "train.auto_resume",
 )
 _VARIABLE = re.compile(r"\$\{(\w+)\}")
+#: The keys of a study file and of each of its tasks (``mmcl compare --help`` lists them).
+STUDY_KEYS = ("name", "description", "variables", "seeds", "losses", "tasks", "baseline", "random_init", "claims")
+TASK_KEYS = ("name", "config", "overrides", "metric", "loss_options")
 
 
 @dataclass(frozen=True)
@@ -159,11 +151,9 @@ def read_study(source: str | Path | dict, variables: dict[str, str] | None = Non
     raw = _load(source)
     if not isinstance(raw, dict):
         raise ValueError(f"a study must be a mapping with name, seeds, losses and tasks; got {type(raw).__name__}")
-    unknown = sorted(set(raw) - {"name", "description", "variables", "seeds", "losses", "tasks", "baseline",
-                                 "random_init", "claims"})  # fmt: skip
+    unknown = sorted(set(raw) - set(STUDY_KEYS))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in the study; valid: name, description, variables, seeds, "
-                         "losses, tasks, baseline, random_init, claims")  # fmt: skip
+        raise ValueError(f"unknown key(s) {unknown} in the study; valid: {', '.join(STUDY_KEYS)}")
     raw = _fill_variables(raw, raw.get("variables") or {}, variables)
     for key in ("name", "seeds", "losses", "tasks"):
         if not raw.get(key):
@@ -256,10 +246,9 @@ def _loss_entry(entry: Any, index: int) -> LossEntry:
 def _task_entry(entry: Any, index: int) -> TaskEntry:
     if not isinstance(entry, dict) or "name" not in entry or "config" not in entry:
         raise ValueError(f"tasks[{index}] must be a mapping with 'name' and 'config' (and optional overrides, metric)")
-    unknown = sorted(set(entry) - {"name", "config", "overrides", "metric", "loss_options"})
+    unknown = sorted(set(entry) - set(TASK_KEYS))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in tasks[{index}] ({entry['name']}); valid: name, config, "
-                         "overrides, metric, loss_options")  # fmt: skip
+        raise ValueError(f"unknown key(s) {unknown} in tasks[{index}] ({entry['name']}); valid: {', '.join(TASK_KEYS)}")
     overrides = entry.get("overrides") or []
     if isinstance(overrides, dict):
         overrides = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]

@@ -17,10 +17,7 @@ def _losses(args: argparse.Namespace) -> int:
     from mmcl import losses
 
     if args.name:
-        info = losses.info(args.name)
-        print(f"{info.name}: {info.paper}\nneeds: {info.inputs}\noptions:")
-        for option, default in losses.options(args.name).items():
-            print(f"  {option} = {default!r}")
+        print(losses.format_options(args.name))
         return 0
     print(losses.format_table())
     return 0

@@ -24,6 +24,10 @@ def test_mmcl_losses_prints_every_name_paper_and_inputs():
 def test_mmcl_losses_name_shows_options_and_unknown_name_fails_clearly():
     result = run("losses", "hcl")
     assert result.returncode == 0 and "beta = 1.0" in result.stdout and "tau_plus = 0.1" in result.stdout
+    lines = result.stdout.splitlines()
+    for option, description in losses.describe_options("hcl").items():  # each option, then what it means
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"  {option} = "))
+        assert lines[at + 1].startswith("      ") and lines[at + 1].split()[:3] == description.split()[:3], option
     result = run("losses", "nt-xent")
     assert result.returncode == 2 and "unknown loss 'nt-xent'" in result.stderr and "nt_xent" in result.stderr
 

@@ -142,3 +142,45 @@ def test_a_target_that_names_nothing_says_what_could_have_been_meant(tmp_path):
     assert "'cpu-small' is a packaged study, not a config: run it with `mmcl compare cpu-small`" in refused(
         "pretrain", "cpu-small"
     )
+
+
+def on_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
+    """Run ``args`` with stdin, stdout and stderr on a pseudo-terminal of 120 x 40 (tqdm draws nothing on a terminal
+    of width 0); returns the exit status and everything written."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, cwd=cwd)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 1 << 16)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return process.wait(timeout=300), b"".join(chunks).decode(errors="replace")
+
+
+def test_evaluation_shows_each_tasks_progress_on_a_terminal_only(tmp_path):
+    evaluate = [sys.executable, "-m", "mmcl", "evaluate", "quickstart", "data.train_subset=300", "data.test_subset=100",
+                "eval.tasks=[knn,linear,metrics]", "eval.linear.method=torch", "eval.linear.epochs=3",
+                "eval.batch_size=64", "eval.metrics.pairs=128", f"train.output_dir={tmp_path}"]  # fmt: skip
+    status, shown = on_terminal(evaluate, tmp_path)
+    assert status == 0, shown[-2000:]
+    for bar in ("knn: embed the train split", "knn: embed the test split", "linear: epochs", "| 0/3 ",
+                "metrics: embed two views"):  # fmt: skip
+        assert bar in shown, (bar, shown[-3000:])
+    status, quiet = on_terminal([*evaluate, "train.progress_bar=false"], tmp_path)
+    assert status == 0 and "knn top1" in quiet and "embed the" not in quiet and "it/s" not in quiet, quiet[-2000:]
+    piped = subprocess.run(evaluate, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert piped.returncode == 0 and "knn top1" in piped.stdout
+    assert "embed the" not in piped.stderr and "it/s" not in piped.stderr, piped.stderr[-2000:]

@@ -38,18 +38,25 @@ log = logging.getLogger("mmcl")
 
 
 def evaluate_encoder(
-    encoder: Encoder, adapter: ModalityAdapter, config: EvalConfig, tasks: Sequence[str] | None = None, device="cpu"
+    encoder: Encoder,
+    adapter: ModalityAdapter,
+    config: EvalConfig,
+    tasks: Sequence[str] | None = None,
+    device="cpu",
+    progress: bool = False,
 ) -> dict[str, dict]:
-    """Run the evaluation tasks (``tasks``, else ``config.tasks``, else the adapter's defaults) on a frozen encoder.
+    """Run the evaluation tasks (``tasks``, else ``config.tasks``, else the adapter's defaults) on a frozen encoder;
+    ``progress``: each task shows its long loops on stderr, where it is a terminal.
 
     Returns ``{task: result}``; each result also holds the task's ``options`` and its ``seconds``.
     """
     names = list(tasks or config.tasks or adapter.default_eval_tasks)
     selected = [get_task(name) for name in names]  # raises for an unknown task before any work
     device = torch.device(device)
-    context = EvalContext(encoder.to(device).eval(), adapter, device, config.batch_size, config.seed)
+    context = EvalContext(encoder.to(device).eval(), adapter, device, config.batch_size, config.seed, progress)
     results: dict = {}
     for task in selected:
+        context.task = task.name
         options = config.options.get(task.name) or task.options()
         started = time.perf_counter()
         result = task.run(context, options)
@@ -142,7 +149,7 @@ def evaluate_and_record(
     started = time.perf_counter() if started is None else started
     key = RANDOM_INIT if random_init else checkpoint_file.stem if checkpoint_file else AS_BUILT
     device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
-    results = evaluate_encoder(encoder, adapter, config.eval, tasks, device)
+    results = evaluate_encoder(encoder, adapter, config.eval, tasks, device, progress=config.train.progress_bar)
     stored = {"checkpoint": str(checkpoint_file) if checkpoint_file else None, "seed": config.eval.seed,
               "versions": library_versions(), "evaluated": now()}  # fmt: skip
     for task, result in results.items():

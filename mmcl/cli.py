@@ -139,7 +139,7 @@ def _plot(args: argparse.Namespace) -> int:
 
     from mmcl.compare.figures import plot_runs
 
-    paths = plot_runs([Path(run) for run in args.runs], Path(args.output), args.name)
+    paths = plot_runs([Path(run) for run in args.runs], Path(args.output) if args.output else None, args.name)
     print("\n".join(str(path) for path in paths))
     return 0
 
@@ -264,10 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "plot",
         help="draw the training curves (and scores) of one or several runs to PNG and SVG",
-        description="Loss, positive and negative cosine, effective temperature, learning rate, monitored losses.",
+        description="Loss, positive and negative cosine, effective temperature, learning rate, monitored losses, and "
+        "each run's evaluation scores beside its random-init baseline (eval.json).",
     )
     p.add_argument("runs", nargs="+", help="run folders")
-    p.add_argument("--output", default=".", help="folder for the figures (default: here)")
+    p.add_argument(
+        "--output", help="folder for the figures (default: RUN/plots for one run, else plots/ beside the runs)"
+    )
     p.add_argument("--name", default="runs", help="file name of the figures (NAME.png, NAME.svg)")
     p.set_defaults(run=_plot)
 

@@ -76,7 +76,7 @@ def _interval(axis, x: float, row: Row) -> None:
     if few:
         for bar in drawn[2]:
             bar.set_linestyle("--")
-        axis.annotate(f"n={n}" + ("" if known else ", no interval"), (x, high if known else mean), xytext=(4, 2),
+        axis.annotate(f"n={n}" + ("" if known else ", no interval"), (x, mean), xytext=(7, 0), va="center",
                       textcoords="offset points", fontsize=TICK_SIZE, color="tab:red")  # fmt: skip
 
 
@@ -102,7 +102,8 @@ def draw_baseline_heatmap(tables: dict[str, list[Row]], infos: list[TaskInfo], b
                 i = losses.index(row.loss)
                 grid_values[i, j] = row.vs_baseline.diff.mean
                 marks[i][j] = "**" if row.p_holm < 0.01 else "*" if row.p_holm < 0.05 else ""
-    figure, axis = plt.subplots(figsize=(1.4 * len(infos) + 3, 0.5 * len(losses) + 1.8), layout="constrained")
+    size = (max(6.5, 1.4 * len(infos) + 3), max(3.2, 0.5 * len(losses) + 1.8))  # room for the title and colour bar
+    figure, axis = plt.subplots(figsize=size, layout="constrained")
     limit = np.nanmax(np.abs(grid_values)) if np.isfinite(grid_values).any() else 1.0
     image = axis.imshow(grid_values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     for i in range(len(losses)):
@@ -116,7 +117,7 @@ def draw_baseline_heatmap(tables: dict[str, list[Row]], infos: list[TaskInfo], b
     axis.set_xlabel("task")
     axis.set_ylabel("loss")
     axis.set_title(f"difference to {baseline} (paired by seed; * p<0.05, ** p<0.01, Holm)", fontsize=9)
-    figure.colorbar(image, ax=axis, label=f"mean difference to {baseline} (the task's score)")
+    figure.colorbar(image, ax=axis, label=f"mean difference to {baseline}")
     return figure
 
 

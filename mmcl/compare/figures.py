@@ -99,7 +99,10 @@ def default_plot_folder(run_dirs: Sequence[Path]) -> Path:
     holds the runs."""
     if len(run_dirs) == 1:
         return Path(run_dirs[0]) / "plots"
-    return Path(os.path.commonpath([Path(run).resolve() for run in run_dirs])) / "plots"
+    try:
+        return Path(os.path.commonpath([str(run) for run in run_dirs])) / "plots"
+    except ValueError:  # relative and absolute paths mixed
+        return Path(os.path.commonpath([str(Path(run).resolve()) for run in run_dirs])) / "plots"
 
 
 def plot_runs(run_dirs: list[Path], output: Path | None = None, name: str = "runs") -> list[Path]:

@@ -165,7 +165,9 @@ def open_run_folder(
         if found is not None:
             run_dir, resume = found
     if resume:
-        run_dir = Path(run_dir if run_dir is not None else Path(train["output_dir"]).expanduser() / (train["run_name"] or ""))
+        run_dir = Path(
+            run_dir if run_dir is not None else Path(train["output_dir"]).expanduser() / (train["run_name"] or "")
+        )
         if not is_run_folder(run_dir):
             raise FileNotFoundError(f"--resume: {run_dir} is not a run folder (it has no config.yaml)")
         held.enter_context(RunLock(run_dir))

@@ -63,7 +63,7 @@ class EvalContext:
                 )
             self._cache[split] = embed_dataset(
                 self.encoder, splits[split], self.adapter.collate_eval, self.batch_size, self.device,
-                progress=partial(self.progress, what=f"embed the {split} split"),
+                progress=partial(self.progress, what=f"embed split {split}"),
             )  # fmt: skip
         return self._cache[split]
 

@@ -176,11 +176,11 @@ def test_evaluation_shows_each_tasks_progress_on_a_terminal_only(tmp_path):
                 "eval.batch_size=64", "eval.metrics.pairs=128", f"train.output_dir={tmp_path}"]  # fmt: skip
     status, shown = on_terminal(evaluate, tmp_path)
     assert status == 0, shown[-2000:]
-    for bar in ("knn: embed the train split", "knn: embed the test split", "linear: epochs", "| 0/3 ",
+    for bar in ("knn: embed split train", "knn: embed split test", "linear: epochs", "| 0/3 ",
                 "metrics: embed two views"):  # fmt: skip
         assert bar in shown, (bar, shown[-3000:])
     status, quiet = on_terminal([*evaluate, "train.progress_bar=false"], tmp_path)
-    assert status == 0 and "knn top1" in quiet and "embed the" not in quiet and "it/s" not in quiet, quiet[-2000:]
+    assert status == 0 and "knn top1" in quiet and "embed split" not in quiet and "it/s" not in quiet, quiet[-2000:]
     piped = subprocess.run(evaluate, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert piped.returncode == 0 and "knn top1" in piped.stdout
-    assert "embed the" not in piped.stderr and "it/s" not in piped.stderr, piped.stderr[-2000:]
+    assert "embed split" not in piped.stderr and "it/s" not in piped.stderr, piped.stderr[-2000:]

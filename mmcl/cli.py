@@ -301,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         return args.run(args)
+    except BrokenPipeError:  # the reader stopped early (`mmcl configs | head`): not an error of mmcl's
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exiting flushes nothing more
+        return 0
     except (ValueError, OSError) as error:  # what a user can cause: config, data, paths, disk, checkpoints, shapes
         if args.debug or os.environ.get("MMCL_DEBUG"):
             raise

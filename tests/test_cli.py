@@ -48,6 +48,13 @@ def test_mmcl_version_names_mmcl_and_torch_without_importing_torch():
     assert "HEAVY []" in imports.stdout, imports.stdout[-500:]
 
 
+def test_a_reader_that_stops_early_is_no_error():
+    # `true` reads nothing and has exited before mmcl writes: its output meets a closed pipe
+    result = subprocess.run(f"{sys.executable} -m mmcl compare --example | true", shell=True, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.stderr == "", result.stderr
+
+
 def test_each_command_has_help():
     for command in ("pretrain", "evaluate", "quickstart", "losses"):
         result = run(command, "--help")

@@ -271,6 +271,7 @@ def study_tables(folder: Path):
 def test_every_study_figure_is_labelled_and_has_no_empty_panel(finished):
     import dataclasses
 
+    from mmcl.compare.analysis import task_table
     from mmcl.compare.study_figures import draw_scores, draw_study_figures, draw_training_curves
 
     records, tables, infos = study_tables(finished)
@@ -290,7 +291,12 @@ def test_every_study_figure_is_labelled_and_has_no_empty_panel(finished):
     panels = [axis for axis in curves.axes if axis.get_visible() and axis.get_lines()]
     assert len(panels) == 6 and all(axis.get_xlim()[0] == 0 < 1 < axis.get_xlim()[1] for axis in panels)
     assert all(any(line.get_marker() == "o" for line in axis.get_lines()) for axis in panels)
-    assert check_figure(draw_scores(tables, infos), "scores") is None
+    one_seed = [r for r in records if r.seed == 0]  # a study of one seed: no interval, marked so
+    order = list(dict.fromkeys(r.loss for r in one_seed))
+    single = {info.task: task_table(one_seed, info.task, order, "nt_xent") for info in infos}
+    figure = draw_scores(single, infos)
+    check_figure(figure, "scores of one seed")
+    assert "n=1, no interval" in [text.get_text() for axis in figure.axes for text in axis.texts]
 
 
 def test_mmcl_plot_writes_into_the_run_folder_and_shows_the_random_init_baseline(finished, tmp_path):

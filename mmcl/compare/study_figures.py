@@ -51,7 +51,7 @@ def draw_scores(tables: dict[str, list[Row]], infos: list[TaskInfo]):
         for i, row in enumerate(rows):
             _interval(axis, i, row)
             seeds = list(row.values.values())
-            offsets = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else [0.0]
+            offsets = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else np.zeros(1)
             axis.plot(i + offsets, seeds, "o", markersize=5, color="black", alpha=0.6, zorder=3,
                       label="one seed" if i == 0 else None)  # fmt: skip
         axis.set_title(f"{info.task} ({info.modality})", fontsize=9)

@@ -28,7 +28,16 @@ from mmcl.losses import margin, macl, dystress, dhel, kcl, align_uniform, clip  
 from mmcl.losses.core import ContrastiveLoss, EmbeddingLoss
 from mmcl.losses.distributed import gather, gather_with_grad
 from mmcl.losses.parts.weights import MACLWeights, PositiveWeights
-from mmcl.losses.registry import available, build, format_table, info, options, register_loss
+from mmcl.losses.registry import (
+    available,
+    build,
+    describe_options,
+    format_options,
+    format_table,
+    info,
+    options,
+    register_loss,
+)
 
 __all__ = [
     "ContrastiveLoss",
@@ -37,6 +46,8 @@ __all__ = [
     "PositiveWeights",
     "available",
     "build",
+    "describe_options",
+    "format_options",
     "format_table",
     "gather",
     "gather_with_grad",

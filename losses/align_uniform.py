@@ -50,6 +50,14 @@ def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
 
 @register_loss("align_uniform", paper="Wang & Isola 2020 (arXiv:2005.10242)", inputs="pairs")
 class AlignUniformLoss(EmbeddingLoss):
+    """Alignment and uniformity (module docstring).
+
+    Args:
+        alpha: exponent of the alignment's distance ``||u_i - v_i||^alpha``.
+        t: scale of the uniformity kernel ``e^{-t ||u_i - u_j||^2}``.
+        lam: weight of the uniformity term.
+    """
+
     pairs_only = "its alignment ||u_i - v_i|| is written for one pair of views"
 
     def __init__(

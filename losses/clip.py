@@ -58,8 +58,14 @@ NEGATIVES = ("cross", "within", "both")
 
 @register_loss("clip", paper="CLIP, Radford et al. 2021 (arXiv:2103.00020); open_clip", inputs="pairs")
 class CLIPLoss(ContrastiveLoss):
-    """Symmetric InfoNCE with a learned temperature (module docstring); ``temperature="learnable"``:
-    :class:`~mmcl.losses.parts.LearnableTemperature` with its defaults (from 0.07)."""
+    """Symmetric InfoNCE with a learned temperature (module docstring).
+
+    Args:
+        temperature: ``"learnable"``: :class:`~mmcl.losses.parts.LearnableTemperature` with its defaults (from 0.07,
+            open_clip's); or any rule (a number fixes it).
+        negatives: the rows that compete with the positive: ``"cross"`` (the other modality's, CLIP), ``"within"``
+            (the same modality's, DHEL's form) or ``"both"`` (every other row, NT-Xent's).
+    """
 
     pairs_only = "it contrasts one tower's rows with the other's (a pair of modalities)"
 

@@ -210,9 +210,11 @@ class ContrastiveLoss(EmbeddingLoss):
     """A contrastive loss assembled from parts; the registered losses are presets of it.
 
     Args:
-        layout: a :class:`~losses.layouts.Layout`.
-        temperature: a number (fixed), a :class:`~losses.temperature.TemperatureRule` or a
-            ``{"rule": ...}`` dict.
+        layout: the table's layout, a :class:`~losses.layouts.Layout`; a preset also takes a registered name
+            (``two_view``, ``cross_view``, ``labels``, ``within_view``, ``queue``), a ``{"name": ..., **options}``
+            dict (``{"name": "queue", "size": 4096}``), or None for its own.
+        temperature: the softmax temperature: a number (fixed), a :class:`~losses.temperature.TemperatureRule` or
+            a ``{"rule": ...}`` dict (``macl``, ``dystress``, ``learnable``).
         margin: :class:`~losses.margin.PositiveMargin` on the positive logit.
         negatives: :class:`~losses.negatives.NegativeWeighting` (tilt, debiasing, counts, split sums).
         objective: ``"coupled"`` (positive in the denominator) or ``"decoupled"``.
@@ -222,7 +224,7 @@ class ContrastiveLoss(EmbeddingLoss):
         gradient_scaling: :class:`~losses.margin.MarginGradientScaling` (gradient-only margin effects).
         loss_scale: constant factor (SupCon's ``tau / tau_base``).
         reduction: ``"anchors"`` (mean over rows per direction) or ``"pairs"`` (mean over all pairs).
-        direction_reduction: ``"mean"`` or ``"sum"`` over the layout's direction groups.
+        direction_reduction: ``"mean"`` or ``"sum"`` of the losses of the layout's directions (``u->v``, ``v->u``).
         accepts_negatives: take extra hard negatives (the layout must support them).
         empty_negatives: ``"raise"`` for an anchor without negatives, ``"skip"`` such anchors (raise if
             none is left), or ``"allow"`` them (SupCon: the denominator still holds the positives).

@@ -46,6 +46,13 @@ if TYPE_CHECKING:
 
 @register_loss("dcl", paper="DCL, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs or V views")
 class DCLLoss(ContrastiveLoss):
+    """DCL (module docstring).
+
+    Args:
+        negative_sum: ``"joint"``: one log-sum-exp over both views' negatives (the paper's Eq. 6); ``"split"``:
+            one per view, added (lightly).
+    """
+
     def __init__(
         self,
         temperature: float | dict | TemperatureRule = 0.1,
@@ -67,6 +74,14 @@ class DCLLoss(ContrastiveLoss):
 
 @register_loss("dclw", paper="DCLW, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs")
 class DCLWLoss(DCLLoss):
+    """DCLW: DCL with von Mises-Fisher positive weights (module docstring).
+
+    Args:
+        sigma: width of the positive weights ``w_i = 2 - B softmax_i(u_i . v_i / sigma)`` (mean 1).
+        batch_stat_scope: the weights' softmax over this process's batch (``"local"``, as the reference) or the
+            gathered one (``"global"``).
+    """
+
     def __init__(
         self,
         temperature: float | dict | TemperatureRule = 0.1,

@@ -40,6 +40,13 @@ if TYPE_CHECKING:
 
 @register_loss("debiased", paper="Debiased CL, Chuang et al. 2020 (arXiv:2007.00224)", inputs="pairs or V views")
 class DebiasedLoss(ContrastiveLoss):
+    """Debiased contrastive loss (module docstring).
+
+    Args:
+        tau_plus: class prior ``tau+``, the probability that a negative shares the anchor's class, in [0, 1).
+        floor: clamp the debiased negative mass at ``N e^{-1/tau}``, as the reference code does.
+    """
+
     def __init__(
         self,
         temperature: float | dict | TemperatureRule = 0.5,

@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 
 @register_loss("dhel", paper="DHEL, Koromilas et al. 2024 (arXiv:2405.18045)", inputs="pairs")
 class DHELLoss(ContrastiveLoss):
+    """DHEL (module docstring).
+
+    Args:
+        include_augs: also the second view's energy (False: the first view's only; the loss is then not symmetric).
+    """
+
     def __init__(
         self,
         temperature: float | dict | TemperatureRule = 0.3,

@@ -41,6 +41,19 @@ if TYPE_CHECKING:
 
 @register_loss("dystress", paper="DySTreSS, Manna et al. 2025 (arXiv:2308.01140)", inputs="pairs or V views")
 class DySTreSSLoss(ContrastiveLoss):
+    """DySTreSS (module docstring): NT-Xent with a per-entry temperature of the detached cosine.
+
+    Args:
+        tau_min: the temperature of near-orthogonal pairs.
+        tau_max: the temperature of near-identical (and antipodal) pairs.
+        shape: ``"cossin"``, ``"shifted"`` (SimCSE and ImageNet code), ``"cosconst"`` (CIFAR script) or
+            ``"const"`` (``tau_max`` everywhere).
+        offset: the shifted shapes' offset (None: the shape's, -0.4 for shifted, 0.2 for cosconst).
+        width: the shifted shapes' width (None: the shape's, 0.7 for shifted, 0.8 for cosconst).
+        detach_temperature: no gradient through the temperature (the reference code).
+        tau_min_schedule: ``"constant"``, or ``"linear_to_max"``: ``tau_min`` rises to ``tau_max`` over training.
+    """
+
     def __init__(
         self,
         tau_min: float = 0.07,

@@ -1,13 +1,5 @@
-"""How a loss runs, as opposed to what it computes: one group of options every loss takes.
-
-=======================  =========  ==============================================================
-option                   default    meaning
-=======================  =========  ==============================================================
-``gather_distributed``   True       candidates from every process under ``torch.distributed``
-``diagnostics``          True       fill ``loss.diagnostics`` on each call
-``blockwise``            None       (softmax losses) the blockwise path: None automatic, True, False
-``block_size``           None       (softmax losses) anchor rows per block (None: automatic)
-=======================  =========  ==============================================================
+"""How a loss runs, as opposed to what it computes: one group of options every loss takes (:class:`Execution`:
+``gather_distributed``, ``diagnostics``; the softmax losses also ``blockwise`` and ``block_size``).
 
 A preset declares them once as ``**execution`` and hands them to its base class, so they are never
 restated; :func:`mmcl.losses.options` lists them after the preset's own options.
@@ -35,7 +27,16 @@ class BlockwiseOptions(ExecutionOptions, total=False):
 
 @dataclass(frozen=True)
 class Execution:
-    """Validated execution options; :attr:`accepted` names those a loss class takes."""
+    """Validated execution options (a loss class names those it takes in its ``execution_options``).
+
+    Args:
+        gather_distributed: under ``torch.distributed``, contrast with every process's rows (False: each process's
+            own batch only).
+        diagnostics: fill ``loss.diagnostics`` after each call (False: skip those statistics).
+        blockwise: (softmax losses) compute the table in blocks of anchor rows, memory linear in the batch: None
+            from 2^16 entries on, True always, False never.
+        block_size: (softmax losses) anchor rows per block (None: chosen from the table's size).
+    """
 
     gather_distributed: bool = True
     diagnostics: bool = True

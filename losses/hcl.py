@@ -46,6 +46,16 @@ if TYPE_CHECKING:
     "hcl", paper="HCL, Robinson et al. 2021 (arXiv:2010.04592)", inputs="pairs or V views", aliases=("h_ucl",)
 )
 class HCLLoss(ContrastiveLoss):
+    """HCL (module docstring).
+
+    Args:
+        beta: concentration of the tilt toward hard negatives (0: the debiased loss).
+        tau_plus: class prior ``tau+`` of the debiasing, in [0, 1) (0 and beta 0: NT-Xent).
+        floor: clamp the negative mass at ``N e^{-1/tau}``, as the reference code does.
+        detach_weights: detach the importance weights (same value, another gradient; the reference keeps them).
+        beta_schedule: ``"constant"``, or ``"anneal_down"``: beta to 0 in 9 steps over training (``--anneal down``).
+    """
+
     def __init__(
         self,
         temperature: float | dict | TemperatureRule = 0.5,

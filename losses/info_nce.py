@@ -43,6 +43,12 @@ if TYPE_CHECKING:
     inputs="pairs (+ optional hard negatives)",
 )
 class InfoNCELoss(ContrastiveLoss):
+    """Cross-view InfoNCE (module docstring).
+
+    Args:
+        direction: which view's rows are anchors: ``"u->v"``, ``"v->u"`` or ``"symmetric"`` (both, CLIP's form).
+    """
+
     def __init__(
         self,
         temperature: float | dict | TemperatureRule = 0.1,

@@ -59,6 +59,19 @@ def squared_distance(cos: Tensor) -> Tensor:
     "kcl", paper="KCL, Koromilas et al. 2024 (arXiv:2405.18045); Waida et al. 2023 (arXiv:2304.00395)", inputs="pairs"
 )
 class KCLLoss(EmbeddingLoss):
+    """Kernel contrastive losses (module docstring).
+
+    Args:
+        variant: ``"koromilas"`` (energies within each view) or ``"waida"`` (cross-view negatives).
+        kernel: koromilas: ``gaussian``, ``log``, ``imq``, ``riesz`` or ``gaussian_riesz``; waida: ``gaussian``
+            (GKCL) or ``quadratic`` (QKCL).
+        t: (koromilas) the kernels' parameter: ``exp(-t d^2)``, ``-log(1 + t d^2)``, ``t / sqrt(t^2 + d^2)``, the
+            Riesz exponent.
+        gamma: (koromilas) weight of the energy (uniformity) terms.
+        sigma2: (waida) bandwidth of the gaussian kernel ``exp(-d^2 / sigma2)``.
+        lam: (waida) weight of the negative term (None: 8 for gaussian, 4 for quadratic).
+    """
+
     pairs_only = "its alignment kernel k(u_i, v_i) and its energies are written for one pair of views"
 
     def __init__(

@@ -49,6 +49,22 @@ if TYPE_CHECKING:
 
 @register_loss("macl", paper="MACL, Huang et al. 2023 (arXiv:2207.07874)", inputs="pairs or V views")
 class MACLLoss(ContrastiveLoss):
+    """MACL (module docstring).
+
+    Args:
+        temperature: ``tau_0``, the base of the alignment-adaptive temperature.
+        alpha: how strongly the temperature follows the batch's alignment ``A``: ``tau_0 (1 + alpha (A - A0))``.
+        A0: the alignment at which the temperature is ``tau_0`` (linear form).
+        temperature_form: ``"linear"``, or ``"exponential"``: ``tau_0 alpha^A`` (MACLa).
+        reweight: weigh each term by the detached ``1 / (1 - P + eps)`` (MACL's reweighting).
+        eps: the ``eps`` of that weight (0: the official code; 1e-8: lightly's port).
+        batch_stat_scope: the alignment ``A`` over this process's batch (``"local"``) or the gathered one
+            (``"global"``).
+        on_nonpositive_tau: ``"clamp"`` a non-positive temperature to ``tau_floor`` (reported as ``tau_clamped``),
+            or ``"raise"``.
+        tau_floor: that floor (None: ``1e-3 tau_0``).
+    """
+
     def __init__(
         self,
         temperature: float = 0.1,

@@ -44,6 +44,24 @@ if TYPE_CHECKING:
 
 @register_loss("margin", paper="Margins, Rho et al. 2023 (arXiv:2306.11526)", inputs="pairs or V views")
 class MarginLoss(ContrastiveLoss):
+    """Margins on the positive logit (module docstring): ``psi = cos(m1 theta + m2) - m3``.
+
+    Args:
+        m1: multiplicative angular margin (1: none).
+        m2: additive angular margin, in radians.
+        m3: subtractive cosine margin.
+        mode: ``"margin"``: ``psi`` in the loss; ``"gradient_only"``: NT-Xent's value, margin effects on the
+            gradient only (the options below).
+        positive_weight: (gradient_only) constant ``w >= 1`` on the positive-cosine gradient (V1).
+        angle_margin: (gradient_only) virtual angular margin: the positive gradient times
+            ``sin(theta + m) / sin(theta)`` (V2).
+        angle_normalise: (gradient_only) divide those factors by their batch mean (V2 apart from V1).
+        logit_margin: (gradient_only) virtual subtractive margin of the detached row factor (V3).
+        logit_angle_margin: (gradient_only) virtual angular margin of that row factor (V3).
+        clamp_eps: cosines are clamped to ``[-1 + eps, 1 - eps]`` before ``arccos`` (None: 1e-4, 1e-7 in float64).
+        easy_margin_guard: ArcFace's fallback where ``m1 theta + m2`` passes pi.
+    """
+
     def __init__(
         self,
         temperature: float | dict | TemperatureRule = 0.5,

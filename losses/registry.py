@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import re
+import textwrap
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -72,6 +74,45 @@ def options(name: str) -> dict[str, object]:
     return found
 
 
+def describe_options(name: str) -> dict[str, str]:
+    """Each option of :func:`options` with its description, one line: the ``Args:`` entry of the first class of the
+    loss's MRO whose docstring has one (a preset inherits ``temperature`` and ``layout`` from
+    :class:`~mmcl.losses.ContrastiveLoss`), and :class:`~mmcl.losses.execution.Execution`'s for the execution
+    options; ``""`` where none says."""
+    documented: dict[str, str] = {}
+    for owner in [*info(name).cls.__mro__, Execution]:
+        for option, text in argument_descriptions(owner.__doc__ or "").items():
+            documented.setdefault(option, text)
+    return {option: documented.get(option, "") for option in options(name)}
+
+
+_ROLE = re.compile(r":\w+:`~?(?:[\w.]*\.)?([^`]+)`")  # :class:`~losses.layouts.Layout` -> Layout
+
+
+def argument_descriptions(docstring: str) -> dict[str, str]:
+    """The entries of a Google-style ``Args:`` section, ``{name: description}`` with each description on one line
+    and without reStructuredText markup; ``a, b: text`` describes both; ``**execution`` is left out."""
+    lines = inspect.cleandoc(docstring).splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Args:"), len(lines))
+    entries: dict[str, list[str]] = {}
+    names: list[str] = []
+    indent = None
+    for line in (line for line in lines[start:] if line.strip()):
+        depth = len(line) - len(line.lstrip())
+        indent = depth if indent is None else indent
+        if depth < indent:
+            break  # the next section
+        if depth > indent:  # a continuation line
+            for name in names:
+                entries[name].append(line.strip())
+            continue
+        entry = re.match(r"\s*([\w, ]+):(?:\s+(.*))?$", line)  # not ``**execution``: left out, and its lines
+        names = [name.strip() for name in entry.group(1).split(",")] if entry else []
+        for name in names:
+            entries[name] = [entry.group(2) or ""]
+    return {name: _ROLE.sub(r"\1", " ".join(words).replace("``", "")).strip() for name, words in entries.items()}
+
+
 def build(name: str, **kwargs) -> nn.Module:
     """Build the registered loss ``name`` with ``kwargs`` overriding its defaults.
 
@@ -88,6 +129,17 @@ def build(name: str, **kwargs) -> nn.Module:
 
 def table() -> list[LossInfo]:
     return list(_REGISTRY.values())
+
+
+def format_options(name: str, width: int = 100) -> str:
+    """``mmcl losses NAME``: the loss's paper and inputs, then each option with its default and description."""
+    loss = info(name)
+    lines = [f"{loss.name}: {loss.paper}", f"needs: {loss.inputs}", "options:"]
+    descriptions = describe_options(name)
+    for option, default in options(name).items():
+        lines.append(f"  {option} = {default!r}")
+        lines.append(textwrap.fill(descriptions[option], width, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(lines)
 
 
 def format_table() -> str:

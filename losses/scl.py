@@ -43,6 +43,17 @@ if TYPE_CHECKING:
 
 
 class HSCLLoss(ContrastiveLoss):
+    """H-SCL as the H-SCL code computes it (module docstring); SCL is ``beta = 0``.
+
+    Args:
+        beta: tilt of the negatives toward hard ones (0: SCL).
+        detach_weights: detach the tilt's weights (same value, another gradient).
+        positives: ``"labels"``: every other row of the anchor's class (the training code); ``"augmentation"``:
+            the anchor's other views only.
+        nominal_negatives: count the negatives as the nominal ``2B - 2`` whatever their number (the code), else
+            their actual number.
+    """
+
     def __init__(
         self,
         temperature: float | dict | TemperatureRule = 0.5,
@@ -65,6 +76,8 @@ class HSCLLoss(ContrastiveLoss):
 
 
 class SCLLoss(HSCLLoss):
+    """SCL: H-SCL without the tilt (``beta = 0``)."""
+
     def __init__(
         self,
         temperature: float | dict | TemperatureRule = 0.5,

@@ -43,6 +43,14 @@ if TYPE_CHECKING:
 
 @register_loss("simcse", paper="SimCSE, Gao et al. 2021 (arXiv:2104.08821)", inputs="pairs (+ optional hard negatives)")
 class SimCSELoss(ContrastiveLoss):
+    """SimCSE (module docstring).
+
+    Args:
+        hard_negative_weight: ``log alpha``, added to the logit of each anchor's own hard negative (supervised
+            SimCSE's ``--hard_negative_weight``; 0: weight 1).
+        symmetric: also the second view's rows as anchors (SimCSE uses one direction).
+    """
+
     def __init__(
         self,
         temperature: float | dict | TemperatureRule = 0.05,

@@ -47,6 +47,14 @@ if TYPE_CHECKING:
     "supcon", paper="SupCon, Khosla et al. 2020 (arXiv:2004.11362)", inputs="pairs or V views + labels (optional)"
 )
 class SupConLoss(ContrastiveLoss):
+    """SupCon's ``L_out`` (module docstring).
+
+    Args:
+        base_temperature: ``tau_base`` of the loss's factor ``tau / tau_base`` (None: the temperature, factor 1;
+            0.07: the reference code's gradient scale).
+        contrast_mode: ``"all"``: every view's rows are anchors; ``"one"``: the first view's only.
+    """
+
     min_global_batch = 2  # with one pair the denominator holds only the positive
 
     def __init__(

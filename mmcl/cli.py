@@ -17,22 +17,19 @@ def _losses(args: argparse.Namespace) -> int:
     from mmcl import losses
 
     if args.name:
-        info = losses.info(args.name)
-        print(f"{info.name}: {info.paper}\nneeds: {info.inputs}\noptions:")
-        for option, default in losses.options(args.name).items():
-            print(f"  {option} = {default!r}")
+        print(losses.format_options(args.name))
         return 0
     print(losses.format_table())
     return 0
 
 
 def _configs(args: argparse.Namespace) -> int:
-    from mmcl.engine.configs import format_configs, packaged_config
+    from mmcl.engine.configs import format_configs, packaged_config, packaged_study
 
     if args.name:
-        path = packaged_config(args.name)
+        path = packaged_config(args.name) or packaged_study(args.name)
         if path is None:
-            raise ValueError(f"no packaged config {args.name!r}; `mmcl configs` lists them")
+            raise ValueError(f"no packaged config or study {args.name!r}; `mmcl configs` lists them")
         print(path.read_text(), end="")
         return 0
     print(format_configs())
@@ -84,8 +81,12 @@ def _compare(args: argparse.Namespace) -> int:
     from mmcl.compare.report import build_report
     from mmcl.compare.runner import run_study
     from mmcl.compare.study import read_study
+    from mmcl.engine.configs import packaged_study
     from mmcl.engine.plugins import load_plugins
 
+    if args.example:
+        print(packaged_study("example").read_text(), end="")
+        return 0
     load_plugins(args.plugin)
     if args.report:
         folders = [Path(folder) for folder in [args.study, *args.more] if folder]
@@ -142,7 +143,7 @@ def _plot(args: argparse.Namespace) -> int:
 
     from mmcl.compare.figures import plot_runs
 
-    paths = plot_runs([Path(run) for run in args.runs], Path(args.output), args.name)
+    paths = plot_runs([Path(run) for run in args.runs], Path(args.output) if args.output else None, args.name)
     print("\n".join(str(path) for path in paths))
     return 0
 
@@ -154,11 +155,42 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """``mmcl 0.2.0 (torch 2.13.0+cpu, Python 3.12.3)``: read from the installed packages' metadata, so that
+    ``mmcl --version`` imports no torch."""
+    import platform
+    from importlib import metadata
+
+    from mmcl import __version__
+
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = "not installed"
+    return f"mmcl {__version__} (torch {torch}, Python {platform.python_version()})"
+
+
+STUDY_FILE_HELP = """\
+a study file (YAML) has the keys:
+  name          the study's name; its folder is runs/study-<name>
+  seeds         a list of seeds; at a seed every loss starts from the same weights, data order and views
+  losses        registered losses (mmcl losses): a name, or {name, <its options>, label}
+  tasks         each {name, config (packaged or a file), overrides, metric, loss_options}; the budget is the task's
+  description   optional: the report's first line
+  variables     optional: {NAME: what it is}; ${NAME} is filled from --var NAME=VALUE or the environment
+  baseline      optional: a loss label; the report tests each loss's paired difference to it
+  random_init   optional: true adds an untrained encoder per task and seed
+  reference     optional: the row whose score is 0 in the normalised aggregates (default: random_init, if any)
+  claims        optional: verdicts (kind: better, at_least with a margin, smaller_drop or bound)
+`mmcl compare --example > study.yaml` writes a commented study; `mmcl configs` lists the packaged ones."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcl", description="Multimodal contrastive representation learning.")
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an error (also: environment variable MMCL_DEBUG=1)"
     )
+    parser.add_argument("--version", action="version", version=_version(), help="print mmcl's version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     plugin = argparse.ArgumentParser(add_help=False)
     plugin.add_argument(
@@ -218,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare losses across tasks and modalities in a study, with statistics and figures",
         description="Run every (task, loss, seed) cell of a study (resumable), then write report.md, report.csv and "
         "plots/ into the study folder. With --report, rebuild them from the records of one or several folders.",
+        epilog=STUDY_FILE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("study", nargs="?", help="a study YAML file or a packaged study name (mmcl configs lists them)")
     p.add_argument("more", nargs="*", help="with --report: more study folders (shards) to merge")
@@ -232,15 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --report: the study file or packaged name the records were run with, for folders "
                    "without study.yaml (stored results: benchmarks/results/study-*)")  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.add_argument("--example", action="store_true", help="print a commented study file (every key) and exit")
     p.set_defaults(run=_compare)
 
     p = commands.add_parser(
         "plot",
         help="draw the training curves (and scores) of one or several runs to PNG and SVG",
-        description="Loss, positive and negative cosine, effective temperature, learning rate, monitored losses.",
+        description="Loss, positive and negative cosine, effective temperature, learning rate, monitored losses, and "
+        "each run's evaluation scores beside its random-init baseline (eval.json).",
     )
     p.add_argument("runs", nargs="+", help="run folders")
-    p.add_argument("--output", default=".", help="folder for the figures (default: here)")
+    p.add_argument(
+        "--output", help="folder for the figures (default: RUN/plots for one run, else plots/ beside the runs)"
+    )
     p.add_argument("--name", default="runs", help="file name of the figures (NAME.png, NAME.svg)")
     p.set_defaults(run=_plot)
 
@@ -249,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the packaged configs with their descriptions, or print one",
         description="Packaged configs are named without a path, e.g. `mmcl pretrain graph/mutag data.root=...`.",
     )
-    p.add_argument("name", nargs="?", help="a packaged config name: print it")
+    p.add_argument("name", nargs="?", help="a packaged config or study, named as listed: print it")
     p.set_defaults(run=_configs)
     return parser
 
@@ -271,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         return args.run(args)
+    except BrokenPipeError:  # the reader stopped early (`mmcl configs | head`): not an error of mmcl's
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exiting flushes nothing more
+        return 0
     except (ValueError, OSError) as error:  # what a user can cause: config, data, paths, disk, checkpoints, shapes
         if args.debug or os.environ.get("MMCL_DEBUG"):
             raise

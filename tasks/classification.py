@@ -9,6 +9,7 @@ up to ``pairs`` training items drawn with the run's seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Literal
 
 import torch
@@ -77,7 +78,7 @@ def linear(context: EvalContext, options: LinearOptions) -> dict:
     train, test, num_classes = _splits(context)
     settings = {"method": options.method, "seed": context.seed, "standardize": options.standardize}
     if options.method == "torch":
-        settings.update(preset=options.preset, epochs=options.epochs)
+        settings.update(preset=options.preset, epochs=options.epochs, progress=partial(context.progress, what="epochs"))
     return linear_probe(train["features"], train["labels"], test["features"], test["labels"], num_classes, **settings)
 
 
@@ -108,7 +109,8 @@ def embed_view_pairs(context: EvalContext, count: int) -> dict[str, torch.Tensor
     out: dict[str, list] = {"backbone_a": [], "backbone_b": [], "head_a": [], "head_b": []}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(context.seed)
-        for batch in DataLoader(subset, batch_size=context.batch_size, shuffle=False, collate_fn=adapter.collate_train):
+        loader = DataLoader(subset, batch_size=context.batch_size, shuffle=False, collate_fn=adapter.collate_train)
+        for batch in context.progress(loader, "embed two views"):
             batch = adapter.augment_batch(batch.to(context.device))
             feature = encoder.features(batch.inputs)
             for layer, value in (("backbone", feature), ("head", encoder.head(feature))):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Literal
 
 import numpy as np
@@ -50,7 +51,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
-from mmcl.contract import PositiveFloat, Range
+from mmcl.contract import PositiveFloat, Progress, Range, no_progress
 from mmcl.tasks._common import ArrayLike, as_features, as_labels
 from mmcl.tasks.registry import EvalContext, register_task
 
@@ -113,12 +114,13 @@ def cross_validated_accuracy(
     seeds: Sequence[int] = (0,),
     standardize: bool = False,
     n_jobs: int | None = None,
+    progress: Progress = no_progress,
 ) -> dict:
     """GraphCL's stratified k-fold accuracy (percent) of ``x`` ``(N, F)`` with labels ``y`` ``(N,)``.
 
     Labels are re-encoded to ``0..C-1``; every class needs at least ``folds`` members. The outer folds run in
     ``n_jobs`` processes (joblib; None: torch's thread count, every core by default); each fold is fitted with one
-    thread, so the result equals the serial one exactly.
+    thread, so the result equals the serial one exactly. ``progress`` shows the folds as they finish.
     """
     x = as_features("x", x, min_rows=2).double().numpy()
     y = as_labels("y", y, x.shape[0]).numpy()
@@ -140,9 +142,10 @@ def cross_validated_accuracy(
     splits = [(seed, train, test) for seed, split in outer.items() for train, test in split.split(x, y)]
     settings = (method, search, C, inner_folds, gamma, standardize)
     workers = n_jobs if n_jobs is not None else torch.get_num_threads()
-    fitted = Parallel(n_jobs=min(workers, len(splits)))(
+    folds_fitted = Parallel(n_jobs=min(workers, len(splits)), return_as="generator")(
         delayed(_fold)(x, y, train, test, *settings) for _, train, test in splits
     )
+    fitted = list(progress(folds_fitted, total=len(splits)))
     per_seed = []
     for seed in seeds:
         accuracies = [a for (s, _, _), (a, _) in zip(splits, fitted) if s == int(seed)]
@@ -189,6 +192,6 @@ def graph_classification(context: EvalContext, options: GraphClassificationOptio
     result = cross_validated_accuracy(
         x, split["labels"], method=options.method, folds=options.folds, inner_folds=options.inner_folds,
         search=options.search, C=options.C, gamma=options.gamma, seeds=seeds, standardize=options.standardize,
-        n_jobs=options.n_jobs,
+        n_jobs=options.n_jobs, progress=partial(context.progress, what="cross-validation folds"),
     )  # fmt: skip
     return {**result, "layer": options.layer, "embedding_dim": int(x.shape[1])}

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmcl.contract import Progress, no_progress
 from mmcl.tasks._common import ArrayLike, as_feature_pair, as_labels, infer_num_classes, topk_accuracies
 
 
@@ -113,8 +114,9 @@ def standardise(train: Tensor, test: Tensor, eps: float = 1e-8) -> tuple[Tensor,
 
 
 def _train_torch(
-    x: Tensor, y: Tensor, x_test: Tensor, num_classes: int, settings: dict, momentum: float, seed: int
-) -> tuple[Tensor, Tensor, float]:
+    x: Tensor, y: Tensor, x_test: Tensor, num_classes: int, settings: dict, momentum: float, seed: int,
+    progress: Progress,
+) -> tuple[Tensor, Tensor, float]:  # fmt: skip
     """Returns test scores ``(Q, C)``, training scores ``(M, C)`` and the final epoch's mean training loss."""
     generator = torch.Generator().manual_seed(seed)
     bound = 1 / math.sqrt(x.shape[1])  # torch.nn.Linear's default initialisation, from our generator
@@ -129,7 +131,7 @@ def _train_torch(
             layer.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"], momentum=momentum
         )
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    for _ in range(settings["epochs"]):
+    for _ in progress(range(settings["epochs"])):
         loss_sum.zero_()
         order = torch.randperm(x.shape[0], generator=generator).to(x.device)
         for index in order.split(settings["batch_size"]):
@@ -186,6 +188,7 @@ def linear_probe(
     device: str | torch.device | None = None,
     C: float = 1.0,
     max_iter: int = 1000,
+    progress: Progress = no_progress,
 ) -> dict:
     """Train a linear classifier on frozen training features and report its test accuracy.
 
@@ -201,6 +204,7 @@ def linear_probe(
         seed: seeds the initialisation and the batch order.
         device: where to train (``method="torch"``); default the features' device.
         C, max_iter: inverse L2 strength and iteration cap of ``method="logreg"``.
+        progress: shows the epochs of ``method="torch"`` (:data:`mmcl.contract.Progress`; default none).
 
     Returns:
         ``{"top1", "top5" (C >= 5), "train_top1", "method", "preset", "mode", "standardize", "seed",
@@ -223,7 +227,7 @@ def linear_probe(
             preset, optimizer=optimizer, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size
         )
         momentum = SGD_MOMENTUM if momentum is None else float(momentum)
-        test_scores, train_scores, loss = _train_torch(x, y, x_test, num_classes, settings, momentum, seed)
+        test_scores, train_scores, loss = _train_torch(x, y, x_test, num_classes, settings, momentum, seed, progress)
         result.update(settings, preset=preset, train_loss=loss)
         if settings["optimizer"] == "sgd":
             result["momentum"] = momentum

@@ -13,14 +13,18 @@ evaluation splits, so that tasks sharing a split embed it once.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import DataLoader
 
-from mmcl.contract import Encoder, ModalityAdapter, Registry
+from mmcl.contract import Encoder, ModalityAdapter, Progress, Registry, no_progress
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,7 +36,20 @@ class EvalContext:
     device: torch.device
     batch_size: int = 512
     seed: int = 0
+    progress_bars: bool = False  # show the long loops' progress (on a terminal only: :meth:`progress`)
+    task: str = ""  # the task now running, which names its bars
     _cache: dict = field(default_factory=dict, repr=False)
+
+    def progress(self, items: Iterable[T], what: str, total: int | None = None) -> Iterable[T]:
+        """``items`` with a progress bar ``"<task>: <what>"`` on stderr while they pass, when :attr:`progress_bars`
+        is on and stderr is a terminal (tqdm's rule); else the items as they are (a :data:`~mmcl.contract.Progress`
+        with ``what`` bound: ``partial(context.progress, what="epochs")``)."""
+        if not self.progress_bars:
+            return items
+        from tqdm.auto import tqdm
+
+        label = f"{self.task}: {what}" if self.task else what
+        return tqdm(items, desc=label, total=total, leave=False, disable=None, file=sys.stderr)
 
     @torch.no_grad()
     def embed(self, split: str) -> dict[str, torch.Tensor]:
@@ -45,17 +62,21 @@ class EvalContext:
                     f"it has {sorted(splits)}"
                 )
             self._cache[split] = embed_dataset(
-                self.encoder, splits[split], self.adapter.collate_eval, self.batch_size, self.device
-            )
+                self.encoder, splits[split], self.adapter.collate_eval, self.batch_size, self.device,
+                progress=partial(self.progress, what=f"embed split {split}"),
+            )  # fmt: skip
         return self._cache[split]
 
 
 @torch.no_grad()
-def embed_dataset(encoder: Encoder, dataset, collate, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Backbone features, head embeddings and labels of a whole dataset, in order (encoder in eval mode)."""
+def embed_dataset(
+    encoder: Encoder, dataset, collate, batch_size: int, device: torch.device, progress: Progress = no_progress
+) -> dict[str, torch.Tensor]:
+    """Backbone features, head embeddings and labels of a whole dataset, in order (encoder in eval mode); ``progress``
+    shows the batches."""
     encoder.eval()
     features, heads, labels = [], [], []
-    for inputs, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+    for inputs, targets in progress(DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)):
         feature = encoder.features(inputs.to(device))
         features.append(feature.float().cpu())
         heads.append(encoder.head(feature).float().cpu())

@@ -97,7 +97,7 @@ def embed_pairs(context: EvalContext, split: str) -> tuple[Tensor, Tensor]:
     encoder = context.encoder.eval()
     a, b = [], []
     loader = DataLoader(splits[split], batch_size=context.batch_size, collate_fn=context.adapter.collate_eval)
-    for inputs, _ in loader:
+    for inputs, _ in context.progress(loader, f"embed the pairs of split {split}"):
         first, second = encoder(inputs.to(context.device)).float().cpu().chunk(2)
         a.append(first)
         b.append(second)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -324,7 +325,8 @@ def sts(context: EvalContext, options: STSOptions) -> dict:
     batch_size = options.batch_size or context.batch_size
 
     def embed(sentences: list[str]):
-        return encoder.encode(sentences, batch_size=batch_size, device=context.device, max_length=options.max_length)
+        return encoder.encode(sentences, batch_size=batch_size, device=context.device, max_length=options.max_length,
+                              progress=partial(context.progress, what="encode the sentences"))  # fmt: skip
 
     results = evaluate_sts(embed, options)
     results["pooler"] = getattr(encoder, "pooler_name", None)

@@ -100,6 +100,26 @@ def test_study_errors_name_the_problem(change, message):
     assert message in str(error.value)
 
 
+def test_the_help_and_the_example_show_every_key_of_a_study_file_and_the_example_runs(tmp_path):
+    """``mmcl compare --help`` names the study file's keys; ``--example`` prints a commented study that the reader
+    takes as it is and whose cells plan (``--dry-run``) from an empty folder."""
+    from mmcl.compare.study import STUDY_KEYS, TASK_KEYS
+
+    help_text = mmcl("compare", "--help", cwd=tmp_path).stdout
+    for key in STUDY_KEYS:
+        assert f"\n  {key} " in help_text, key
+    assert all(key in help_text.split("\n  tasks ")[1].splitlines()[0] for key in TASK_KEYS)
+    example = mmcl("compare", "--example", cwd=tmp_path)
+    assert example.returncode == 0 and example.stdout.startswith("# ")
+    for key in [*STUDY_KEYS, *TASK_KEYS]:
+        assert f"{key}:" in example.stdout, f"the example does not show {key!r}"
+    (tmp_path / "study.yaml").write_text(example.stdout)
+    study = read_study(tmp_path / "study.yaml", {})
+    assert [loss.label for loss in study.losses] == ["nt_xent", "dhel", "hcl-b1"] and study.random_init
+    planned = mmcl("compare", "study.yaml", "--dry-run", cwd=tmp_path)
+    assert planned.returncode == 0 and "12 to run" in planned.stderr + planned.stdout, planned.stderr[-2000:]
+
+
 def test_a_loss_the_data_cannot_feed_is_refused(tmp_path):
     text = {"name": "sentences", "config": "text/minilm_eval", "overrides": ["model.name_or_path=unused"]}
     with pytest.raises(ValueError, match=r"loss 'scl' \(scl\) needs class labels, and task 'sentences'"):
@@ -199,6 +219,89 @@ def test_figures_are_written_as_png_and_svg(finished):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
         assert ElementTree.parse(svg).getroot().tag.endswith("svg")
         assert f"plots/{name}.png" in (finished / "report.md").read_text()
+
+
+def check_figure(figure, name: str) -> None:
+    """The rules every figure follows: no empty panel, every axis that shows data labelled (a y axis shared with a
+    labelled one counts), labelled colour bars, tick labels of at least 8 points, a curve of one point a marker."""
+    for axis in (axis for axis in figure.axes if axis.get_visible()):
+        what = f"{name}: the panel {axis.get_title()!r}"
+        if hasattr(axis, "_colorbar"):
+            assert axis.get_ylabel() or axis.get_xlabel(), f"{what}: a colour bar without a label"
+            continue
+        shows = axis.get_lines() or axis.collections or axis.patches or axis.images
+        assert shows, f"{what} is empty"
+        siblings = axis.get_shared_y_axes().get_siblings(axis)
+        assert axis.get_xlabel() and any(a.get_ylabel() for a in siblings), f"{what} has an unlabelled axis"
+        for label in [*axis.get_xticklabels(), *axis.get_yticklabels()]:
+            assert not label.get_text() or label.get_fontsize() >= 8, f"{what}: {label.get_fontsize()} pt ticks"
+        for line in axis.get_lines():
+            if len(line.get_xdata()) == 1:
+                assert line.get_marker() not in (None, "None", "", " "), f"{what}: a single point without a marker"
+
+
+def study_tables(folder: Path):
+    from mmcl.compare.analysis import loss_order, task_infos, task_table
+
+    records = list(read_records(folder).values())
+    infos = task_infos(records)
+    order = loss_order(records, None)
+    seeds = sorted({r.seed for r in records})
+    return records, {info.task: task_table(records, info, order, "nt_xent", seeds) for info in infos}, infos
+
+
+def test_every_study_figure_is_labelled_and_has_no_empty_panel(finished):
+    import dataclasses
+
+    from mmcl.compare.analysis import task_table
+    from mmcl.compare.study_figures import draw_scores, draw_study_figures, draw_training_curves
+
+    records, tables, infos = study_tables(finished)
+    drawn = dict(draw_study_figures(records, tables, infos, "nt_xent"))
+    assert set(drawn) == {"scores", "alignment_uniformity", "rank_vs_score", "cost", "baseline_differences",
+                          "training_curves"}  # fmt: skip
+    for name, figure in drawn.items():
+        check_figure(figure, name)
+    (scores_axis,) = [axis for axis in drawn["scores"].axes if axis.get_visible()]
+    texts = [text.get_text() for text in scores_axis.texts]
+    assert texts.count("n=2") == 2, texts  # two seeds: each loss's interval is marked
+    legend = drawn["alignment_uniformity"].legends[0]
+    assert {handle.get_markerfacecolor() for handle in legend.legend_handles} == {"white"}  # not the score colours
+    one_point = [dataclasses.replace(r, curves=r.curves[:1]) for r in records]  # a run that logged one step
+    curves = draw_training_curves(one_point, infos)
+    check_figure(curves, "training_curves of one logged step")
+    panels = [axis for axis in curves.axes if axis.get_visible() and axis.get_lines()]
+    assert len(panels) == 6 and all(axis.get_xlim()[0] == 0 < 1 < axis.get_xlim()[1] for axis in panels)
+    assert all(any(line.get_marker() == "o" for line in axis.get_lines()) for axis in panels)
+    one_seed = [r for r in records if r.seed == 0]  # a study of one seed: no interval, marked so
+    order = list(dict.fromkeys(r.loss for r in one_seed))
+    single = {info.task: task_table(one_seed, info, order, "nt_xent", [0]) for info in infos}
+    figure = draw_scores(single, infos)
+    check_figure(figure, "scores of one seed")
+    assert "n=1, no interval" in [text.get_text() for axis in figure.axes for text in axis.texts]
+
+
+def test_mmcl_plot_writes_into_the_run_folder_and_shows_the_random_init_baseline(finished, tmp_path):
+    from mmcl.compare.figures import draw_runs
+
+    run = tmp_path / "nt_xent"
+    shutil.copytree(finished / "runs" / "digits" / "nt_xent" / "seed0", run)
+    baseline = mmcl_api_evaluate_random_init(run)
+    drawn = mmcl("plot", str(run), cwd=tmp_path)
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["runs.png", "runs.svg"]
+    assert not list(tmp_path.glob("*.png")), "mmcl plot wrote into the current folder"
+    figure = draw_runs([run])
+    check_figure(figure, "mmcl plot")
+    scores = next(axis for axis in figure.axes if axis.get_xlabel().startswith("score"))
+    assert f"{baseline:.2f}" in " ".join(text.get_text() for text in scores.texts)
+    assert "random init" in [text.get_text() for text in scores.get_legend().get_texts()]
+
+
+def mmcl_api_evaluate_random_init(run: Path) -> float:
+    import mmcl as api
+
+    return api.evaluate(run, tasks=["knn"], random_init=True)["knn"]["top1"]
 
 
 def test_running_the_study_again_repeats_nothing(finished):

@@ -309,10 +309,11 @@ def test_a_report_after_added_seeds_says_so_and_keeps_the_earlier_one(tmp_path):
 
 def test_the_performance_profile_figure_is_drawn(tmp_path):
     from mmcl.compare.aggregates import Normalised
-    from mmcl.compare.study_figures import performance_profile_figure
+    from mmcl.compare.figures import save
+    from mmcl.compare.study_figures import draw_performance_profiles
 
     runs = {"a": np.array([0.2, 0.9, 1.1]), "b": np.array([0.0, 0.5, 0.7])}
     tasks = [Normalised("t", 50.0, 80.0, runs), Normalised("u", 1.0, 2.0, runs), Normalised("v", 0, 0, {}, "v: no")]
     infos = [INFO, TaskInfo("u", "graph", "g", "value", ""), TaskInfo("v", "graph", "g", "value", "")]
-    png, svg = performance_profile_figure(tasks, infos, tmp_path)
+    png, svg = save(draw_performance_profiles(tasks, infos), tmp_path, "performance_profiles")
     assert png.read_bytes()[:4] == b"\x89PNG" and svg.read_text().lstrip().startswith("<?xml")

@@ -1,5 +1,8 @@
 """Every shipped config file loads and validates (unknown keys, types, loss options, task options)."""
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,42 @@ def test_shipped_study_is_valid_and_plans_without_its_data(path, tmp_path):
     rows = estimate(study, work, tmp_path / "out")
     assert len(work.todo) == len(study.cells()) == sum(row["cells"] for row in rows) > 0
     assert path.read_text().splitlines()[0].startswith("# "), "a study's first line describes it (mmcl configs)"
+
+
+def test_every_name_mmcl_configs_lists_prints_and_runs_in_its_command(tmp_path):
+    """``mmcl configs`` lists configs and studies by the names their commands take; each works in ``mmcl configs
+    NAME`` (and in ``mmcl pretrain``/``mmcl compare``), and each description is a whole sentence."""
+    from mmcl.compare.study import read_study
+    from mmcl.engine.configs import packaged_config, packaged_study
+
+    listing = _mmcl("configs", cwd=tmp_path).stdout
+    configs, studies = listing.split("\nstudies")
+    lines = {
+        kind: [line.split(None, 1) for line in text.splitlines()[1:] if line.startswith("  ")]
+        for kind, text in (("configs", configs), ("studies", studies))
+    }
+    assert len(lines["configs"]) == len(CONFIGS) and len(lines["studies"]) == len(STUDIES)
+    for kind, rows in lines.items():
+        for name, description in rows:
+            assert description.endswith("."), f"{name}'s description is cut: {description!r}"
+            path = packaged_config(name) if kind == "configs" else packaged_study(name)
+            assert path is not None, f"mmcl configs lists {name!r}, which its command does not find"
+    printed = _mmcl("configs", "cpu-small", cwd=tmp_path)
+    assert printed.returncode == 0 and printed.stdout == (ROOT / "configs" / "studies" / "cpu-small.yaml").read_text()
+    printed = _mmcl("configs", "graph/mutag", cwd=tmp_path)
+    assert printed.returncode == 0 and printed.stdout == (ROOT / "configs" / "graph" / "mutag.yaml").read_text()
+    assert read_study("cpu-small", {"DATA": str(tmp_path), "MINILM": "unused"}).name == "cpu-small"
+    unknown = _mmcl("configs", "cpu-smal", cwd=tmp_path)
+    assert unknown.returncode == 2 and "no packaged config or study 'cpu-smal'" in unknown.stderr
+
+
+def test_the_readme_and_the_study_agree_on_how_long_cpu_small_takes():
+    first_line = (ROOT / "configs" / "studies" / "cpu-small.yaml").read_text().splitlines()[0]
+    readme = next(line for line in (ROOT / "README.md").read_text().splitlines() if "compare cpu-small" in line
+                  and "--jobs 2" in line)  # fmt: skip
+    minutes = re.search(r"about (\d+) minutes", first_line).group(1)
+    assert f"about {minutes} minutes" in readme, (first_line, readme)
+
+
+def _mmcl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmcl", *args], capture_output=True, text=True, cwd=cwd, timeout=120)

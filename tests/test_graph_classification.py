@@ -115,3 +115,18 @@ def test_parallel_folds_equal_the_serial_run():
     serial = cross_validated_accuracy(x, y, n_jobs=1, **options)
     parallel = cross_validated_accuracy(x, y, n_jobs=2, **options)
     assert parallel == serial and len(serial["per_seed"]) == 2 and len(serial["per_seed"][0]["C"]) == 4
+
+
+def test_the_folds_pass_through_the_progress_as_they_finish():
+    """``progress`` sees every outer fold (seeds x folds, with their number) and changes nothing."""
+    x, y = clusters(2, 80, 6, 1.0, seed=4)
+    seen = []
+
+    def progress(items, total=None):
+        for item in items:
+            seen.append(total)
+            yield item
+
+    options = {"folds": 4, "inner_folds": 3, "C": [0.1, 1.0], "seeds": (0, 1), "n_jobs": 2}
+    assert cross_validated_accuracy(x, y, progress=progress, **options) == cross_validated_accuracy(x, y, **options)
+    assert seen == [8] * 8

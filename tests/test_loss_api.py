@@ -116,6 +116,41 @@ def test_options_return_the_defaults(name, expected):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_every_option_of_every_loss_has_a_one_line_description_from_the_docstrings(name):
+    descriptions = losses.describe_options(name)
+    assert list(descriptions) == list(losses.options(name))
+    for option, text in descriptions.items():
+        plain = "\n" not in text and "``" not in text and ":class:" not in text
+        assert len(text.split()) >= 3 and plain, (option, text)
+
+
+def test_args_sections_are_read_as_the_registry_builds_the_options():
+    from mmcl.losses.registry import argument_descriptions
+
+    doc = """Summary.
+
+    Args:
+        beta: the tilt, continued
+            on the next line with ``markup`` and :class:`~mmcl.losses.parts.Layout`.
+        logit_margin, logit_angle_margin: both named: V3.
+        **execution: left out,
+            with its continuation: also left out.
+        last: after the left-out entry.
+
+    Returns:
+        not an argument: the next section.
+    """
+    assert argument_descriptions(doc) == {
+        "beta": "the tilt, continued on the next line with markup and Layout.",
+        "logit_margin": "both named: V3.",
+        "logit_angle_margin": "both named: V3.",
+        "last": "after the left-out entry.",
+    }
+    assert losses.describe_options("dclw")["negative_sum"].startswith('"joint"')  # inherited from DCL
+    assert losses.describe_options("nt_xent")["temperature"].startswith("the softmax temperature")  # from the core
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_building_with_the_reported_defaults_is_the_default_loss(name):
     z_a, z_b = _pair(dtype=torch.float64)
     default = _call(losses.build(name), name, z_a, z_b)

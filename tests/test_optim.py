@@ -84,3 +84,19 @@ def test_linear_decay_schedule():
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([1.5, 3.0, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5])
+
+
+def test_a_warmup_ratio_follows_the_runs_length_rounded_up_as_hugging_face_does():
+    quickstart = OptimConfig(warmup_ratio=0.065)
+    assert [quickstart.warmup_for(total) for total in (150, 40, 10, 1)] == [10, 3, 1, 1]
+    assert OptimConfig(warmup_ratio=0.07).warmup_for(100) == 7  # 0.07 * 100 is 7.000000000000001 in floats
+    assert OptimConfig(warmup_steps=5, warmup_ratio=None).warmup_for(1000) == 5
+    assert OptimConfig().warmup_for(1000) == 0
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, OptimConfig(lr=1.0, warmup_ratio=0.25, schedule="constant"), total_steps=8)
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.5, 1.0, 1.0, 1.0])  # 2 warm-up steps of 8

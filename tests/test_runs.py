@@ -391,6 +391,29 @@ def test_warm_up_longer_than_an_epoch_based_run_is_refused(tmp_path):
         pretrain(load_config(raw), tmp_path / "run")
 
 
+def test_a_warm_up_is_steps_or_a_ratio_and_an_override_of_one_replaces_the_files_other(caplog):
+    with pytest.raises(ValueError, match=r"optim.warmup_steps=2 and optim.warmup_ratio=0.1 both set the warm-up"):
+        load_config(tiny(optim={"warmup_steps": 2, "warmup_ratio": 0.1}))
+    with pytest.raises(ValueError, match=r"optim.warmup_steps=2 and optim.warmup_ratio=0.1 both set the warm-up"):
+        load_config(tiny(), ["optim.warmup_steps=2", "optim.warmup_ratio=0.1"])
+    with pytest.raises(ValueError, match=r"optim.warmup_ratio=1.0 must be in \[0, 1\)"):
+        load_config(tiny(), ["optim.warmup_ratio=1"])
+    config = load_config("quickstart", ["optim.warmup_steps=0"])  # the quickstart states a ratio
+    assert (config.optim.warmup_steps, config.optim.warmup_ratio) == (0, None)
+    assert "optim.warmup_steps replaces the config's optim.warmup_ratio=0.065" in caplog.text
+    config = load_config(tiny(optim={"warmup_steps": 2}), ["optim.warmup_ratio=0.5"])
+    assert (config.optim.warmup_steps, config.optim.warmup_ratio) == (None, 0.5)
+
+
+def test_the_quickstarts_warm_up_follows_a_short_run(tmp_path):
+    """The quickstart's 10 warm-up steps of 150 are a ratio, so ``train.max_steps=3`` needs no second override."""
+    run = mmcl.pretrain("quickstart", ["train.max_steps=3", "data.train_subset=64", "train.batch_size=32",
+                                       "train.progress_bar=false", f"train.output_dir={tmp_path}"])  # fmt: skip
+    session = json.loads((run.folder / "run.json").read_text())["sessions"][-1]
+    assert (session["total_steps"], session["warmup_steps"]) == (3, 1)
+    assert load_config("quickstart").optim.warmup_for(150) == 10  # the quickstart's 30 epochs of 5 steps, as before
+
+
 def test_yaml_numbers_and_typed_values_are_read_as_meant():
     config = load_config(tiny(), ["optim.lr=3e-4", "optim.weight_decay=1.0e6", "data.augment=28"])
     assert config.optim.lr == 3e-4 and config.optim.weight_decay == 1e6 and config.data.augment == "28"

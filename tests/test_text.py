@@ -481,3 +481,17 @@ def test_export_pipeline_is_what_sentence_transformers_reads(tiny_model, tmp_pat
         warnings.simplefilter("error")
         model = SentenceTransformer(str(folder), device="cpu")
     assert type(model[2].activation_function).__name__ == "Tanh"
+
+
+def test_encode_shows_its_batches_through_progress(tiny_model):
+    encoder = _encoder(tiny_model, "mean")
+    batches = []
+
+    def progress(items, total=None):
+        for item in items:
+            batches.append(item)
+            yield item
+
+    sentences = [*SENTENCES, "A fourth sentence.", "And a fifth."]
+    torch.testing.assert_close(encoder.encode(sentences, batch_size=2, progress=progress), encoder.encode(sentences))
+    assert len(batches) == 3  # five distinct sentences in batches of two

@@ -189,3 +189,30 @@ def test_hyperparameters_are_what_trackers_take():
     assert "train.run_name" not in values  # unset
     assert all(isinstance(value, (bool, int, float, str)) for value in values.values())
     assert json.loads(values["eval.tasks"]) == ["knn", "linear"]
+
+
+def test_a_graph_run_within_one_second_has_ended_on_its_card(tmp_path):
+    """run.json keeps whole seconds, so a short run's session may start and end in the same second: its card gave
+    "in progress" for such a run (a 1-step MUTAG run did so every time)."""
+    from mmcl.engine.config import build_adapter
+    from mmcl.runs.card import write_model_card
+    from mmcl.runs.record import RunRecord
+
+    fake = {"num_graphs": 64, "avg_num_nodes": 10, "num_channels": 8, "num_classes": 2}
+    run = mmcl.pretrain({
+        "modality": "graph", "loss": {"name": "graphcl"},
+        "data": {"source": "pyg", "dataset": "FakeDataset", "dataset_options": fake, "root": str(tmp_path / "pyg")},
+        "train": {"max_steps": 1, "batch_size": 32, "progress_bar": False, "loggers": [], "output_dir": str(tmp_path)},
+    })  # fmt: skip
+    card = run.folder / "model" / "README.md"
+    assert "| wall time | in progress |" not in card.read_text()
+    record = RunRecord(run.folder)
+    saved = record.read()
+    saved["sessions"][-1]["ended"] = saved["sessions"][-1]["started"]  # as a run within one second records it
+    record.write(saved)
+    write_model_card(run.folder, build_adapter(run.config))  # what the trainer does once the session has ended
+    assert "| wall time | < 1 s |" in card.read_text()
+    del saved["sessions"][-1]["ended"]  # a session still running
+    record.write(saved)
+    write_model_card(run.folder, build_adapter(run.config))
+    assert "| wall time | in progress |" in card.read_text()

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from mmcl.engine.configs import packaged_config, read_text
+from mmcl.engine.configs import packaged_study, read_text
 
 STUDY_FILE = "study.yaml"
 #: The keys of a study that define its cells or its verdicts: merged folders must agree on them.
@@ -25,7 +25,7 @@ def load_study_file(source: str | Path) -> Any:
     path = Path(source).expanduser()
     if not path.is_file():
         name = str(source)
-        packaged = packaged_config(name if name.startswith("studies/") else f"studies/{name}")
+        packaged = packaged_study(name)
         if packaged is None:
             raise FileNotFoundError(f"study {name!r} is neither a file nor a packaged study; `mmcl configs` lists them")
         path = packaged

@@ -1,11 +1,10 @@
 """Study files: which losses, tasks and seeds a comparison runs, checked before any cell starts.
 
-A study is a YAML file (or a packaged name, ``studies/cpu-small``)::
+A study is a YAML file (or a packaged study's name, ``cpu-small``, as ``mmcl configs`` lists it) with the keys
+:data:`STUDY_KEYS`; each task has :data:`TASK_KEYS`. ``mmcl compare --example`` prints a commented study with every
+key (the packaged study ``example``)::
 
     name: cpu-small
-    description: six losses on images, graphs and sentences at a CPU budget
-    variables:                      # filled from --var NAME=VALUE or the environment
-      DATA: the folder holding tu/, stsb/, wiki1m_slice/ (this repository's ../shared/data)
     seeds: [0, 1, 2]
     baseline: nt_xent               # a loss label; paired differences are taken against it
     random_init: true               # an untrained-encoder row per task (evaluated, never trained)
@@ -58,6 +57,10 @@ PLACEMENT_KEYS = (
     "train.auto_resume",
 )
 _VARIABLE = re.compile(r"\$\{(\w+)\}")
+#: The keys of a study file and of each of its tasks (``mmcl compare --help`` lists them).
+STUDY_KEYS = ("name", "description", "variables", "seeds", "losses", "tasks", "baseline", "random_init", "reference",
+              "claims")  # fmt: skip
+TASK_KEYS = ("name", "config", "overrides", "metric", "loss_options")
 
 
 @dataclass(frozen=True)
@@ -214,10 +217,6 @@ def read_study(source: str | Path | dict, variables: dict[str, str] | None = Non
     )
 
 
-STUDY_KEYS = ("name", "description", "variables", "seeds", "losses", "tasks", "baseline", "random_init", "reference",
-              "claims")  # fmt: skip
-
-
 def _load(source: str | Path | dict) -> Any:
     return source if isinstance(source, dict) else load_study_file(source)
 
@@ -278,10 +277,9 @@ def _task_entry(entry: Any, index: int) -> TaskEntry:
     if not isinstance(entry, dict) or "name" not in entry or "config" not in entry:
         raise ValueError(f"tasks[{index}] must be a mapping with 'name' and 'config' (and optional overrides, metric)")
     check_name(str(entry["name"]), f"tasks[{index}].name", nested=False)
-    unknown = sorted(set(entry) - {"name", "config", "overrides", "metric", "loss_options"})
+    unknown = sorted(set(entry) - set(TASK_KEYS))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in tasks[{index}] ({entry['name']}); valid: name, config, "
-                         "overrides, metric, loss_options")  # fmt: skip
+        raise ValueError(f"unknown key(s) {unknown} in tasks[{index}] ({entry['name']}); valid: {', '.join(TASK_KEYS)}")
     overrides = entry.get("overrides") or []
     if isinstance(overrides, dict):
         overrides = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]

@@ -10,6 +10,7 @@ depends on all of them and finds plug-ins through the registries (import-linter'
 * :class:`Range` and the typed aliases (:data:`PositiveInt`, ...): the ranges of numeric options;
 * :func:`derived_seed`, :func:`seed_device`, :class:`SeededViews`: reproducible randomness shared by training
   and evaluation;
+* :data:`Progress`: how a long loop of an evaluation shows its progress;
 * :func:`ensure_torchvision_ops`: the CPU-torch compatibility step, run before torchvision or transformers.
 """
 
@@ -24,6 +25,7 @@ from mmcl.contract.options import (
     Range,
     Seed,
 )
+from mmcl.contract.progress import Progress, no_progress
 from mmcl.contract.registry import Registry
 from mmcl.contract.seeding import SeededViews, derived_seed, seed_device
 
@@ -36,6 +38,7 @@ __all__ = [
     "NonNegativeInt",
     "PositiveFloat",
     "PositiveInt",
+    "Progress",
     "Range",
     "Registry",
     "Seed",
@@ -44,6 +47,7 @@ __all__ = [
     "ViewGroups",
     "Validation",
     "derived_seed",
+    "no_progress",
     "seed_device",
     "ensure_torchvision_ops",
 ]

@@ -1,7 +1,7 @@
 """mmcl's Python API: :func:`pretrain`, :func:`evaluate`, :func:`load_encoder` (the ``mmcl`` CLI is a layer over it).
 
 >>> import tempfile, torch, mmcl
->>> run = mmcl.pretrain("quickstart", ["train.max_steps=2", "optim.warmup_steps=0", "data.train_subset=64",
+>>> run = mmcl.pretrain("quickstart", ["train.max_steps=2", "data.train_subset=64",
 ...                                    "train.batch_size=32", "train.progress_bar=false",
 ...                                    f"train.output_dir={tempfile.mkdtemp()}"])
 >>> run.folder.is_dir(), [record["step"] for record in run.metrics()][-1]
@@ -25,7 +25,7 @@ from pathlib import Path
 from mmcl.contract import Encoder
 from mmcl.contract.export import MANIFEST, is_export, read_manifest
 from mmcl.engine.config import Config, ConfigSource, load_config
-from mmcl.engine.evaluate import build_encoder, evaluate_run
+from mmcl.engine.evaluate import build_encoder, check_target, evaluate_run
 from mmcl.engine.plugins import load_plugins
 from mmcl.modalities import modality_class
 from mmcl.runs import checkpoints
@@ -92,6 +92,7 @@ def pretrain(
     from mmcl.engine.trainer import pretrain as train
 
     load_plugins(plugins)
+    check_target(config)
     target = None if isinstance(config, Mapping) else Path(os.fspath(config)).expanduser()
     if target is not None and target.is_dir():  # a run folder: its saved config (continued only with resume)
         loaded, run_dir = load_config(config_file(target), overrides), target

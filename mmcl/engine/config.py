@@ -54,11 +54,23 @@ class OptimConfig:
     weight_decay: NonNegativeFloat = 1e-6
     momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9
     betas: list[Annotated[float, Range(ge=0, lt=1)]] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: NonNegativeInt = 0  # must be shorter than the run
+    # The warm-up, linear from 0 to optim.lr: a number of steps (shorter than the run), or a fraction of the run's
+    # steps, rounded up as Hugging Face's Trainer does (follows train.max_steps and train.epochs); one of them or none.
+    warmup_steps: NonNegativeInt | None = None
+    warmup_ratio: Annotated[float, Range(ge=0, lt=1)] | None = None
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: Fraction = 0.0
     lars_trust_coefficient: PositiveFloat = 0.001
     exclude_bias_and_norm: bool = True  # from weight decay and the LARS adaptation
+
+    def warmup_for(self, total_steps: int) -> int:
+        """The warm-up steps of a run of ``total_steps``: ``warmup_steps``, else ``ceil(warmup_ratio * total_steps)``
+        (rounded to 1e-9 first, so that 0.07 of 100 steps is 7, not 8), else 0."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        if self.warmup_ratio is None:
+            return 0
+        return math.ceil(round(self.warmup_ratio * total_steps, 9))
 
 
 @dataclass
@@ -199,6 +211,7 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     """
     raw = copy.deepcopy(raw)  # nested sections are edited in place below; the caller's dict stays as it was
     file_loss = dict(raw.get("loss") or {}) if isinstance(raw.get("loss"), dict) else None
+    file_optim = dict(raw.get("optim") or {}) if isinstance(raw.get("optim"), dict) else {}
     for override in overrides:
         keys, value = _parse_override(override)
         node = raw
@@ -212,6 +225,7 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
                 )
         node[keys[-1]] = value
     _drop_options_of_a_replaced_loss(raw, file_loss, overrides)
+    _drop_a_replaced_warmup(raw, file_optim, overrides)
     return raw
 
 
@@ -250,6 +264,19 @@ def _drop_options_of_a_replaced_loss(raw: dict, file_loss: dict | None, override
             loss.get("name"),
             dropped,
         )
+
+
+WARMUP_KEYS = ("warmup_steps", "warmup_ratio")
+
+
+def _drop_a_replaced_warmup(raw: dict, file_optim: dict, overrides: Sequence[str]) -> None:
+    """An override of one warm-up key replaces the file's other one, with a note: ``optim.warmup_steps=0`` on a
+    config whose warm-up is a ratio (the quickstart's) turns the warm-up off."""
+    given = {override.split("=", 1)[0].strip() for override in overrides}
+    for key, other in (WARMUP_KEYS, WARMUP_KEYS[::-1]):
+        if f"optim.{key}" in given and f"optim.{other}" not in given and file_optim.get(other) is not None:
+            del raw["optim"][other]
+            log.warning("note: optim.%s replaces the config's optim.%s=%s", key, other, file_optim[other])
 
 
 ConfigSource = str | Path | Mapping[str, Any]
@@ -322,10 +349,16 @@ def check_effective(config: Config) -> None:
             "train.precision=fp16 with train.cpu=true: fp16 mixed precision needs a GPU; use train.precision=bf16 "
             "on the CPU, or train.precision=no"
         )
-    if train.max_steps is not None and optim.warmup_steps >= train.max_steps:
+    if optim.warmup_steps is not None and optim.warmup_ratio is not None:
+        raise ValueError(
+            f"optim.warmup_steps={optim.warmup_steps} and optim.warmup_ratio={optim.warmup_ratio} both set the "
+            "warm-up; keep one (optim.warmup_ratio follows the run's length)"
+        )
+    if train.max_steps is not None and optim.warmup_steps is not None and optim.warmup_steps >= train.max_steps:
         raise ValueError(
             f"optim.warmup_steps={optim.warmup_steps} is not shorter than the run (train.max_steps={train.max_steps}): "
-            "the learning rate would never reach optim.lr; lower optim.warmup_steps"
+            "the learning rate would never reach optim.lr; lower optim.warmup_steps, or set optim.warmup_ratio "
+            "instead (a fraction of the run)"
         )
 
 

@@ -37,19 +37,29 @@ def describe(path: Path) -> str:
     return ""
 
 
+def _stem(name: str) -> str:
+    return name[: -len(Path(name).suffix)] if Path(name).suffix in SUFFIXES else name
+
+
 def packaged_config(name: str) -> Path | None:
-    """The packaged config or study ``name`` (with or without ``.yaml``), or None."""
-    stem = name[: -len(Path(name).suffix)] if Path(name).suffix in SUFFIXES else name
-    return {**packaged_configs(), **packaged_configs(studies=True)}.get(stem)
+    """The packaged config ``name`` (with or without ``.yaml``; ``mmcl pretrain NAME``), or None."""
+    return packaged_configs().get(_stem(name))
+
+
+def packaged_study(name: str) -> Path | None:
+    """The packaged study ``name`` as ``mmcl configs`` lists it (``cpu-small``, also ``studies/cpu-small``), or
+    None."""
+    stem = _stem(name)
+    return packaged_configs(studies=True).get(stem if stem.startswith(STUDIES) else STUDIES + stem)
 
 
 def format_configs() -> str:
-    """``mmcl configs``: each packaged config's and study's name and description."""
+    """``mmcl configs``: each packaged config's and study's name and description, as the commands take them."""
     configs, studies = packaged_configs(), packaged_configs(studies=True)
     width = max(len(name) for name in [*configs, *studies])
-    lines = ["configs (mmcl pretrain NAME, mmcl evaluate NAME):"]
+    lines = ["configs (mmcl pretrain NAME, mmcl evaluate NAME, mmcl configs NAME):"]
     lines += [f"  {name.ljust(width)}  {describe(path)}" for name, path in configs.items()]
-    lines += ["", "studies (mmcl compare NAME):"]
+    lines += ["", "studies (mmcl compare NAME, mmcl configs NAME):"]
     lines += [f"  {name.removeprefix(STUDIES).ljust(width)}  {describe(path)}" for name, path in studies.items()]
     return "\n".join(lines)
 

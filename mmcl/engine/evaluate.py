@@ -14,6 +14,7 @@ its export is rewritten from ``eval.json`` and, when the run logs to TensorBoard
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ import torch
 from mmcl.contract import Encoder, ModalityAdapter
 from mmcl.contract.export import is_export
 from mmcl.engine.config import Config, ConfigSource, EvalConfig, build_adapter, load_config
+from mmcl.engine.configs import packaged_config, packaged_configs, packaged_study
 from mmcl.runs import checkpoints, folder, tracking
 from mmcl.runs.card import write_model_card
 from mmcl.runs.files import config_file, export_folder, is_run_folder, now
@@ -36,18 +38,25 @@ log = logging.getLogger("mmcl")
 
 
 def evaluate_encoder(
-    encoder: Encoder, adapter: ModalityAdapter, config: EvalConfig, tasks: Sequence[str] | None = None, device="cpu"
+    encoder: Encoder,
+    adapter: ModalityAdapter,
+    config: EvalConfig,
+    tasks: Sequence[str] | None = None,
+    device="cpu",
+    progress: bool = False,
 ) -> dict[str, dict]:
-    """Run the evaluation tasks (``tasks``, else ``config.tasks``, else the adapter's defaults) on a frozen encoder.
+    """Run the evaluation tasks (``tasks``, else ``config.tasks``, else the adapter's defaults) on a frozen encoder;
+    ``progress``: each task shows its long loops on stderr, where it is a terminal.
 
     Returns ``{task: result}``; each result also holds the task's ``options`` and its ``seconds``.
     """
     names = list(tasks or config.tasks or adapter.default_eval_tasks)
     selected = [get_task(name) for name in names]  # raises for an unknown task before any work
     device = torch.device(device)
-    context = EvalContext(encoder.to(device).eval(), adapter, device, config.batch_size, config.seed)
+    context = EvalContext(encoder.to(device).eval(), adapter, device, config.batch_size, config.seed, progress)
     results: dict = {}
     for task in selected:
+        context.task = task.name
         options = config.options.get(task.name) or task.options()
         started = time.perf_counter()
         result = task.run(context, options)
@@ -106,6 +115,7 @@ def evaluate_run(
         ``{task: result, ..., "encoder", "checkpoint", "loss", "seconds", "run_dir", "results_file"}``.
     """
     started = time.perf_counter()
+    check_target(target)
     if is_run(target):
         if overrides:
             raise ValueError(f"overrides {list(overrides)} apply to a config only, not to the run {target}")
@@ -139,7 +149,7 @@ def evaluate_and_record(
     started = time.perf_counter() if started is None else started
     key = RANDOM_INIT if random_init else checkpoint_file.stem if checkpoint_file else AS_BUILT
     device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
-    results = evaluate_encoder(encoder, adapter, config.eval, tasks, device)
+    results = evaluate_encoder(encoder, adapter, config.eval, tasks, device, progress=config.train.progress_bar)
     stored = {"checkpoint": str(checkpoint_file) if checkpoint_file else None, "seed": config.eval.seed,
               "versions": library_versions(), "evaluated": now()}  # fmt: skip
     for task, result in results.items():
@@ -195,6 +205,27 @@ def _evaluation_folder(config: Config) -> Path:
     created = folder.create_run_folder(config.train.output_dir, config.train.run_name, name)
     folder.write_config(created, config.to_dict())
     return created
+
+
+def check_target(target: ConfigSource | Config) -> None:
+    """Refuse a target of ``mmcl evaluate``/``mmcl pretrain`` that names nothing, before anything is read or written:
+    no run folder, checkpoint, config file or packaged config has its name (similar names are suggested)."""
+    if isinstance(target, (Mapping, Config)):
+        return
+    name, path = str(target), Path(target).expanduser()
+    if path.exists() or packaged_config(name) is not None:
+        return
+    if packaged_study(name) is not None:
+        raise ValueError(f"{name!r} is a packaged study, not a config: run it with `mmcl compare {name}`")
+    siblings = [str(path.parent / p.name) for p in path.parent.iterdir()] if path.parent.is_dir() else []
+    similar = difflib.get_close_matches(name, [*siblings, *packaged_configs()], n=3)
+    raise FileNotFoundError(
+        f"no run folder, checkpoint, config file or packaged config is named {name!r}"
+        + (f" (similar: {', '.join(similar)})" if similar else "")
+        + ". Give a run folder (the `run folder:` that mmcl pretrain printed, under train.output_dir, runs/ by "
+        "default), a checkpoint (RUN/checkpoints/step_*.pt), a YAML config file, or a packaged config name "
+        "(`mmcl configs` lists them)"
+    )
 
 
 def is_run(target: ConfigSource | Config) -> bool:

@@ -99,14 +99,16 @@ def build_optimizer(model: nn.Module, config: OptimConfig, loss: nn.Module | Non
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int):
-    """Linear warmup over ``warmup_steps``, then cosine or linear decay to ``min_lr_ratio * lr`` (or constant)."""
+    """Linear warmup (:meth:`~mmcl.engine.config.OptimConfig.warmup_for` the run), then cosine or linear decay to
+    ``min_lr_ratio * lr`` (or constant)."""
+    warmup = config.warmup_for(total_steps)
 
     def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
+        if step < warmup:
+            return (step + 1) / warmup
         if config.schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         if config.schedule == "linear":  # transformers' default, which SimCSE uses
             return config.min_lr_ratio + (1 - config.min_lr_ratio) * (1 - progress)
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

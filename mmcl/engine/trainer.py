@@ -311,10 +311,12 @@ class Trainer:
         # Accelerate steps the optimiser at the end of every epoch too (a last group of fewer micro-batches)
         self.steps_per_epoch = math.ceil(len(self.loader) / train.grad_accumulation)
         self.total_steps = train.max_steps or train.epochs * self.steps_per_epoch
-        if self.config.optim.warmup_steps >= self.total_steps:
+        warmup = self.config.optim.warmup_steps
+        if warmup is not None and warmup >= self.total_steps:
             raise ValueError(
-                f"optim.warmup_steps={self.config.optim.warmup_steps} is not shorter than the run "
-                f"({self.total_steps} steps): the learning rate would never reach optim.lr; lower optim.warmup_steps"
+                f"optim.warmup_steps={warmup} is not shorter than the run ({self.total_steps} steps): the learning "
+                "rate would never reach optim.lr; lower optim.warmup_steps, or set optim.warmup_ratio instead (a "
+                "fraction of the run)"
             )
         self.scheduler = build_scheduler(self.optimizer, self.config.optim, self.total_steps)
         if start is not None:
@@ -392,6 +394,7 @@ class Trainer:
             threads=torch.get_num_threads(),
             precision=self.train.precision,
             total_steps=self.total_steps,
+            warmup_steps=self.config.optim.warmup_for(self.total_steps),
             labels=labels,
         )
 

@@ -74,7 +74,8 @@ def _training_rows(run_dir: Path, config: dict) -> list[tuple[str, str]]:
         (
             "optimiser",
             f"{optim['name']}, lr {optim['lr']}, {optim['schedule']} schedule, "
-            f"{optim['warmup_steps']} warm-up steps, weight decay {optim['weight_decay']}",
+            f"{last.get('warmup_steps', optim.get('warmup_steps') or 0)} warm-up steps, weight decay "
+            f"{optim['weight_decay']}",
         ),  # fmt: skip
         ("precision", f"{_PRECISION.get(train['precision'], train['precision'])} on {last.get('device', '?')}"),
         ("wall time", _wall_time(sessions)),
@@ -92,11 +93,14 @@ def _exported_weights(run_dir: Path) -> str:
 
 
 def _wall_time(sessions: list[dict]) -> str:
-    seconds = 0.0
-    for session in sessions:
-        if "started" in session and "ended" in session:
-            seconds += _epoch(session["ended"]) - _epoch(session["started"])
-    return f"{seconds / 60:.1f} min" if seconds else "in progress"
+    """The sessions' summed wall time, or "in progress" while the last one has not ended. ``run.json`` keeps whole
+    seconds, so a session within one second lasts 0 s: it has ended all the same."""
+    if not sessions or "ended" not in sessions[-1]:
+        return "in progress"
+    seconds = sum(_epoch(s["ended"]) - _epoch(s["started"]) for s in sessions if "started" in s and "ended" in s)
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s" if seconds >= 1 else "< 1 s"
 
 
 def _epoch(stamp: str) -> float:

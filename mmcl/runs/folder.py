@@ -197,6 +197,8 @@ def check_resume_request(config: dict, run_dir: str | Path | None) -> None:
         Path(run_dir) if run_dir is not None else Path(train["output_dir"]).expanduser() / (train["run_name"] or "")
     )
     if is_run_folder(folder):
+        if not checkpoints.list_checkpoints(folder):
+            raise _no_checkpoint(folder)
         check_resume_changes(folder, config_changes(parse_saved_config(folder), config), at_step=0)
 
 
@@ -265,10 +267,7 @@ def _prepare_resume(
     processes, then record it; nothing is written before every check has passed."""
     candidates = checkpoints.list_checkpoints(run_dir)[::-1]
     if not candidates:
-        raise FileNotFoundError(
-            f"--resume: no checkpoint in {checkpoints.checkpoints_folder(run_dir)}: the run never saved one; start it "
-            f"again without --resume (mmcl pretrain {run_dir})"
-        )
+        raise _no_checkpoint(run_dir)
     path, state = checkpoints.load_newest_readable(candidates)
     if "optimizer" not in state:
         raise ValueError(
@@ -302,3 +301,10 @@ def _check_world_size(run_dir: Path, saved: int | None, world_size: int, allowed
             f"global batch (train.batch_size x processes) would change from {saved * batch} to {world_size * batch}. "
             f"Resume with {saved} process(es), or pass --allow-world-size-change to accept it"
         )
+
+
+def _no_checkpoint(run_dir: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"--resume: no checkpoint in {checkpoints.checkpoints_folder(run_dir)}: the run never saved one; start it "
+        f"again without --resume (mmcl pretrain {run_dir})"
+    )

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmcl.contract import Progress, no_progress
 from mmcl.contract.adapter import Encoder
 
 POOLERS = ("cls", "cls_before_pooler", "mean", "first_last_avg", "top2_avg")
@@ -197,12 +198,14 @@ class TextEncoder(Encoder):
         batch_size: int = 64,
         device: torch.device | str | None = None,
         max_length: int | None = None,
+        progress: Progress = no_progress,
     ) -> Tensor:
         """Evaluation embeddings ``(n, h)`` (float32, CPU) of ``sentences``, in their order.
 
         Runs in eval mode (no dropout) and restores the previous mode. Sentences are batched longest
         first to minimise padding (mean pooling ignores padding, so the order does not change results
-        beyond float rounding); identical sentences are embedded once.
+        beyond float rounding); identical sentences are embedded once. ``progress`` shows the batches
+        (:data:`mmcl.contract.Progress`, e.g. ``tqdm``; sentence-transformers' ``show_progress_bar``).
         """
         if isinstance(sentences, str):
             raise TypeError("encode() takes a list of sentences, not a single string")
@@ -217,7 +220,7 @@ class TextEncoder(Encoder):
         self.eval()
         try:
             vectors: list[Tensor | None] = [None] * len(unique)
-            for start in range(0, len(order), batch_size):
+            for start in progress(range(0, len(order), batch_size)):
                 chunk = order[start : start + batch_size]
                 inputs = self.tokenize([unique[i] for i in chunk], max_length).to(device)
                 out = self.features(inputs).float().cpu()

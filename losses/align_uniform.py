@@ -48,7 +48,12 @@ def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
     return torch.logsumexp(-t * squared_distance(z @ z.T)[upper], dim=0) - math.log(M * (M - 1) / 2)
 
 
-@register_loss("align_uniform", paper="Wang & Isola 2020 (arXiv:2005.10242)", inputs="pairs")
+@register_loss(
+    "align_uniform",
+    paper="Wang & Isola 2020 (arXiv:2005.10242)",
+    inputs="pairs",
+    search_space={"t": [1.0, 4.0], "lam": {"log": [0.1, 10.0]}},
+)
 class AlignUniformLoss(EmbeddingLoss):
     """Alignment and uniformity (module docstring).
 

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 NEGATIVES = ("cross", "within", "both")
 
 
-@register_loss("clip", paper="CLIP, Radford et al. 2021 (arXiv:2103.00020); open_clip", inputs="pairs")
+@register_loss("clip", paper="CLIP, Radford et al. 2021 (arXiv:2103.00020); open_clip", inputs="pairs", search_space={})
 class CLIPLoss(ContrastiveLoss):
     """Symmetric InfoNCE with a learned temperature (module docstring).
 

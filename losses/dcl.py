@@ -44,7 +44,12 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("dcl", paper="DCL, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs or V views")
+@register_loss(
+    "dcl",
+    paper="DCL, Yeh et al. 2022 (arXiv:2110.06848)",
+    inputs="pairs or V views",
+    search_space={"temperature": {"log": [0.02, 1.0]}},
+)
 class DCLLoss(ContrastiveLoss):
     """DCL (module docstring).
 
@@ -72,7 +77,12 @@ class DCLLoss(ContrastiveLoss):
         )
 
 
-@register_loss("dclw", paper="DCLW, Yeh et al. 2022 (arXiv:2110.06848)", inputs="pairs")
+@register_loss(
+    "dclw",
+    paper="DCLW, Yeh et al. 2022 (arXiv:2110.06848)",
+    inputs="pairs",
+    search_space={"temperature": {"log": [0.02, 1.0]}, "sigma": [0.1, 1.0]},
+)
 class DCLWLoss(DCLLoss):
     """DCLW: DCL with von Mises-Fisher positive weights (module docstring).
 

@@ -38,7 +38,12 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("debiased", paper="Debiased CL, Chuang et al. 2020 (arXiv:2007.00224)", inputs="pairs or V views")
+@register_loss(
+    "debiased",
+    paper="Debiased CL, Chuang et al. 2020 (arXiv:2007.00224)",
+    inputs="pairs or V views",
+    search_space={"temperature": {"log": [0.05, 1.0]}, "tau_plus": [0.01, 0.2]},
+)
 class DebiasedLoss(ContrastiveLoss):
     """Debiased contrastive loss (module docstring).
 

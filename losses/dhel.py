@@ -35,7 +35,12 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("dhel", paper="DHEL, Koromilas et al. 2024 (arXiv:2405.18045)", inputs="pairs")
+@register_loss(
+    "dhel",
+    paper="DHEL, Koromilas et al. 2024 (arXiv:2405.18045)",
+    inputs="pairs",
+    search_space={"temperature": {"log": [0.02, 1.0]}},
+)
 class DHELLoss(ContrastiveLoss):
     """DHEL (module docstring).
 

@@ -34,7 +34,12 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("graphcl", paper="GraphCL, You et al. 2020 (arXiv:2010.13902)", inputs="pairs")
+@register_loss(
+    "graphcl",
+    paper="GraphCL, You et al. 2020 (arXiv:2010.13902)",
+    inputs="pairs",
+    search_space={"temperature": {"log": [0.05, 1.0]}},
+)
 class GraphCLLoss(ContrastiveLoss):
     def __init__(
         self,

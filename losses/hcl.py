@@ -43,7 +43,11 @@ if TYPE_CHECKING:
 
 
 @register_loss(
-    "hcl", paper="HCL, Robinson et al. 2021 (arXiv:2010.04592)", inputs="pairs or V views", aliases=("h_ucl",)
+    "hcl",
+    paper="HCL, Robinson et al. 2021 (arXiv:2010.04592)",
+    inputs="pairs or V views",
+    aliases=("h_ucl",),
+    search_space={"temperature": {"log": [0.05, 1.0]}, "beta": [0.0, 2.0], "tau_plus": [0.01, 0.2]},
 )
 class HCLLoss(ContrastiveLoss):
     """HCL (module docstring).

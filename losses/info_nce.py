@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     "info_nce",
     paper="CPC, van den Oord et al. 2018 (arXiv:1807.03748); CLIP (arXiv:2103.00020)",
     inputs="pairs (+ optional hard negatives)",
+    search_space={"temperature": {"log": [0.02, 1.0]}},
 )
 class InfoNCELoss(ContrastiveLoss):
     """Cross-view InfoNCE (module docstring).

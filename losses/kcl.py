@@ -56,7 +56,10 @@ def squared_distance(cos: Tensor) -> Tensor:
 
 
 @register_loss(
-    "kcl", paper="KCL, Koromilas et al. 2024 (arXiv:2405.18045); Waida et al. 2023 (arXiv:2304.00395)", inputs="pairs"
+    "kcl",
+    paper="KCL, Koromilas et al. 2024 (arXiv:2405.18045); Waida et al. 2023 (arXiv:2304.00395)",
+    inputs="pairs",
+    search_space={"t": [0.5, 4.0], "gamma": {"log": [1.0, 64.0]}},
 )
 class KCLLoss(EmbeddingLoss):
     """Kernel contrastive losses (module docstring).

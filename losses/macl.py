@@ -47,7 +47,12 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("macl", paper="MACL, Huang et al. 2023 (arXiv:2207.07874)", inputs="pairs or V views")
+@register_loss(
+    "macl",
+    paper="MACL, Huang et al. 2023 (arXiv:2207.07874)",
+    inputs="pairs or V views",
+    search_space={"temperature": {"log": [0.02, 1.0]}, "alpha": [0.0, 1.0], "A0": [0.0, 0.5]},
+)
 class MACLLoss(ContrastiveLoss):
     """MACL (module docstring).
 

@@ -42,7 +42,12 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("margin", paper="Margins, Rho et al. 2023 (arXiv:2306.11526)", inputs="pairs or V views")
+@register_loss(
+    "margin",
+    paper="Margins, Rho et al. 2023 (arXiv:2306.11526)",
+    inputs="pairs or V views",
+    search_space={"temperature": {"log": [0.05, 1.0]}, "m2": [0.0, 0.5], "m3": [0.0, 0.5]},
+)
 class MarginLoss(ContrastiveLoss):
     """Margins on the positive logit (module docstring): ``psi = cos(m1 theta + m2) - m3``.
 

@@ -49,7 +49,12 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("nt_xent", paper="SimCLR, Chen et al. 2020 (arXiv:2002.05709)", inputs="pairs or V views")
+@register_loss(
+    "nt_xent",
+    paper="SimCLR, Chen et al. 2020 (arXiv:2002.05709)",
+    inputs="pairs or V views",
+    search_space={"temperature": {"log": [0.02, 1.0]}},
+)
 class NTXentLoss(ContrastiveLoss):
     def __init__(
         self,

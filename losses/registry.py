@@ -19,17 +19,23 @@ class LossInfo:
     paper: str
     inputs: str  # the data the loss needs: "pairs", "pairs + labels", "pairs (+ hard negatives)"
     aliases: tuple[str, ...] = field(default=())
+    #: Where a study's tuning searches each option by default (``mmcl compare``'s ``tune:``): ``[low, high]``
+    #: (uniform), ``{"log": [low, high]}`` (log-uniform), ``{"int": [low, high]}`` or ``{"choice": [...]}``.
+    search_space: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, LossInfo] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register_loss(name: str, *, paper: str, inputs: str, aliases: tuple[str, ...] = ()):
+def register_loss(
+    name: str, *, paper: str, inputs: str, aliases: tuple[str, ...] = (), search_space: dict | None = None
+):
     """Class decorator adding a loss under ``name`` (and ``aliases``), as ``loss.name`` in a config.
 
     ``paper`` and ``inputs`` (the data the loss needs: ``"pairs"``, ``"pairs + labels"``, ...) are shown by
-    ``mmcl losses``; the class's constructor keywords are the loss's options. The engine calls a loss as
+    ``mmcl losses``; the class's constructor keywords are the loss's options; ``search_space`` says where a study's
+    tuning searches them by default (:attr:`LossInfo.search_space`). The engine calls a loss as
     ``loss_fn(z_a, z_b, labels=None, negatives=None)`` and reads ``accepts_labels``, ``diagnostics`` and
     ``set_progress`` (subclass :class:`mmcl.losses.EmbeddingLoss` to have them).
     """
@@ -37,7 +43,7 @@ def register_loss(name: str, *, paper: str, inputs: str, aliases: tuple[str, ...
     def wrap(cls: type) -> type:
         if name in _REGISTRY or name in _ALIASES:
             raise ValueError(f"loss {name!r} is registered twice")
-        _REGISTRY[name] = LossInfo(name, cls, paper, inputs, tuple(aliases))
+        _REGISTRY[name] = LossInfo(name, cls, paper, inputs, tuple(aliases), dict(search_space or {}))
         for alias in aliases:
             _ALIASES[alias] = name
         cls.registry_name = name

@@ -90,7 +90,12 @@ class SCLLoss(HSCLLoss):
 
 # SCL first: it is the base case (beta = 0) and reads first in the table.
 SCL_PAPER = "SCL as coded in H-SCL, Jiang et al. 2022 (arXiv:2209.00078)"
-register_loss("scl", paper=SCL_PAPER, inputs="pairs or V views + labels")(SCLLoss)
-register_loss("h_scl", paper="H-SCL, Jiang et al. 2022 (arXiv:2209.00078)", inputs="pairs or V views + labels")(
-    HSCLLoss
-)
+register_loss(
+    "scl", paper=SCL_PAPER, inputs="pairs or V views + labels", search_space={"temperature": {"log": [0.05, 1.0]}}
+)(SCLLoss)
+register_loss(
+    "h_scl",
+    paper="H-SCL, Jiang et al. 2022 (arXiv:2209.00078)",
+    inputs="pairs or V views + labels",
+    search_space={"temperature": {"log": [0.05, 1.0]}, "beta": [0.0, 2.0]},
+)(HSCLLoss)

@@ -41,7 +41,12 @@ if TYPE_CHECKING:
     from mmcl.losses.execution import BlockwiseOptions
 
 
-@register_loss("simcse", paper="SimCSE, Gao et al. 2021 (arXiv:2104.08821)", inputs="pairs (+ optional hard negatives)")
+@register_loss(
+    "simcse",
+    paper="SimCSE, Gao et al. 2021 (arXiv:2104.08821)",
+    inputs="pairs (+ optional hard negatives)",
+    search_space={"temperature": {"log": [0.01, 0.5]}},
+)
 class SimCSELoss(ContrastiveLoss):
     """SimCSE (module docstring).
 

@@ -44,7 +44,10 @@ if TYPE_CHECKING:
 
 
 @register_loss(
-    "supcon", paper="SupCon, Khosla et al. 2020 (arXiv:2004.11362)", inputs="pairs or V views + labels (optional)"
+    "supcon",
+    paper="SupCon, Khosla et al. 2020 (arXiv:2004.11362)",
+    inputs="pairs or V views + labels (optional)",
+    search_space={"temperature": {"log": [0.02, 1.0]}},
 )
 class SupConLoss(ContrastiveLoss):
     """SupCon's ``L_out`` (module docstring).

@@ -18,9 +18,18 @@ def _losses(args: argparse.Namespace) -> int:
 
     if args.name:
         print(losses.format_options(args.name))
+        print(_search_space(losses.info(args.name)))
         return 0
     print(losses.format_table())
     return 0
+
+
+def _search_space(info) -> str:
+    """The loss's default search space for a study's tuning (``tune:``), one option a line."""
+    from mmcl.compare.tune import parse_dimension
+
+    lines = [f"  {option}: {parse_dimension(value, option).describe()}" for option, value in info.search_space.items()]
+    return "search space (mmcl compare's tune:):\n" + ("\n".join(lines) or "  nothing to tune")
 
 
 def _configs(args: argparse.Namespace) -> int:
@@ -109,12 +118,15 @@ def _compare(args: argparse.Namespace) -> int:
     output = Path(args.output or f"runs/study-{study.name}")
     shard = _shard(args.shard) if args.shard else None
     if args.dry_run:
-        print(format_estimate(estimate(study, plan(study, output, shard, args.retry_failed), output),
-                              plan(study, output, shard, args.retry_failed)))  # fmt: skip
+        work = plan(study, output, shard, args.retry_failed)
+        print(format_estimate(estimate(study, work, output), work))
+        if study.tune is not None:
+            from mmcl.compare.search import format_search_plan
+
+            print(f"\n{format_search_plan(study, output, shard)}")
         return 0
-    run_study(study, output, args.jobs, shard, args.retry_failed)
+    failed = len(run_study(study, output, args.jobs, shard, args.retry_failed).failed)  # this run's (or shard's)
     report = build_report([output], plots=not args.no_plots)
-    failed = len(plan(study, output, shard).failed)  # the cells of this run (or shard) whose record says failed
     print(
         f"study folder: {output}\nreport: {report}" + (f"\n{failed} cell(s) failed: see the report" if failed else "")
     )
@@ -182,6 +194,7 @@ a study file (YAML) has the keys:
   random_init   optional: true adds an untrained encoder per task and seed
   reference     optional: the row whose score is 0 in the normalised aggregates (default: random_init, if any)
   claims        optional: verdicts (kind: better, at_least with a margin, smaller_drop or bound)
+  tune          optional: {trials, sampler, seed, pruner, validation_fraction, space, optim}: every loss tuned alike
 `mmcl compare --example > study.yaml` writes a commented study; `mmcl configs` lists the packaged ones."""
 
 

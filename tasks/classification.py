@@ -21,6 +21,11 @@ from mmcl.tasks.linear_probe import linear_probe
 from mmcl.tasks.metrics import representation_metrics
 from mmcl.tasks.registry import EvalContext, register_task
 
+#: What kNN and the linear probe score in validation mode (tuning, checkpoint selection).
+HOLDOUT_VALIDATION = (
+    "the same protocol on a stratified hold-out of the training split (eval.validation_fraction), fitted on the rest"
+)
+
 
 @dataclass
 class KNNOptions:
@@ -53,6 +58,7 @@ def _splits(context: EvalContext) -> tuple[dict, dict, int]:
     headline=("top1",),
     primary="top1",
     protocol="weighted kNN top-1 (%) on frozen backbone features (k={k}, T={temperature}), train -> test split",
+    validation=HOLDOUT_VALIDATION,
 )
 def knn(context: EvalContext, options: KNNOptions) -> dict:
     train, test, num_classes = _splits(context)
@@ -73,6 +79,7 @@ def knn(context: EvalContext, options: KNNOptions) -> dict:
     headline=("top1",),
     primary="top1",
     protocol="linear probe top-1 (%) on frozen backbone features ({method}, preset {preset}), train -> test split",
+    validation=HOLDOUT_VALIDATION,
 )
 def linear(context: EvalContext, options: LinearOptions) -> dict:
     train, test, num_classes = _splits(context)

@@ -38,6 +38,10 @@ class EvalContext:
     seed: int = 0
     progress_bars: bool = False  # show the long loops' progress (on a terminal only: :meth:`progress`)
     task: str = ""  # the task now running, which names its bars
+    #: Validation mode (tuning, checkpoint selection): the hold-out fraction of the training split that stands in
+    #: for the test split (:meth:`~mmcl.contract.ModalityAdapter.validation_splits`); each task scores its own
+    #: validation (:attr:`EvalTask.validation`). None: the evaluation proper.
+    validation: float | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def progress(self, items: Iterable[T], what: str, total: int | None = None) -> Iterable[T]:
@@ -53,9 +57,10 @@ class EvalContext:
 
     @torch.no_grad()
     def embed(self, split: str) -> dict[str, torch.Tensor]:
-        """``{"features" (n, f) backbone, "head" (n, d) projection, "labels" (n,)}`` of an evaluation split."""
+        """``{"features" (n, f) backbone, "head" (n, d) projection, "labels" (n,)}`` of an evaluation split (in
+        validation mode, of the validation split of that name)."""
         if split not in self._cache:
-            splits = self.adapter.eval_datasets()
+            splits = self._splits()
             if split not in splits:
                 raise ValueError(
                     f"evaluation split {split!r} not provided by the {self.adapter.name!r} adapter; "
@@ -66,6 +71,11 @@ class EvalContext:
                 progress=partial(self.progress, what=f"embed split {split}"),
             )  # fmt: skip
         return self._cache[split]
+
+    def _splits(self) -> dict:
+        if self.validation is None:
+            return self.adapter.eval_datasets()
+        return self.adapter.validation_splits(self.validation, self.seed)
 
 
 @torch.no_grad()
@@ -92,6 +102,9 @@ class EvalTask:
     headline: tuple[str, ...]  # result keys printed in the summary table (dotted for nested dicts)
     primary: str | None = None  # the result key a comparison ranks encoders on (higher is better); None: none
     protocol: str = ""  # one line naming the protocol, formatted with the options (``{k}``)
+    #: One line naming what the task scores in validation mode (``EvalContext.validation``), never the test split;
+    #: "" when it has no validation score (then it cannot select checkpoints or tune).
+    validation: str = ""
 
     def describe(self, options: Any) -> str:
         """The protocol with this evaluation's options, e.g. ``weighted kNN (k=200, T=0.1) ...``."""
@@ -118,19 +131,26 @@ TASKS: Registry[EvalTask] = Registry(
 
 
 def register_task(
-    name: str, options: type, headline: tuple[str, ...] = (), primary: str | None = None, protocol: str = ""
+    name: str,
+    options: type,
+    headline: tuple[str, ...] = (),
+    primary: str | None = None,
+    protocol: str = "",
+    validation: str = "",
 ) -> Callable:
     """Decorator registering ``run(context, options) -> dict`` as the evaluation task ``name``.
 
     ``options`` is a dataclass of the task's ``eval.<name>.<key>`` settings; ``headline`` names the result
     keys (dotted for nested dicts) that ``mmcl evaluate`` prints; ``primary`` the one that ``mmcl compare``
-    ranks on (higher is better); ``protocol`` describes the protocol in one line, with ``{option}`` fields.
+    ranks on (higher is better); ``protocol`` describes the protocol in one line, with ``{option}`` fields;
+    ``validation`` what ``run`` scores when ``context.validation`` is set (tuning, checkpoint selection), "" for
+    none.
     """
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"task {name!r}: options must be a dataclass")
 
     def decorate(run: Callable[[EvalContext, Any], dict]) -> Callable[[EvalContext, Any], dict]:
-        TASKS.register(name)(EvalTask(name, options, run, headline, primary, protocol))
+        TASKS.register(name)(EvalTask(name, options, run, headline, primary, protocol, validation))
         return run
 
     return decorate

@@ -28,6 +28,7 @@ is read too.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -313,6 +314,7 @@ def evaluate_sts(embed: Callable[[list[str]], object], options: STSOptions | Non
     headline=(*(f"{name}.spearman" for name in ALL_TASKS), "avg"),
     primary="avg",
     protocol="Spearman x 100 of cosine similarities (SentEval 'all'), {split} split, average over the tasks",
+    validation="Spearman x 100 on the STS-B dev split (SimCSE's checkpoint selection); the test sets are not read",
 )
 def sts(context: EvalContext, options: STSOptions) -> dict:
     """STS on the frozen encoder's evaluation embedding (``features``; the pooler is recorded)."""
@@ -328,6 +330,8 @@ def sts(context: EvalContext, options: STSOptions) -> dict:
         return encoder.encode(sentences, batch_size=batch_size, device=context.device, max_length=options.max_length,
                               progress=partial(context.progress, what="encode the sentences"))  # fmt: skip
 
+    if context.validation is not None:  # validation: STS-B dev alone, whatever the options name
+        options = dataclasses.replace(options, split="dev", tasks=["STSBenchmark"])
     results = evaluate_sts(embed, options)
     results["pooler"] = getattr(encoder, "pooler_name", None)
     results["max_length"] = options.max_length or getattr(encoder, "eval_max_length", None)

@@ -16,12 +16,16 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from mmcl.compare.records import CURVE_KEYS, RANDOM_INIT, REPRESENTATION_KEYS, CellRecord, CellSpec
+from mmcl.compare.study import with_options
 from mmcl.engine.config import Config, config_from_dict
-from mmcl.engine.evaluate import evaluate_and_record, evaluate_run, lookup
+from mmcl.engine.evaluate import evaluate_and_record, evaluate_encoder, evaluate_run, evaluation_device, lookup
 from mmcl.logs import configure_logging
 from mmcl.runs import RunRecord, library_versions, now, read_metrics, write_atomically
 
@@ -35,15 +39,22 @@ def run_cell(spec: CellSpec) -> CellRecord:
     started = time.perf_counter()
     try:
         config = config_from_dict(spec.raw)
-        tasks = list(dict.fromkeys([*spec.eval_tasks, "metrics"]))  # the protocol and the representation metrics
         if spec.loss == RANDOM_INIT:  # the untrained encoder, evaluated in the cell's folder
             trained_at = time.perf_counter()
-            results = evaluate_run(config, tasks, random_init=True)
+            results = evaluate_run(config, _tasks(spec), random_init=True)
+        elif spec.validation:  # a tuning trial: validation only, never the test split, nothing in eval.json
+            trained = _train(config, record, _trial_reporter(spec.trial))
+            trained_at = time.perf_counter()
+            results = evaluate_encoder(trained.encoder, trained.adapter, config.eval, spec.eval_tasks,
+                                       evaluation_device(config), validation=True)  # fmt: skip
+            record.folds = _folds(results)
         else:
             trained = _train(config, record)
             trained_at = time.perf_counter()
             results = evaluate_and_record(config, trained.folder, trained.encoder, trained.adapter,
-                                          trained.checkpoint, tasks=tasks)  # fmt: skip
+                                          trained.checkpoint, tasks=_tasks(spec))  # fmt: skip
+            if spec.tuned and spec.tuned.get("per_fold"):
+                results = _nested_cv(spec, results)
         _set_scores(record, results, spec.metric)
         record.eval_seconds = round(time.perf_counter() - trained_at, 2)
         record.status = "ok"
@@ -56,14 +67,77 @@ def run_cell(spec: CellSpec) -> CellRecord:
     return record
 
 
-def _train(config: Config, record: CellRecord) -> Trained:
+def _tasks(spec: CellSpec) -> list[str]:
+    """The protocol's tasks and the representation metrics."""
+    return list(dict.fromkeys([*spec.eval_tasks, "metrics"]))
+
+
+def _trial_reporter(trial: dict | None) -> Callable[[int, float], bool] | None:
+    """A tuning trial's validation scores go to its Optuna trial (in the study's journal); the answer is its
+    pruner's (``should_prune``)."""
+    if not trial:
+        return None
+    import optuna
+
+    from mmcl.compare.search import journal_storage
+    from mmcl.compare.tune import build_pruner
+
+    pruner = build_pruner(trial["pruner"], trial["validate_every"], trial["max_steps"])
+    study = optuna.load_study(study_name=trial["study"], storage=journal_storage(trial["journal"]), pruner=pruner)
+    handle = optuna.trial.Trial(study, trial["trial_id"])
+
+    def report(step: int, score: float) -> bool:
+        handle.report(score, step)
+        return handle.should_prune()
+
+    return report
+
+
+def _nested_cv(spec: CellSpec, results: dict) -> dict:
+    """Nested cross-validation's final score: each outer fold scored by an encoder trained at the options selected on
+    that fold's training part. The cell's own run trained at the options most folds selected (``results``); each
+    other selection trains once more, beside it (``seed<k>-trial<n>``), on the same outer split."""
+    per_fold, main = spec.tuned["per_fold"], spec.tuned["selected_trial"]
+    accuracies = {main: _fold_accuracies(results)}
+    for number in dict.fromkeys(fold["trial"] for fold in per_fold if fold["trial"] != main):
+        options = next(fold["options"] for fold in per_fold if fold["trial"] == number)
+        raw = with_options(spec.raw, options)
+        raw["train"]["run_name"] = f"{raw['train']['run_name']}-trial{number}"
+        config = config_from_dict(raw)
+        trained = _train(config, CellRecord.for_cell(spec))
+        extra = evaluate_and_record(config, trained.folder, trained.encoder, trained.adapter, trained.checkpoint,
+                                    tasks=["graph_classification"])  # fmt: skip
+        accuracies[number] = _fold_accuracies(extra)
+    folds = [accuracies[fold["trial"]][k] for k, fold in enumerate(per_fold)]
+    task = dict(results["graph_classification"])
+    task.update(accuracy=float(np.mean(folds)), std_over_folds=float(np.std(folds)), nested_fold_accuracies=folds,
+                nested_trials=[fold["trial"] for fold in per_fold])  # fmt: skip
+    return {**results, "graph_classification": task}
+
+
+def _fold_accuracies(results: dict) -> list[float]:
+    return results["graph_classification"]["per_seed"][0]["fold_accuracies"]
+
+
+def _folds(results: dict) -> dict | None:
+    """Nested cross-validation's per-fold scores of a graph classification trial: the validation score of each outer
+    fold (its training part's inner cross-validation) and, kept apart for the report, each outer fold's accuracy."""
+    result = results.get("graph_classification")
+    if not isinstance(result, dict) or not result.get("per_seed"):
+        return None
+    run = result["per_seed"][0]
+    return {"validation": run["fold_validation"], "test": run["fold_accuracies"]}
+
+
+def _train(config: Config, record: CellRecord, on_validation: Callable[[int, float], bool] | None = None) -> Trained:
     """Train (``train.auto_resume``: an interrupted attempt continues, a changed definition is refused) and fill the
     record's training fields."""
     from mmcl.engine.trainer import train
 
     started = time.perf_counter()
-    trained = train(config)
+    trained = train(config, on_validation=on_validation)
     record.train_seconds = round(time.perf_counter() - started, 2)
+    record.stopped_early = trained.stopped_early
     metrics = read_metrics(trained.folder)
     record.curves = [
         {key: value for key, value in line.items() if key == "step" or key in CURVE_KEYS or key.startswith("monitor/")}
@@ -117,6 +191,7 @@ def main(spec_file: str) -> int:
     configure_logging()
     spec = CellSpec.from_json(Path(spec_file).read_text())
     record = run_cell(spec)
+    Path(spec.record).parent.mkdir(parents=True, exist_ok=True)
     write_atomically(Path(spec.record), record.to_json() + "\n")
     return 0 if record.ok else 1
 

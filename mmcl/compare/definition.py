@@ -17,7 +17,7 @@ from mmcl.engine.configs import packaged_study, read_text
 
 STUDY_FILE = "study.yaml"
 #: The keys of a study that define its cells or its verdicts: merged folders must agree on them.
-DEFINING = ("tasks", "losses", "random_init", "baseline", "reference", "claims")
+DEFINING = ("tasks", "losses", "random_init", "baseline", "reference", "claims", "tune")
 
 
 def load_study_file(source: str | Path) -> Any:

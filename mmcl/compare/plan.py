@@ -20,9 +20,16 @@ class Plan:
     todo: list[Cell]
 
 
-def plan(study: Study, output: Path, shard: tuple[int, int] | None = None, retry_failed: bool = False) -> Plan:
-    """The cells of ``shard`` (``(i, n)``, 1-based; None: all) and what is left of them in ``output``."""
-    cells = [cell for cell in study.cells() if shard is None or cell.shard(shard[1]) == shard[0]]
+def plan(
+    study: Study,
+    output: Path,
+    shard: tuple[int, int] | None = None,
+    retry_failed: bool = False,
+    selections: dict[str, dict] | None = None,
+) -> Plan:
+    """The cells of ``shard`` (``(i, n)``, 1-based; None: all) and what is left of them in ``output``; a tuned
+    study's cells at the search's ``selections`` (without them, its tuned losses have no cells yet)."""
+    cells = [cell for cell in study.cells(selections) if shard is None or cell.shard(shard[1]) == shard[0]]
     records = read_records(output)
     changed = [c.id for c in cells if c.id in records and records[c.id].definition != c.definition]
     if changed:

@@ -69,6 +69,9 @@ class CellSpec:
     run_dir: str
     study_dir: str
     record: str  # where the cell's record goes
+    validation: bool = False  # a tuning trial: scored in validation mode (the test split unread)
+    trial: dict | None = None  # a tuning trial: {journal, study, trial_id, pruner, ...} (mmcl.compare.search)
+    tuned: dict | None = None  # a final cell of a tuned study: {trials, selected_trial, validation, options}
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
@@ -115,6 +118,10 @@ class CellRecord:
     scores: dict[str, float] = field(default_factory=dict)  # every headline score, flat and dotted
     representation: dict[str, float] = field(default_factory=dict)  # alignment, uniformity, effective rank
     eval_seconds: float = 0.0
+    # tuning: a trial's early stop (the pruner), a final cell's selection
+    stopped_early: int | None = None
+    tuned: dict | None = None
+    folds: dict | None = None  # a graph trial's per-fold validation and test accuracies (nested cross-validation)
     # cost and provenance
     peak_memory_mb: float = 0.0
     seconds: float = 0.0
@@ -129,7 +136,7 @@ class CellRecord:
                                                             "seed", "metric", "protocol")}  # fmt: skip
         options = {key: value for key, value in loss.items() if key != "name"}
         return cls(**identity, run_dir=spec.relative_run_dir, loss_name=loss.get("name"), loss_options=options,
-                   **values)  # fmt: skip
+                   tuned=spec.tuned, **values)  # fmt: skip
 
     @property
     def ok(self) -> bool:

@@ -38,6 +38,7 @@ from mmcl.compare.definition import folder_study, load_study_file
 from mmcl.compare.history import Stamp, claims_hash, keep_earlier
 from mmcl.compare.records import RANDOM_INIT, CellRecord, Unreadable, scan_records, write_records_file
 from mmcl.compare.statistics import ALPHA, FEW, POWER, TEST, Summary
+from mmcl.compare.tuning_report import read_trials, tuning_figures, tuning_section
 from mmcl.runs import write_atomically
 
 
@@ -61,13 +62,14 @@ def build_report(folders: list[Path], output: Path | None = None, plots: bool = 
     output.mkdir(parents=True, exist_ok=True)
     if folders != [output] or (output / "records").is_dir():  # stored results: their records.jsonl is the source
         write_records_file(output, *[f for f in folders if f != output])
-    report = Report(definition or {}, records, unreadable, output.name)
+    report = Report(definition or {}, records, unreadable, output.name, read_trials(*folders))
     figures = {}
     if plots:
         from mmcl.compare.study_figures import study_figures
 
         figures = study_figures(records, report.tables, report.infos, report.baseline, output / "plots",
                                 report.normalised)  # fmt: skip
+        figures.update(tuning_figures(report.trials, report.infos, output / "plots"))
     stamp, history = keep_earlier(output, report.stamp())
     write_atomically(output / "report.md", report.markdown(stamp, history, figures, output))
     write_atomically(output / "report.csv", report.csv())
@@ -98,8 +100,10 @@ def _check_definition(definition: dict, records: list[CellRecord], source: str |
 class Report:
     """Everything a report shows, computed once from the records."""
 
-    def __init__(self, study: dict, records: list[CellRecord], unreadable: list[Unreadable], name: str):
+    def __init__(self, study: dict, records: list[CellRecord], unreadable: list[Unreadable], name: str,
+                 trials: list[dict] | None = None):  # fmt: skip
         self.study, self.records, self.unreadable, self.name = study, records, unreadable, name
+        self.trials = trials or []
         self.infos = task_infos(records, [str(t.get("name")) for t in study.get("tasks") or [] if isinstance(t, dict)])
         self.losses = loss_order(records, study)
         self.baseline = study.get("baseline") if study else None
@@ -125,6 +129,7 @@ class Report:
         lines += _summary_section(self.tables, self.infos)
         lines += _aggregate_section(self.aggregates, self.normalised, self.reference, self.baseline)
         lines += _rank_section(self.tables, self.infos)
+        lines += tuning_section(self.trials, self.records, self.infos)
         if self.claims:
             lines += _claims_section(self.claims)
         for info in self.infos:

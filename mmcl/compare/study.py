@@ -40,6 +40,7 @@ from mmcl import losses
 from mmcl.compare.claims import check_claims
 from mmcl.compare.definition import load_study_file
 from mmcl.compare.records import CURVE_KEYS, NUMBER_FIELDS, RANDOM_INIT, REPRESENTATION_KEYS
+from mmcl.compare.tune import TuneSpec, read_tune
 from mmcl.contract import Seed
 from mmcl.contract.names import check_name
 from mmcl.contract.options import check_type
@@ -59,7 +60,7 @@ PLACEMENT_KEYS = (
 _VARIABLE = re.compile(r"\$\{(\w+)\}")
 #: The keys of a study file and of each of its tasks (``mmcl compare --help`` lists them).
 STUDY_KEYS = ("name", "description", "variables", "seeds", "losses", "tasks", "baseline", "random_init", "reference",
-              "claims")  # fmt: skip
+              "claims", "tune")  # fmt: skip
 TASK_KEYS = ("name", "config", "overrides", "metric", "loss_options")
 
 
@@ -67,6 +68,7 @@ TASK_KEYS = ("name", "config", "overrides", "metric", "loss_options")
 class LossEntry:
     label: str
     section: dict  # {"name": ..., **options}
+    tune: bool = True  # tuned when the study has a tune: section (false: run at these options, a baseline)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Cell:
     loss: str  # the loss label, or RANDOM_INIT
     seed: int
     raw: dict = field(repr=False)  # the resolved config sections
+    tuned: dict | None = field(default=None, compare=False)  # a tuned loss's selection (mmcl.compare.search)
 
     @property
     def id(self) -> str:
@@ -123,8 +126,11 @@ class Cell:
 
     @property
     def definition(self) -> str:
-        """A hash of what the cell computes (its config, less where it runs and how it reports)."""
+        """A hash of what the cell computes (its config, less where it runs and how it reports; and under nested
+        cross-validation, the options each outer fold trains at)."""
         flat = {key: value for key, value in flatten(self.raw).items() if key not in PLACEMENT_KEYS}
+        if self.tuned and self.tuned.get("per_fold"):
+            flat["tuned.per_fold"] = [fold["options"] for fold in self.tuned["per_fold"]]
         return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def shard(self, count: int) -> int:
@@ -144,28 +150,67 @@ class Study:
     claims: tuple[dict, ...]
     reference: str | None  # the normalised aggregates' reference row
     source: dict = field(repr=False)  # the study as read, variables filled in (saved beside the records)
+    tune: TuneSpec | None = None
 
-    def cells(self) -> list[Cell]:
-        """Every cell, tasks in order, then losses (the random-init row first), then seeds."""
+    def cells(self, selections: dict[str, dict] | None = None) -> list[Cell]:
+        """Every cell, tasks in order, then losses (the random-init row first), then seeds. A tuned study's cells
+        run at ``selections`` (``{"task/label": {"options": {"loss.x" | "optim.y": value}, ...}}``, the search's);
+        without them, a tuned loss has no cells yet."""
         entries = [None] * self.random_init + list(self.losses)
         out = []
         for task in self.tasks:
             for entry in entries:
+                if (
+                    entry is not None
+                    and self.tuned(entry)
+                    and (selections or {}).get(f"{task.name}/{entry.label}") is None
+                ):
+                    continue  # not selected yet: the search runs first
+                selected = (selections or {}).get(f"{task.name}/{entry.label}") if entry is not None else None
                 section = None if entry is None else task.loss_section(entry)
                 label = RANDOM_INIT if entry is None else entry.label
-                out.extend(Cell(task.name, label, seed, _cell_config(task.raw, section, seed)) for seed in self.seeds)
+                raw = self.validated(task, task.raw)
+                out.extend(
+                    Cell(task.name, label, seed, _cell_config(raw, section, seed, selected), selected)
+                    for seed in self.seeds
+                )
         return out
+
+    def validated(self, task: TaskEntry, raw: dict) -> dict:
+        """A tuned study validates every run of a task with ``train.validate_every`` on the task's own metric, as
+        its trials (checkpoint selection and pruning on the same validation data): ``raw`` with that set."""
+        if self.tune is None or not task.config.train.validate_every:
+            return raw
+        raw = json.loads(json.dumps(raw))
+        raw.setdefault("eval", {}).update(validation_metric=task.metric,
+                                          validation_fraction=self.tune.validation_fraction)  # fmt: skip
+        return raw
+
+    def tuned(self, entry: LossEntry) -> bool:
+        """Whether ``entry``'s options are searched: the study tunes, the entry does not opt out, and its space is
+        not empty (a loss with nothing to tune, CLIP's learned temperature, runs at its options)."""
+        return self.tune is not None and entry.tune and bool(self.tune.space(entry.section["name"], entry.label))
 
     def task(self, name: str) -> TaskEntry:
         return next(task for task in self.tasks if task.name == name)
 
 
-def _cell_config(task: dict, loss: dict | None, seed: int) -> dict:
+def _cell_config(task: dict, loss: dict | None, seed: int, selected: dict | None = None) -> dict:
     raw = json.loads(json.dumps(task))  # a deep copy
     if loss is not None:
         raw["loss"] = dict(loss)
+    raw = with_options(raw, (selected or {}).get("options") or {})
     raw.setdefault("train", {})["seed"] = seed
     raw.setdefault("eval", {})["seed"] = seed
+    return raw
+
+
+def with_options(raw: dict, options: dict) -> dict:
+    """A copy of the config sections ``raw`` with a search's options set (``{"loss.temperature": 0.1, ...}``)."""
+    raw = json.loads(json.dumps(raw))
+    for key, value in options.items():
+        section, option = key.split(".", 1)
+        raw.setdefault(section, {})[option] = value
     return raw
 
 
@@ -203,6 +248,12 @@ def read_study(source: str | Path | dict, variables: dict[str, str] | None = Non
     reference = _reference(raw, labels)
     metrics, curves = {task.name: task.claim_metrics for task in tasks}, {task.name: task.curves for task in tasks}
     check_claims(list(raw.get("claims") or []), labels, [task.name for task in tasks], metrics, curves)
+    tune = read_tune(raw.get("tune"), list(loss_entries), list(tasks))
+    for task in tasks:
+        if tune is None:
+            _check_validation(task)
+        for loss in loss_entries if tune is not None else ():
+            _check_space_values(tune, task, loss)
     return Study(
         name=str(raw["name"]),
         description=str(raw.get("description", "")),
@@ -214,6 +265,7 @@ def read_study(source: str | Path | dict, variables: dict[str, str] | None = Non
         claims=tuple(raw.get("claims") or ()),
         reference=reference,
         source=raw,
+        tune=tune,
     )
 
 
@@ -269,8 +321,11 @@ def _loss_entry(entry: Any, index: int) -> LossEntry:
         raise ValueError(f"losses[{index}] must be a loss name or a mapping with 'name' and options, got {entry!r}")
     entry = dict(entry)
     label = check_name(str(entry.pop("label", entry["name"])), f"the study's losses[{index}] label", nested=False)
+    tune = entry.pop("tune", True)
+    if not isinstance(tune, bool):
+        raise ValueError(f"losses[{index}].tune={tune!r} must be true or false (false: not tuned, run as given)")
     section = validate_loss(entry, f"the study's losses[{index}] ({label})")
-    return LossEntry(label, section)
+    return LossEntry(label, section, tune)
 
 
 def _task_entry(entry: Any, index: int) -> TaskEntry:
@@ -335,3 +390,25 @@ def _check_feeds(task: TaskEntry, loss: LossEntry) -> None:
         raise ValueError(f"loss {loss.label!r} reads the class labels that task {task.name!r}'s evaluation scores "
                          "(the items are pretrained on and evaluated); use an unsupervised loss there, or set "
                          "train.allow_label_leak=true in the task's overrides knowingly")  # fmt: skip
+
+
+def _check_space_values(tune: TuneSpec, task: TaskEntry, loss: LossEntry) -> None:
+    """Both ends of every searched range build the loss (a temperature range that reaches 0 fails here, before any
+    trial), so that a failed trial means a diverging run, not a range the loss refuses."""
+    space = {key.split(".", 1)[1]: dim for key, dim in tune.space(loss.section["name"], loss.label).items()
+             if key.startswith("loss.")}  # fmt: skip
+    for end in ("low", "high"):
+        options = {name: (dim.choices[0] if dim.kind == "choice" else getattr(dim, end)) for name, dim in space.items()}
+        options = {name: int(v) if space[name].kind == "int" else v for name, v in options.items()}
+        section = {**task.loss_section(loss), **options}
+        validate_loss(section, f"tune: the loss {loss.label!r} at the {end} end of its search space")
+
+
+def _check_validation(task: TaskEntry) -> None:
+    """``train.validate_every`` needs something to validate on (a tuned study validates on the task's metric)."""
+    config = task.config
+    if config.train.validate_every and build_adapter(config).validation is None and not config.eval.validation_metric:
+        raise ValueError(
+            f"task {task.name!r}: train.validate_every needs a validation, and the {config.modality} modality has none "
+            f"of its own; add eval.validation_metric={task.metric} to its overrides"
+        )

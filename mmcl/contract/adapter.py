@@ -35,6 +35,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from mmcl.contract.splits import class_labels, holdout_splits
+
 
 class ViewGroups(tuple):
     """The views of a batch in groups of one input size (multi-crop: the global crops, then the local crops), each
@@ -160,6 +162,13 @@ class ModalityAdapter(ABC):
     @abstractmethod
     def collate_eval(self, items: list) -> tuple[Any, Tensor]: ...
 
+    def validation_splits(self, fraction: float, seed: int) -> dict[str, Dataset]:
+        """``"train"``/``"test"`` drawn from the ``"train"`` evaluation split alone, for tuning and checkpoint
+        selection: a stratified, seeded hold-out of ``fraction`` of it is the ``"test"`` part; the test split is
+        never read (:mod:`mmcl.contract.splits`)."""
+        train = self.eval_datasets()["train"]
+        return holdout_splits(train, class_labels(train), fraction, seed)
+
     def export(self, encoder: Encoder, folder: Path) -> Path | None:
         """Write the trained encoder in its ecosystem's own format at the end of a run (None: nothing to write),
         with the manifest (:func:`mmcl.contract.export.write_manifest`) that :meth:`load_export` reads."""
@@ -174,7 +183,7 @@ class ModalityAdapter(ABC):
         """The modality's part of the model card of the export in ``folder`` (default: loading it with mmcl)."""
         usage = (
             "```python\nimport mmcl\n\n"
-            f'encoder = mmcl.load_encoder("{folder}")\n'
+            f"encoder = mmcl.load_encoder({str(folder)!r})\n"
             "# encoder(x): the projection head's embeddings; encoder.features(x): the backbone's\n```"
         )
         return ModelCard(metadata={"library_name": "mmcl", "tags": ["mmcl", self.name]}, usage=usage)

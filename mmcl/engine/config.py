@@ -115,18 +115,30 @@ class EvalConfig:
     tasks: list[str] | None = None  # None: the modality adapter's default_eval_tasks
     batch_size: PositiveInt = 512
     seed: Seed = 0
+    # What train.validate_every (and a study's tuning) scores: a task's metric ("knn.top1") in validation mode
+    # (the task's own validation, never the test split); None: the modality's own (text: STS-B dev)
+    validation_metric: str | None = None
+    # the stratified hold-out of the training split that validates where a task needs one (kNN, linear probe)
+    validation_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1
     options: dict = field(default_factory=dict)  # task name -> its options dataclass
 
     def to_dict(self) -> dict:
         shared = {"tasks": self.tasks, "batch_size": self.batch_size, "seed": self.seed}
+        # the validation keys only where set: configs and study definitions from before them stay as they were
+        for key, default in VALIDATION_DEFAULTS.items():
+            if getattr(self, key) != default:
+                shared[key] = getattr(self, key)
         return {**shared, **{name: dataclasses.asdict(value) for name, value in self.options.items()}}
+
+
+VALIDATION_DEFAULTS = {"validation_metric": None, "validation_fraction": 0.1}
 
 
 def build_eval_config(values: dict) -> EvalConfig:
     """The ``eval`` section: shared keys of :class:`EvalConfig`, other keys must be registered task names."""
     if not isinstance(values, dict):
         raise ValueError(f"config section 'eval' must be a mapping, got {values!r}")
-    shared = {"tasks", "batch_size", "seed"}
+    shared = {"tasks", "batch_size", "seed", *VALIDATION_DEFAULTS}
     unknown = sorted(set(values) - shared - set(available_tasks()))
     if unknown:
         raise ValueError(
@@ -137,10 +149,26 @@ def build_eval_config(values: dict) -> EvalConfig:
     for name in config.tasks or []:
         get_task(name)  # raises for an unknown task, listing the available ones
     named = set(values) - shared | set(config.tasks or [])  # the listed tasks' options are recorded, defaults too
+    if config.validation_metric is not None:
+        named.add(check_validation_metric(config.validation_metric, "eval.validation_metric"))
     config.options = {
         name: build_dataclass(get_task(name).options, values.get(name) or {}, f"eval.{name}") for name in sorted(named)
     }
     return config
+
+
+def check_validation_metric(metric: object, key: str) -> str:
+    """``metric`` (``task.key``) names a registered task that has a validation score; returns the task's name."""
+    if not isinstance(metric, str) or "." not in metric:
+        raise ValueError(f"{key}={metric!r} must name a task's metric as TASK.KEY, e.g. knn.top1")
+    task = get_task(metric.split(".")[0])  # raises for an unknown task, listing the available ones
+    if not task.validation:
+        validating = [name for name in available_tasks() if get_task(name).validation]
+        raise ValueError(
+            f"{key}={metric}: the {task.name} task has no validation score (it would read the test split); use a "
+            f"task that validates: {validating}"
+        )
+    return task.name
 
 
 SECTIONS = ("modality", "model", "data", "loss", "optim", "train", "eval")

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,9 +44,11 @@ def evaluate_encoder(
     config: EvalConfig,
     tasks: Sequence[str] | None = None,
     device="cpu",
+    validation: bool = False,
     progress: bool = False,
 ) -> dict[str, dict]:
     """Run the evaluation tasks (``tasks``, else ``config.tasks``, else the adapter's defaults) on a frozen encoder;
+    with ``validation``, each task's validation instead (``config.validation_fraction``; the test split unread);
     ``progress``: each task shows its long loops on stderr, where it is a terminal.
 
     Returns ``{task: result}``; each result also holds the task's ``options`` and its ``seconds``.
@@ -53,7 +56,15 @@ def evaluate_encoder(
     names = list(tasks or config.tasks or adapter.default_eval_tasks)
     selected = [get_task(name) for name in names]  # raises for an unknown task before any work
     device = torch.device(device)
-    context = EvalContext(encoder.to(device).eval(), adapter, device, config.batch_size, config.seed, progress)
+    context = EvalContext(
+        encoder.to(device).eval(),
+        adapter,
+        device,
+        config.batch_size,
+        config.seed,
+        progress_bars=progress,
+        validation=config.validation_fraction if validation else None,
+    )
     results: dict = {}
     for task in selected:
         context.task = task.name
@@ -66,6 +77,11 @@ def evaluate_encoder(
             "seconds": round(time.perf_counter() - started, 2),
         }
     return results
+
+
+def evaluation_device(config: Config) -> str:
+    """Where evaluation runs: the GPU when there is one and the run may use it, else the CPU."""
+    return "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
 
 
 def build_encoder(
@@ -84,16 +100,40 @@ def build_encoder(
 
 @torch.no_grad()
 def validation_score(encoder: Encoder, adapter: ModalityAdapter, config: Config, device: torch.device | str) -> float:
-    """The adapter's validation (:class:`~mmcl.contract.Validation`): its task on the frozen encoder, on top of the
-    config's options for that task; returns the score that checkpoint selection maximises."""
+    """The score that checkpoint selection and tuning maximise (:func:`validation_name` names it):
+    ``eval.validation_metric`` scored in validation mode (the task's own validation,
+    :attr:`~mmcl.tasks.EvalTask.validation`), else the adapter's (:class:`~mmcl.contract.Validation`), on the
+    frozen encoder."""
+    task, options, key, validation = _validation(adapter, config)
+    context = EvalContext(encoder.eval(), adapter, torch.device(device), config.eval.batch_size, config.eval.seed,
+                          validation=validation)  # fmt: skip
+    score = lookup(task.run(context, options), key)
+    if not isinstance(score, float):
+        raise ValueError(f"validation: the {task.name} task's result has no number at {key!r}")
+    return score
+
+
+def validation_name(adapter: ModalityAdapter, config: Config) -> str:
+    """The name :func:`validation_score` is logged under (``val_<name>``): ``knn_top1``, ``stsb_dev_spearman``."""
+    metric = config.eval.validation_metric
+    return metric.replace(".", "_") if metric is not None else adapter.validation.name
+
+
+def _validation(adapter: ModalityAdapter, config: Config) -> tuple[Any, Any, str, float | None]:
+    """The task, its options, the result key and the validation fraction (None: none) of the validation."""
+    metric = config.eval.validation_metric
+    if metric is not None:
+        task_name, key = metric.split(".", 1)
+        task = get_task(task_name)
+        return task, config.eval.options.get(task_name) or task.options(), key, config.eval.validation_fraction
     spec = adapter.validation
     task = get_task(spec.task)
-    options = dataclasses.replace(config.eval.options.get(spec.task) or task.options(), **spec.options)
-    context = EvalContext(encoder.eval(), adapter, torch.device(device), config.eval.batch_size, config.eval.seed)
-    score = lookup(task.run(context, options), spec.metric)
-    if not isinstance(score, float):
-        raise ValueError(f"validation: the {spec.task} task's result has no number at {spec.metric!r}")
-    return score
+    return (
+        task,
+        dataclasses.replace(config.eval.options.get(spec.task) or task.options(), **spec.options),
+        spec.metric,
+        None,
+    )
 
 
 def evaluate_run(
@@ -148,8 +188,8 @@ def evaluate_and_record(
     trainer.Trained`), so nothing is built or read again."""
     started = time.perf_counter() if started is None else started
     key = RANDOM_INIT if random_init else checkpoint_file.stem if checkpoint_file else AS_BUILT
-    device = "cuda" if torch.cuda.is_available() and not config.train.cpu else "cpu"
-    results = evaluate_encoder(encoder, adapter, config.eval, tasks, device, progress=config.train.progress_bar)
+    results = evaluate_encoder(encoder, adapter, config.eval, tasks, evaluation_device(config),
+                               progress=config.train.progress_bar)  # fmt: skip
     stored = {"checkpoint": str(checkpoint_file) if checkpoint_file else None, "seed": config.eval.seed,
               "versions": library_versions(), "evaluated": now()}  # fmt: skip
     for task, result in results.items():

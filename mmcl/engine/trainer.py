@@ -43,7 +43,7 @@ from mmcl import losses
 from mmcl.contract import ModalityAdapter, SeededViews, TrainBatch, derived_seed, seed_device
 from mmcl.contract.export import is_export, update_manifest
 from mmcl.engine.config import Config, build_adapter, config_from_dict
-from mmcl.engine.evaluate import validation_score
+from mmcl.engine.evaluate import validation_name, validation_score
 from mmcl.engine.gradcache import batch_dependent_layers, cached_step, split_inputs
 from mmcl.engine.optim import build_optimizer, build_scheduler
 from mmcl.runs import checkpoints, folder, tracking
@@ -154,6 +154,7 @@ class Trained:
     encoder: torch.nn.Module | None = None
     adapter: ModalityAdapter | None = None
     checkpoint: Path | None = None
+    stopped_early: int | None = None  # the step where ``on_validation`` ended the run (a pruned trial)
 
 
 def pretrain(
@@ -180,8 +181,13 @@ def train(
     run_dir: str | Path | None = None,
     resume: bool = False,
     allow_world_size_change: bool = False,
+    on_validation: Callable[[int, float], bool] | None = None,
 ) -> Trained:
-    """:func:`pretrain`, returning the trained encoder too (see :class:`Trained`)."""
+    """:func:`pretrain`, returning the trained encoder too (see :class:`Trained`).
+
+    ``on_validation(step, score)`` is called with each validation score (``train.validate_every``); when it returns
+    True the run ends after that step, as if it had reached its last one (a study's pruner stops a tuning trial).
+    """
     tracking.check_loggers(config.train.loggers)  # before anything is written
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -190,17 +196,22 @@ def train(
     AcceleratorState._reset_state(reset_partial_state=False)
     state = PartialState(cpu=config.train.cpu)  # starts the process group, so every rank agrees on the run folder
     with process_group_released_last(), _sigterm_interrupts():
-        return _train_in_run_folder(config, state, run_dir, resume, allow_world_size_change)
+        return _train_in_run_folder(config, state, run_dir, resume, allow_world_size_change, on_validation)
 
 
 def _train_in_run_folder(
-    config: Config, state: PartialState, run_dir: str | Path | None, resume: bool, allow_world_size_change: bool
+    config: Config,
+    state: PartialState,
+    run_dir: str | Path | None,
+    resume: bool,
+    allow_world_size_change: bool,
+    on_validation: Callable[[int, float], bool] | None,
 ) -> Trained:
     """:func:`train` once the process group is up: check everything the config and data decide before any folder
     exists, agree on the run folder, train, record the session."""
     if resume:  # a refused change is the first thing to say, before the data are read
         _on_main(state, lambda: folder.check_resume_request(config.to_dict(), run_dir))
-    trainer = Trainer(config, state)
+    trainer = Trainer(config, state, on_validation)
     trainer.prepare()
     with contextlib.ExitStack() as held:
         run_dir, start = _agree_on_run_folder(config, state, run_dir, resume, held, allow_world_size_change)
@@ -217,7 +228,8 @@ def _train_in_run_folder(
                 record.end_session("failed", error=f"{type(error).__name__}: {error}", at_step=trainer.step)
             raise
         if record:
-            record.end_session("finished", at_step=trainer.step)
+            early = {"stopped_early": trainer.stopped_early} if trainer.stopped_early else {}
+            record.end_session("finished", at_step=trainer.step, **early)
             if is_export(export_folder(run_dir)):
                 write_model_card(run_dir, trainer.adapter)  # after the session ended: with its wall time
         return trainer.trained()
@@ -261,8 +273,11 @@ class Trainer:
     """One training session: :meth:`prepare` (before any run folder exists), :meth:`set_up` in the run folder,
     then :meth:`fit`."""
 
-    def __init__(self, config: Config, state: PartialState) -> None:
-        self.config, self.train, self.state = config, config.train, state
+    def __init__(
+        self, config: Config, state: PartialState, on_validation: Callable[[int, float], bool] | None = None
+    ) -> None:
+        self.config, self.train, self.state, self.on_validation = config, config.train, state, on_validation
+        self.stopped_early: int | None = None  # the step where on_validation ended the run
         self.step, self.best = 0, {}
         self.collapsed_intervals, self.skipped_steps, self.step_skipped = 0, 0, False
 
@@ -332,8 +347,11 @@ class Trainer:
                 f"{batch_dependent_layers(encoder)[:3]}... (turn it off, e.g. model.head_batch_norm=false)"
             )
         self._check_views(adapter.n_views)
-        if train.validate_every and adapter.validation is None:
-            raise ValueError(f"train.validate_every: the {adapter.name} modality has no validation metric; unset it")
+        if train.validate_every and adapter.validation is None and self.config.eval.validation_metric is None:
+            raise ValueError(
+                f"train.validate_every: the {adapter.name} modality has no validation of its own; name one with "
+                "eval.validation_metric (e.g. knn.top1: kNN on a hold-out of the training split), or unset it"
+            )
         self.uses_labels = bool(self.loss_fn.accepts_labels and adapter.has_labels)
         if self.uses_labels and adapter.evaluates_pretraining_items and not train.allow_label_leak:
             raise ValueError(
@@ -410,7 +428,7 @@ class Trainer:
         stopped = False
         try:
             with _StopRequest() as stop:
-                while self.step < self.total_steps and not stopped:
+                while self.step < self.total_steps and not stopped and self.stopped_early is None:
                     stopped = self._run_epoch(stop)
         finally:
             self.bar.close()
@@ -459,7 +477,7 @@ class Trainer:
                 and self.step < self.total_steps
             ):
                 self._save()
-            if self.step >= self.total_steps:
+            if self.step >= self.total_steps or self.stopped_early is not None:
                 break
         return False
 
@@ -604,18 +622,22 @@ class Trainer:
         accelerator.wait_for_everyone()
 
     def _validate(self) -> dict[str, float]:
-        """Score the encoder on the main process; keep ``checkpoints/best.pt`` when it improves."""
+        """Score the encoder on the main process; keep ``checkpoints/best.pt`` when it improves; hand the score to
+        ``on_validation``, whose True ends the run after this step (a pruned tuning trial)."""
         scores: dict[str, float] = {}
+        stop = False
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.encoder)
             value = validation_score(model, self.adapter, self.config, self.accelerator.device)
+            metric = validation_name(self.adapter, self.config)
             model.train()
-            metric = self.adapter.validation.name
             if not self.best or value > self.best["value"]:
                 self.best.update(step=self.step, metric=metric, value=value)
                 checkpoints.save_best({"model": model.state_dict(), **self.best}, self.run_dir)
             scores = {f"val_{metric}": value, "best_step": self.best["step"]}
-        self.accelerator.wait_for_everyone()
+            stop = self.on_validation is not None and self.on_validation(self.step, value)
+        if _any(self.accelerator, self.accelerator.is_main_process and stop):
+            self.stopped_early = self.step  # the callback's call (a tuning pruner): the run ends here
         return scores
 
     def _export(self) -> None:
@@ -626,11 +648,11 @@ class Trainer:
         """The session's outcome; after :meth:`fit` the encoder holds the exported weights (the best, else the
         final ones), without mixed precision's forward wrapper, as an evaluation loads them."""
         if self.accelerator.num_processes > 1:
-            return Trained(self.run_dir)
+            return Trained(self.run_dir, stopped_early=self.stopped_early)
         best = checkpoints.best_path(self.run_dir)
         weights = best if best.is_file() else checkpoints.checkpoint_path(self.run_dir, self.step)
         encoder = self.accelerator.unwrap_model(self.encoder, keep_fp32_wrapper=False)
-        return Trained(self.run_dir, encoder, self.adapter, weights)
+        return Trained(self.run_dir, encoder, self.adapter, weights, self.stopped_early)
 
 
 def export(

@@ -248,5 +248,10 @@ class GraphAdapter(ModalityAdapter):
             )
         return {"all": LabelledGraphs(self.source, self.unaugmented)}
 
+    def validation_splits(self, fraction: float, seed: int) -> dict[str, Dataset]:
+        """Graph classification validates by nested cross-validation on the whole dataset (each outer fold's
+        training part, :mod:`mmcl.tasks.graph_classification`): no hold-out is drawn."""
+        return self.eval_datasets()
+
     def collate_eval(self, items: list) -> tuple[Batch, Tensor]:
         return Batch.from_data_list([item[0] for item in items]), torch.tensor([item[1] for item in items])

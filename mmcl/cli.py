@@ -86,10 +86,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mmcl.compare.plan import estimate, format_estimate, plan
-    from mmcl.compare.report import build_report
-    from mmcl.compare.runner import run_study
-    from mmcl.compare.study import read_study
     from mmcl.engine.configs import packaged_study
     from mmcl.engine.plugins import load_plugins
 
@@ -98,14 +94,13 @@ def _compare(args: argparse.Namespace) -> int:
         return 0
     load_plugins(args.plugin)
     if args.report:
-        folders = [Path(folder) for folder in [args.study, *args.more] if folder]
-        if not folders:
-            raise ValueError("mmcl compare --report needs the study folder(s) to report: mmcl compare --report DIR")
-        for folder in folders:
-            if not folder.is_dir():
-                raise FileNotFoundError(f"--report {folder}: no such study folder (give the --output of a study run)")
-        output = Path(args.output) if args.output else None
-        print(f"report: {build_report(folders, output, plots=not args.no_plots, study=args.definition)}")
+        return _compare_report(args)
+    if args.status:
+        from mmcl.compare.progress import format_status
+
+        if not args.study or not Path(args.study).is_dir():
+            raise FileNotFoundError(f"--status {args.study}: no such study folder (give the --output of a study run)")
+        print(format_status(Path(args.study)))
         return 0
     if not args.study:
         raise ValueError("mmcl compare needs a study (a YAML file or a packaged study name) or --report DIR")
@@ -113,23 +108,59 @@ def _compare(args: argparse.Namespace) -> int:
         raise ValueError(f"--study {args.definition} is for --report (a run reads its study from STUDY)")
     if args.more:
         raise ValueError(f"unrecognized argument(s) {args.more}: more study folders go with --report only")
+    from mmcl.compare.executor import build_executor, choose_executor
+    from mmcl.compare.report import build_report
+    from mmcl.compare.runner import run_study
+    from mmcl.compare.study import read_study
+
     variables = dict(_assignment(item, "--var") for item in args.var)
     study = read_study(args.study, variables)
     output = Path(args.output or f"runs/study-{study.name}")
     shard = _shard(args.shard) if args.shard else None
+    choice = choose_executor(study.executor, args.executor, args.executor_option)
     if args.dry_run:
-        work = plan(study, output, shard, args.retry_failed)
-        print(format_estimate(estimate(study, work, output), work))
-        if study.tune is not None:
-            from mmcl.compare.search import format_search_plan
-
-            print(f"\n{format_search_plan(study, output, shard)}")
-        return 0
-    failed = len(run_study(study, output, args.jobs, shard, args.retry_failed).failed)  # this run's (or shard's)
+        return _dry_run(args, study, output, shard, build_executor(choice, output, args.jobs, study.resources))
+    failed = len(
+        run_study(study, output, args.jobs, shard, args.retry_failed, choice).failed
+    )  # this run's (or shard's)
     report = build_report([output], plots=not args.no_plots)
     print(
         f"study folder: {output}\nreport: {report}" + (f"\n{failed} cell(s) failed: see the report" if failed else "")
     )
+    return 0
+
+
+def _compare_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmcl.compare.report import build_report
+
+    folders = [Path(folder) for folder in [args.study, *args.more] if folder]
+    if not folders:
+        raise ValueError("mmcl compare --report needs the study folder(s) to report: mmcl compare --report DIR")
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--report {folder}: no such study folder (give the --output of a study run)")
+    output = Path(args.output) if args.output else None
+    print(f"report: {build_report(folders, output, plots=not args.no_plots, study=args.definition)}")
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, study, output, shard, executor) -> int:
+    from pathlib import Path
+
+    from mmcl.compare.plan import estimate, format_estimate, plan
+
+    for folder in args.estimate_from:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--estimate-from {folder}: no such study folder (a finished study's --output)")
+    work = plan(study, output, shard, args.retry_failed)
+    rows = estimate(study, work, output, [Path(f) for f in args.estimate_from], calibrate=args.calibrate)
+    print(format_estimate(rows, work, executor.parallelism))
+    if study.tune is not None:
+        from mmcl.compare.search import format_search_plan
+
+        print(f"\n{format_search_plan(study, output, shard)}")
     return 0
 
 
@@ -269,7 +300,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", nargs="?", help="a study YAML file or a packaged study name (mmcl configs lists them)")
     p.add_argument("more", nargs="*", help="with --report: more study folders (shards) to merge")
     p.add_argument("--output", help="the study folder (default runs/study-<name>); with --report, the report's")
-    p.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (threads split)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="cells at once (default: local 1, or one per GPU; ray: the local "
+        "instance's CPUs; slurm: the job array's parallelism); threads split between them",
+    )
+    p.add_argument(
+        "--executor",
+        help="where the cells run: local (default: processes on this machine), ray (a Ray "
+        "cluster or a local instance) or slurm (a submitit job array); also the study's executor: section",
+    )
+    p.add_argument(
+        "--executor-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the executor, e.g. address=HOST:PORT, partition=gpu (repeatable)",
+    )
+    p.add_argument("--status", action="store_true", help="print how far the study run in the folder STUDY is")
+    p.add_argument(
+        "--estimate-from",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="with --dry-run: seconds per cell from the finished cells of these study folders",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="with --dry-run: time one short calibration cell of each task that has no estimate",
+    )
     p.add_argument("--shard", help="I/N: run only this machine's share of the cells (a cluster's job array)")
     p.add_argument("--dry-run", action="store_true", help="list the cells to run and estimate their cost")
     p.add_argument("--retry-failed", action="store_true", help="run the cells that failed before again")

@@ -1,10 +1,12 @@
-"""One cell of a study, run in its own process: pretrain (resuming an interrupted attempt), evaluate, record.
+"""One cell of a study: pretrain (resuming an interrupted attempt), evaluate, record.
 
 ``python -m mmcl.compare.cell SPEC.json`` reads the cell's spec (:class:`~mmcl.compare.records.CellSpec`, written
 by the study runner), trains in the cell's run folder with ``train.auto_resume`` (an interrupted cell continues
 from its checkpoint; a changed definition is refused), evaluates the task's protocol plus the representation
-metrics, and writes the cell's record (:class:`~mmcl.compare.records.CellRecord`) atomically. Each cell has its
-own process so that its peak memory is its own and a crash stays a cell's.
+metrics, and writes the cell's record (:class:`~mmcl.compare.records.CellRecord`) atomically. The executors run
+:func:`run_cell_file` in a worker process of their own (:mod:`mmcl.compare.worker`), one cell at a time, so that a
+crash stays a cell's; a warm worker runs several cells one after another, each with its peak memory counted
+afresh.
 
 The cell validates its config once and builds its loss once: training returns the trained encoder and adapter
 (:class:`~mmcl.engine.trainer.Trained`), which the evaluation uses as they are.
@@ -28,6 +30,7 @@ from mmcl.engine.config import Config, config_from_dict
 from mmcl.engine.evaluate import evaluate_and_record, evaluate_encoder, evaluate_run, evaluation_device, lookup
 from mmcl.logs import configure_logging
 from mmcl.runs import RunRecord, library_versions, now, read_metrics, write_atomically
+from mmcl.runs.lock import exclusive
 
 if TYPE_CHECKING:
     from mmcl.engine.trainer import Trained
@@ -176,7 +179,8 @@ def _set_scores(record: CellRecord, results: dict, metric: str) -> None:
 
 
 def _peak_memory_mb() -> float:
-    """This process's peak memory: the GPU's allocator peak when CUDA ran, else the resident set's."""
+    """The cell's peak memory: the GPU's allocator peak when CUDA ran, else the resident set's (since
+    :func:`reset_peak_memory` in a warm worker)."""
     try:
         import torch
 
@@ -184,16 +188,44 @@ def _peak_memory_mb() -> float:
             return torch.cuda.max_memory_allocated() / 2**20
     except ImportError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+    except (OSError, StopIteration, ValueError):  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def reset_peak_memory() -> None:
+    """Count the next cell's peak memory afresh in this process: Linux resets the resident set's high-water mark
+    (VmHWM) when 5 is written to /proc/self/clear_refs; CUDA's allocator resets its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux: the peak stays the process's
+        pass
+    torch = sys.modules.get("torch")  # imported by an earlier cell, or not at all
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def run_cell_file(spec_file: Path) -> CellRecord:
+    """Run the cell of ``spec_file`` and write its record; a copy of the cell that runs at the same time (a job
+    submitted again while the first still ran) waits for it and returns its record instead of training again."""
+    spec = CellSpec.from_json(Path(spec_file).read_text())
+    path = Path(spec.record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(Path(spec_file).with_suffix(".lock")):
+        if path.is_file():
+            earlier = CellRecord.from_json(path.read_text(), str(path))
+            if earlier.ok and earlier.definition == spec.definition:
+                return earlier
+        record = run_cell(spec)
+        write_atomically(path, record.to_json() + "\n")
+    return record
 
 
 def main(spec_file: str) -> int:
     configure_logging()
-    spec = CellSpec.from_json(Path(spec_file).read_text())
-    record = run_cell(spec)
-    Path(spec.record).parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(Path(spec.record), record.to_json() + "\n")
-    return 0 if record.ok else 1
+    return 0 if run_cell_file(Path(spec_file)).ok else 1
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ class CellSpec:
     validation: bool = False  # a tuning trial: scored in validation mode (the test split unread)
     trial: dict | None = None  # a tuning trial: {journal, study, trial_id, pruner, ...} (mmcl.compare.search)
     tuned: dict | None = None  # a final cell of a tuned study: {trials, selected_trial, validation, options}
+    task_definition: str = ""  # a hash of the task's config whatever the loss and seed (TaskEntry.definition)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
@@ -84,6 +85,10 @@ class CellSpec:
     def relative_run_dir(self) -> str:
         """The run folder relative to the study folder (portable: shards merge elsewhere)."""
         return Path(self.run_dir).relative_to(self.study_dir).as_posix()
+
+
+#: The fields a record takes from its cell's spec.
+IDENTITY = ("id", "definition", "task", "modality", "dataset", "loss", "seed", "metric", "protocol", "task_definition")
 
 
 @dataclass
@@ -100,11 +105,13 @@ class CellRecord:
     seed: int
     metric: str
     protocol: str
+    task_definition: str = ""
     run_dir: str = ""
     loss_name: str | None = None
     loss_options: dict = field(default_factory=dict)
     # outcome
     status: str = "failed"  # "ok" or "failed"
+    lost: bool = False  # failed because its worker died (killed, out of memory, node lost): the next run retries it
     error: str | None = None
     traceback: str | None = None
     # training
@@ -132,8 +139,7 @@ class CellRecord:
     def for_cell(cls, spec: CellSpec, **values: Any) -> CellRecord:
         """A record of ``spec``'s cell (its identity filled in) with ``values``."""
         loss = spec.raw.get("loss") or {}
-        identity = {name: getattr(spec, name) for name in ("id", "definition", "task", "modality", "dataset", "loss",
-                                                            "seed", "metric", "protocol")}  # fmt: skip
+        identity = {name: getattr(spec, name) for name in IDENTITY}
         options = {key: value for key, value in loss.items() if key != "name"}
         return cls(**identity, run_dir=spec.relative_run_dir, loss_name=loss.get("name"), loss_options=options,
                    tuned=spec.tuned, **values)  # fmt: skip

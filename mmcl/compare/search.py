@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmcl.compare.executor import Executor
+from mmcl.compare.progress import Progress
 from mmcl.compare.records import CellRecord, read_records, safe_name
 from mmcl.compare.runner import after_cell, run_pool, write_spec
 from mmcl.compare.study import Cell, LossEntry, Study, TaskEntry, with_options
@@ -199,10 +201,12 @@ def journal_storage(path: str | Path) -> Any:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def run_search(study: Study, output: Path, jobs: int, shard: tuple[int, int] | None = None) -> dict[str, dict]:
-    """Run every search of the study (or shard) to its budget with ``jobs`` processes; returns the selections by
-    ``task/label`` (None for a search without a finished trial) and writes ``trials.jsonl``."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+def run_search(study: Study, output: Path, jobs: int, shard: tuple[int, int] | None = None,
+               executor: Executor | None = None, progress: Progress | None = None) -> dict[str, dict]:  # fmt: skip
+    """Run every search of the study (or shard) to its budget with ``jobs`` trials at once through ``executor``
+    (default: this machine's workers); returns the selections by ``task/label`` (None for a search without a
+    finished trial) and writes ``trials.jsonl``."""
+    threads = executor.threads if executor is not None else max(1, (os.cpu_count() or 1) // jobs)
     searches = [Search(group, study, output, threads) for group in groups(study, shard)]
     owners: dict[str, Search] = {}
 
@@ -219,7 +223,7 @@ def run_search(study: Study, output: Path, jobs: int, shard: tuple[int, int] | N
 
     log.info("tuning: %d search(es) of %d trial(s) each (%s sampler, %s pruner)", len(searches), study.tune.trials,
              study.tune.sampler, study.tune.pruner)  # fmt: skip
-    run_pool(next_spec, jobs, finished)
+    run_pool(next_spec, jobs, finished, executor, progress)
     write_trials_file(output, searches)
     selections = {search.group.name: search.selection() for search in searches}
     for name in (name for name, chosen in selections.items() if chosen is None):

@@ -21,6 +21,8 @@ key (the packaged study ``example``)::
           "*": {temperature: 0.2}   # every loss with a temperature
           dystress: {tau_min: 0.1, tau_max: 0.3}
     claims: [...]                   # optional verdicts (mmcl.compare.claims), fixed before the study runs
+    resources: {cpus: 2, gpus: 1}   # optional: what each cell asks of an executor (mmcl.compare.executor)
+    executor: {name: slurm, partition: gpu, time: 120}   # optional: the executor and its options (--executor wins)
 
 The budget is the task's: a loss entry holds loss options only, so it never changes steps, batch size or data.
 Every (task, loss, seed) is a :class:`Cell` with a stable id and a definition hash over its resolved config.
@@ -39,6 +41,7 @@ from typing import Any
 from mmcl import losses
 from mmcl.compare.claims import check_claims
 from mmcl.compare.definition import load_study_file
+from mmcl.compare.executor import Resources, read_executor_section, read_resources
 from mmcl.compare.records import CURVE_KEYS, NUMBER_FIELDS, RANDOM_INIT, REPRESENTATION_KEYS
 from mmcl.compare.tune import TuneSpec, read_tune
 from mmcl.contract import Seed
@@ -60,7 +63,7 @@ PLACEMENT_KEYS = (
 _VARIABLE = re.compile(r"\$\{(\w+)\}")
 #: The keys of a study file and of each of its tasks (``mmcl compare --help`` lists them).
 STUDY_KEYS = ("name", "description", "variables", "seeds", "losses", "tasks", "baseline", "random_init", "reference",
-              "claims", "tune")  # fmt: skip
+              "claims", "tune", "executor", "resources")  # fmt: skip
 TASK_KEYS = ("name", "config", "overrides", "metric", "loss_options")
 
 
@@ -103,6 +106,14 @@ class TaskEntry:
     @property
     def modality(self) -> str:
         return self.config.modality
+
+    @property
+    def definition(self) -> str:
+        """A hash of what every cell of the task computes whatever its loss and seed (its config, less the loss,
+        the seeds and the placement keys): ``--dry-run`` matches finished cells of other studies by it."""
+        skipped = {*PLACEMENT_KEYS, "train.seed", "eval.seed"}
+        flat = {k: v for k, v in flatten(self.raw).items() if k not in skipped and not k.startswith("loss.")}
+        return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
     def dataset(self) -> str:
@@ -151,6 +162,8 @@ class Study:
     reference: str | None  # the normalised aggregates' reference row
     source: dict = field(repr=False)  # the study as read, variables filled in (saved beside the records)
     tune: TuneSpec | None = None
+    executor: dict | None = None  # the study's executor: section ({name, options}); the command line's wins
+    resources: Resources = Resources()  # what each cell asks of the executor
 
     def cells(self, selections: dict[str, dict] | None = None) -> list[Cell]:
         """Every cell, tasks in order, then losses (the random-init row first), then seeds. A tuned study's cells
@@ -266,6 +279,8 @@ def read_study(source: str | Path | dict, variables: dict[str, str] | None = Non
         reference=reference,
         source=raw,
         tune=tune,
+        executor=read_executor_section(raw.get("executor")),
+        resources=read_resources(raw.get("resources")),
     )
 
 

@@ -5,7 +5,7 @@ prints (:func:`format_status`).
 
 The ETA: each waiting cell costs its task's mean seconds per cell (this run's cells, else the folder's earlier
 records, else the mean of the tasks known), a running one what is left of it; their sum over the parallelism,
-and never less than the longest cell still running.
+and never less than the longest of them (a cell runs on one worker).
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ class Progress:
         default = sum(per_task.values()) / len(per_task)
         clock = time.perf_counter()
         left = [max(0.0, per_task.get(task, default) - (clock - start)) for task, start in self.running.values()]
-        work = sum(left) + sum(per_task.get(task, default) * n for task, n in self.waiting.items() if n > 0)
-        return max(work / self.parallelism, max(left, default=0.0))
+        left += [per_task.get(task, default) for task, n in self.waiting.items() for _ in range(max(0, n))]
+        return max(sum(left) / self.parallelism, max(left, default=0.0))
 
     def state(self, finished: bool) -> dict:
         clock = time.perf_counter()

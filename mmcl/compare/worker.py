@@ -42,8 +42,10 @@ def run_here(spec_file: Path) -> int:
 
 
 def fresh_state() -> None:
-    """The process-wide state an earlier cell may have changed, set as a fresh process has it: the global random
-    generators (every cell seeds its own, these are for code that forgets), the peak-memory count."""
+    """The process-wide state an earlier cell may have changed, reset: the peak-memory count, and the global random
+    generators of Python, numpy and torch. Every cell seeds the generators it draws from (its record is the same in
+    any process); a fresh process draws these from the system, a warm worker fixes them, so that code that forgets
+    to seed is at least not steered by the cells before it."""
     random.seed(0)
     numpy = sys.modules.get("numpy")
     if numpy is not None:

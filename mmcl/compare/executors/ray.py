@@ -28,8 +28,8 @@ def run_cell_task(spec_file: str) -> int:
 
 
 def check_answers(address: str, timeout: float) -> None:
-    """A ``ValueError`` naming ``address`` when nothing answers there within ``timeout`` seconds (``ray.init``
-    itself retries for minutes)."""
+    """A ``ValueError`` naming ``address`` when nothing answers there within ``timeout`` seconds, or something
+    that is not a Ray cluster's GCS (``ray.init`` itself retries for a minute or more)."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--executor-option address={address}: expected HOST:PORT (e.g. 10.0.0.1:6379, the "
@@ -38,8 +38,19 @@ def check_answers(address: str, timeout: float) -> None:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as error:
         raise ValueError(f"the Ray cluster at address={address} does not answer ({error}, waited up to {timeout:g} "
-                         "s); start it with `ray start --head` there, or fix the address (--executor-option "
-                         "address=HOST:PORT or RAY_ADDRESS)") from None  # fmt: skip
+                         f"s); {FIX}") from None  # fmt: skip
+    if address.startswith("ray://"):  # a Ray Client server: ray.init's own handshake tells
+        return
+    from ray._raylet import GcsClient  # what ray.init connects with; it answers at once where no GCS listens
+
+    try:
+        GcsClient(address=address).cluster_id  # noqa: B018 (the call is the check)
+    except Exception as error:  # RpcError, or whatever a newer Ray raises for no GCS there
+        raise ValueError(f"the Ray cluster at address={address} does not answer as a Ray cluster ({error}); "
+                         f"{FIX}") from None  # fmt: skip
+
+
+FIX = "start it with `ray start --head` there, or fix the address (--executor-option address=HOST:PORT or RAY_ADDRESS)"
 
 
 @register_executor("ray")
@@ -53,6 +64,7 @@ class RayExecutor(Executor):
         "max_retries": Option(count, "runs of a task again after its worker or node died (default 3)"),
         "warm": Option(flag, "true: a Ray worker runs several cells (default); false: a fresh worker per cell"),
         "connect_timeout": Option(positive, "seconds to wait for the cluster's address to answer (default 10)"),
+        "local_gpus": Option(count, "GPUs of the local instance (default: those Ray finds on this machine)"),
     }
 
     def __init__(self, *args, **kwargs) -> None:
@@ -87,7 +99,8 @@ class RayExecutor(Executor):
         self.ray = ray = require("ray", "ray", "ray")
         settings = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if self.address is None:
-            ray.init(address="local", num_cpus=self.jobs or 1, **settings)
+            gpus = {"num_gpus": self.settings["local_gpus"]} if "local_gpus" in self.settings else {}
+            ray.init(address="local", num_cpus=self.jobs or 1, **gpus, **settings)
         else:
             if self.address != "auto":
                 check_answers(self.address, self.settings.get("connect_timeout", 10.0))

@@ -204,6 +204,18 @@ def test_a_cell_whose_worker_dies_is_recorded_as_lost_and_run_again_next_time(tm
     assert read_records(tmp_path / "out")["digits/nt_xent/seed0"].ok
 
 
+def signal_the_cell_once_it_saved(run: list[str], folder: Path, sig: int, cwd: Path):
+    """``mmcl RUN``, its cell (run folder ``folder``) sent ``sig`` once it saved a checkpoint: the cell's record."""
+    process = start(*run, cwd=cwd)
+    try:
+        wait_for(lambda: any((folder / "checkpoints").glob("step_*.pt")), process=process)
+        os.kill(cell_pids(folder.parent / f"{folder.name}.log")[0], sig)
+        process.wait(timeout=600)
+    finally:
+        kill_session(process)
+    return read_records(cwd / "out")["digits/nt_xent/seed0"]
+
+
 @pytest.mark.slow
 def test_ray_runs_a_task_whose_worker_died_again_and_it_resumes_from_its_checkpoint(tmp_path):
     """A worker killed mid-cell is what Ray sees when a node is lost: the task runs again (max_retries) and the
@@ -215,14 +227,7 @@ def test_ray_runs_a_task_whose_worker_died_again_and_it_resumes_from_its_checkpo
         shutil.rmtree(tmp_path / "out", ignore_errors=True)
         run = ["compare", name, "--output", "out", "--no-plots", "--executor", "ray",
                "--executor-option", f"max_retries={retries}"]  # fmt: skip
-        process = start(*run, cwd=tmp_path)
-        try:
-            wait_for(lambda: any((folder / "checkpoints").glob("step_*.pt")), process=process)
-            os.kill(cell_pids(folder.parent / "seed0.log")[0], signal.SIGKILL)
-            process.wait(timeout=600)
-        finally:
-            kill_session(process)
-        record = read_records(tmp_path / "out")["digits/nt_xent/seed0"]
+        record = signal_the_cell_once_it_saved(run, folder, signal.SIGKILL, tmp_path)
         if outcome == "resumed":
             sessions = json.loads((folder / "run.json").read_text())["sessions"]
             assert record.ok and [s["kind"] for s in sessions] == ["new", "resume"], sessions
@@ -241,15 +246,8 @@ def test_slurm_requeues_a_cell_out_of_time_which_resumes_from_its_checkpoint(tmp
     (a preempted job is requeued whatever it runs)."""
     name = write_study(tmp_path, {**LONG, "random_init": False, "losses": ["nt_xent"]})
     folder = tmp_path / "out" / "runs" / "digits" / "nt_xent" / "seed0"
-    process = start("compare", name, "--output", "out", "--no-plots", *SLURM_LOCAL, "--executor-option", "time=1",
-                    cwd=tmp_path)  # fmt: skip
-    try:
-        wait_for(lambda: any((folder / "checkpoints").glob("step_*.pt")), process=process)
-        os.kill(cell_pids(folder.parent / "seed0.log")[0], signal.SIGUSR2)
-        process.wait(timeout=600)
-    finally:
-        kill_session(process)
-    record = read_records(tmp_path / "out")["digits/nt_xent/seed0"]
+    run = ["compare", name, "--output", "out", "--no-plots", *SLURM_LOCAL, "--executor-option", "time=1"]
+    record = signal_the_cell_once_it_saved(run, folder, signal.SIGUSR2, tmp_path)
     sessions = json.loads((folder / "run.json").read_text())["sessions"]
     assert record.ok and [s["kind"] for s in sessions] == ["new", "resume"], sessions
     assert len(cell_pids(folder.parent / "seed0.log")) == 2  # the requeued job is another process

@@ -29,10 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from mmcl.compare.executor import ExecutorChoice, build_executor
 from mmcl.compare.records import CellRecord, CellSpec
 from mmcl.compare.runner import run_pool, write_spec
 from mmcl.compare.study import read_study
+from mmcl.engine.configs import packaged_config
 
 EXECUTORS = {
     "local-cold": ExecutorChoice("local", {"warm": "false"}),
@@ -51,13 +54,14 @@ def minilm() -> str:
 def study(data: Path, tasks: list[str], seeds: int, steps: int | None) -> dict:
     """cpu-small with its tasks ``tasks``, NT-Xent only, ``seeds`` seeds, ``steps`` steps per cell (None: the
     study's budgets), one thread per cell."""
-    source = read_study("cpu-small", {"DATA": str(data), "MINILM": minilm() if "sentences" in tasks else "-"})
-    raw = json.loads(json.dumps(source.source))
+    raw = yaml.safe_load(packaged_config("studies/cpu-small").read_text())
+    raw["variables"] = {}
+    raw = json.loads(json.dumps(raw).replace("${DATA}", str(data)).replace("${MINILM}", minilm()))
     raw.update(seeds=list(range(seeds)), losses=["nt_xent"], random_init=False, claims=[])
     raw["tasks"] = [task for task in raw["tasks"] if task["name"] in tasks]
     for task in raw["tasks"]:
         graphs = ["eval.graph_classification.n_jobs=1"] if task["config"].startswith("graph/") else []
-        budget = [f"train.max_steps={steps}"] if steps else []
+        budget = [f"train.max_steps={steps}", "optim.warmup_steps=0"] if steps else []
         task["overrides"] = [*task["overrides"], "train.threads=1", *graphs, *budget]
     return raw
 
@@ -123,7 +127,7 @@ def main() -> None:
     values = {r["executor"]: [c["value"] for c in r["cells"]] for r in results}
     print("same values on every executor:", len({json.dumps(v) for v in values.values()}) == 1)
     if args.output:
-        machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": os.getloadavg()}
+        machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "load_at_end": os.getloadavg()}
         args.output.write_text(json.dumps({"machine": machine, "steps": args.steps, "seeds": args.seeds,
                                            "results": results, "summary": [row for r in results for row in summary(r)]},
                                           indent=1) + "\n")  # fmt: skip

@@ -181,10 +181,16 @@ def test_a_study_killed_in_the_middle_finishes_every_cell_once(executor, tmp_pat
         assert [json.loads(line)["step"] for line in metrics] == list(range(1, 31)), metrics
 
 
-def test_a_cell_whose_worker_dies_is_recorded_as_lost_and_run_again_next_time(tmp_path):
+@pytest.mark.parametrize(
+    "executor, reason",
+    [([], "local executor: the local worker process (PID {pid}) killed by signal SIGKILL"),
+     pytest.param(SLURM_LOCAL, "slurm executor: Slurm job ", marks=pytest.mark.slow)],
+    ids=["local", "slurm"],
+)  # fmt: skip
+def test_a_cell_whose_worker_dies_is_recorded_as_lost_and_run_again_next_time(executor, reason, tmp_path):
     study = {**LONG, "random_init": False, "losses": ["nt_xent"], "seeds": [0, 1]}
     name = write_study(tmp_path, study)
-    run = ["compare", name, "--output", "out", "--no-plots", "--jobs", "2"]
+    run = ["compare", name, "--output", "out", "--no-plots", "--jobs", "2", *executor]
     log = tmp_path / "out" / "runs" / "digits" / "nt_xent" / "seed0.log"
     process = start(*run, cwd=tmp_path)
     try:
@@ -198,7 +204,7 @@ def test_a_cell_whose_worker_dies_is_recorded_as_lost_and_run_again_next_time(tm
     records = read_records(tmp_path / "out")
     lost, other = records["digits/nt_xent/seed0"], records["digits/nt_xent/seed1"]
     assert other.ok and not lost.ok and lost.lost
-    assert lost.error.startswith(f"local executor: the local worker process (PID {pid}) killed by signal SIGKILL")
+    assert lost.error.startswith(reason.format(pid=pid)), lost.error
     again = mmcl(*run, cwd=tmp_path)
     assert again.returncode == 0 and "1 done, 1 failed earlier, 1 to run" in again.stderr, again.stderr[-3000:]
     assert read_records(tmp_path / "out")["digits/nt_xent/seed0"].ok
@@ -277,10 +283,11 @@ def test_each_running_cell_gets_its_own_gpu(tmp_path):
 
 
 def test_ray_asks_for_the_studys_gpus_per_cell(tmp_path):
-    """``resources: {gpus: 1}`` on a local Ray instance declared with two GPUs: Ray gives each cell one of them."""
-    name = write_study(tmp_path, {**TINY, "seeds": [0, 1, 2], "resources": {"cpus": 1, "gpus": 1}})
-    done = mmcl("compare", name, "--output", "out", "--no-plots", "--jobs", "3", "--executor", "ray",
-                "--executor-option", "local_gpus=2", cwd=tmp_path)  # fmt: skip
+    """``resources: {gpus: 1}`` on a local Ray instance declared with two GPUs (the study's ``executor:``
+    section): Ray gives each cell one of them."""
+    study = {**TINY, "seeds": [0, 1, 2], "resources": {"cpus": 1, "gpus": 1},
+             "executor": {"name": "ray", "local_gpus": 2}}  # fmt: skip
+    done = mmcl("compare", write_study(tmp_path, study), "--output", "out", "--no-plots", "--jobs", "3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     logs = "".join(p.read_text() for p in (tmp_path / "out" / "runs" / "digits" / "nt_xent").glob("*.log"))
     devices = [line.split("CUDA_VISIBLE_DEVICES=")[1].rstrip(")") for line in logs.splitlines()

@@ -69,7 +69,7 @@ class Progress:
             self.bar.update(1)
         self._write(finished=False)
 
-    def update(self, running: Iterable[Any] = ()) -> None:
+    def update(self) -> None:
         """Now and then between events: the bar's ETA and the file."""
         if time.monotonic() - self.written >= WRITE_EVERY:
             self._write(finished=False)

@@ -170,7 +170,7 @@ def run_pool(
                 if progress is not None:
                     progress.ended(submitted, seconds)
             if progress is not None:
-                progress.update(running.values())
+                progress.update()
     except BaseException:  # interrupted (Ctrl-C) or a refused submission: stop what runs; its folders resume later
         executor.cancel()
         raise

@@ -11,10 +11,11 @@ as lost with the worker's exit status; the next cell gets a fresh worker.
 from __future__ import annotations
 
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import IO
 
@@ -48,9 +49,10 @@ def exit_reason(returncode: int) -> str:
 
 
 class _Worker:
-    """One worker process, the GPU it was given and the cell it runs."""
+    """One worker process, the GPU it was given and the cell it runs; a thread passes its answers (and its end,
+    as None) to ``answers`` (a thread, not ``select``: pipes cannot be selected on Windows)."""
 
-    def __init__(self, gpu: str | None, cells: int, log: IO) -> None:
+    def __init__(self, gpu: str | None, cells: int, log: IO, answers: queue.Queue) -> None:
         env = dict(os.environ)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -58,17 +60,22 @@ class _Worker:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                                         bufsize=1)  # fmt: skip
         self.cells, self.served, self.spec = cells, 0, None
+        threading.Thread(target=self._listen, args=(answers,), daemon=True).start()
+
+    def _listen(self, answers: queue.Queue) -> None:
+        for line in self.process.stdout:
+            answers.put((self, line))
+        answers.put((self, None))
 
     def run(self, spec_file: Path) -> None:
         self.spec = spec_file
         self.process.stdin.write(f"{spec_file}\n")
         self.process.stdin.flush()
 
-    def answer(self) -> Ended:
-        """The cell's end, once the worker answered or died."""
+    def answer(self, line: str | None) -> Ended:
+        """The cell's end: the worker's answer, or None when it died."""
         spec, self.spec = self.spec, None
-        line = self.process.stdout.readline()
-        if line.strip():
+        if line and line.strip():
             self.served += 1
             return Ended(spec, int(line), f"the worker (PID {self.process.pid}) ran it and answered {line.strip()}")
         returncode = self.process.wait()
@@ -91,7 +98,6 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.process.stdout.close()
 
 
 @register_executor("local")
@@ -114,6 +120,7 @@ class LocalExecutor(Executor):
         self.cells = (self.settings.get("cells_per_worker", 0) or 0) if self.settings.get("warm", True) else 1
         self.slots: list[_Worker | None] = []
         self.log: IO | None = None
+        self.answers: queue.Queue = queue.Queue()
 
     @property
     def parallelism(self) -> int:
@@ -128,13 +135,14 @@ class LocalExecutor(Executor):
 
     def start(self) -> None:
         self.slots = [None] * self.parallelism
-        self.output.mkdir(parents=True, exist_ok=True)
-        self.log = open(self.output / "workers.log", "a")  # a worker's output between cells (its start, its end)
 
     def capacity(self) -> int:
         return sum(worker is None or worker.spec is None for worker in self.slots)
 
     def submit(self, spec_files: list[Path]) -> None:
+        if self.log is None:  # a worker's output between cells (its start, its end)
+            self.output.mkdir(parents=True, exist_ok=True)
+            self.log = open(self.output / "workers.log", "a")
         for spec_file in spec_files:
             index = next(i for i, worker in enumerate(self.slots) if worker is None or worker.spec is None)
             worker = self.slots[index]
@@ -142,15 +150,18 @@ class LocalExecutor(Executor):
                 if worker is not None:
                     worker.stop()
                 gpu = self.gpus[index % len(self.gpus)] if self.gpus else None
-                worker = self.slots[index] = _Worker(gpu, self.cells, self.log)
+                worker = self.slots[index] = _Worker(gpu, self.cells, self.log, self.answers)
             worker.run(spec_file)
 
     def wait(self, timeout: float) -> list[Ended]:
-        busy = {worker.process.stdout: worker for worker in self.slots if worker is not None and worker.spec}
-        if not busy:
-            return []
-        ready, _, _ = select.select(list(busy), [], [], timeout)
-        return [busy[stream].answer() for stream in ready]
+        ended = []
+        try:
+            while True:
+                worker, line = self.answers.get(timeout=timeout if not ended else 0)
+                if worker.spec is not None:  # not the end of a worker that was idle (retired, stopped)
+                    ended.append(worker.answer(line))
+        except queue.Empty:
+            return ended
 
     def cancel(self) -> None:
         for worker in self.slots:

@@ -4,10 +4,15 @@ each one typed dataclass with ``to_json``/``from_json``, and the files that hold
 A study folder holds::
 
     study.yaml        the study as run (variables filled in); a changed definition is refused per cell
-    specs/            one JSON spec per cell to run (written by the runner, read by the cell's process)
-    records/          one JSON record per finished cell (ok or failed), written by the cell's own process
+    specs/            one JSON spec per cell to run (written by the runner, read by the cell's process), and the
+                      cell's lock (<cell>.lock: a second copy of a running cell waits for the first)
+    records/          one JSON record per finished cell (ok or failed), written by the cell's own process, or by
+                      the runner as lost when the cell's worker died first
+    progress.json     how far the last run is (mmcl.compare.progress; progress-shard-I-of-N.json for a shard)
+    workers.log       the local executor's workers' output between cells; slurm/: submitit's job files
     records.jsonl     all records, one per line, the same schema for every modality (read in place of records/
                       where a folder has none: a study's stored results)
+    tune.journal, trials.jsonl, trials/   a tuned study's searches (mmcl.compare.search)
     runs/<task>/<loss>/seed<k>/   each cell's run folder (config, metrics, checkpoints, eval.json; seed<k>.log)
     report.md, report.csv, plots/ (PNG and SVG); report-seeds-<seeds>.md/.csv: a report of fewer seeds, kept
                       when seeds were added after it (mmcl.compare.report)

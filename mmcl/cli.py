@@ -226,6 +226,8 @@ a study file (YAML) has the keys:
   reference     optional: the row whose score is 0 in the normalised aggregates (default: random_init, if any)
   claims        optional: verdicts (kind: better, at_least with a margin, smaller_drop or bound)
   tune          optional: {trials, sampler, seed, pruner, validation_fraction, space, optim}: every loss tuned alike
+  executor      optional: {name: local | ray | slurm, <its options>}: where the cells run (--executor wins)
+  resources     optional: {cpus, gpus}: what each cell asks of the executor (docs/cluster.md)
 `mmcl compare --example > study.yaml` writes a commented study; `mmcl configs` lists the packaged ones."""
 
 

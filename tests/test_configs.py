@@ -25,12 +25,18 @@ def test_shipped_study_is_valid_and_plans_without_its_data(path, tmp_path):
     """Every packaged study parses, names registered components and plans its cells (--dry-run) even where its
     data are absent (the GPU studies on this machine)."""
     from mmcl.compare.plan import estimate, plan
+    from mmcl.compare.search import format_search_plan, groups
     from mmcl.compare.study import read_study
 
     study = read_study(path.stem, {"DATA": str(tmp_path / "absent"), "MINILM": "unused", "BERT": "unused"})
     work = plan(study, tmp_path / "out")
     rows = estimate(study, work, tmp_path / "out")
-    assert len(work.todo) == len(study.cells()) == sum(row["cells"] for row in rows) > 0
+    assert len(work.todo) == len(study.cells()) == sum(row["cells"] for row in rows)
+    searches = groups(study) if study.tune else []  # a tuned loss's cells wait for its search's selection
+    assert len(study.cells()) + len(searches) > 0, "the study has nothing to run"
+    if searches:
+        lines = format_search_plan(study, tmp_path / "out").splitlines()
+        assert len(lines) == len(searches) + 2 and f"then {len(searches) * len(study.seeds)} cell(s)" in lines[-1]
     assert path.read_text().splitlines()[0].startswith("# "), "a study's first line describes it (mmcl configs)"
 
 

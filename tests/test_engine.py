@@ -337,7 +337,7 @@ def test_gradient_caching_takes_the_same_steps(reference_run, tmp_path):
 
 
 def test_validate_every_needs_a_modality_with_a_validation_metric(tmp_path):
-    with pytest.raises(ValueError, match="train.validate_every: the vision modality has no validation of its own; name one with eval.validation_metric"):
+    with pytest.raises(ValueError, match="the vision modality has no validation of its own; name one with eval.valid"):
         pretrain(load_config(tiny(train={"validate_every": 1})), tmp_path / "run")
 
 

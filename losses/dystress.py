@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     "dystress",
     paper="DySTreSS, Manna et al. 2025 (arXiv:2308.01140)",
     inputs="pairs or V views",
-    search_space={"tau_min": {"log": [0.02, 0.2]}, "tau_max": {"log": [0.1, 1.0]}},
+    search_space={"tau_min": {"log": [0.02, 0.1]}, "tau_max": {"log": [0.1, 1.0]}},  # tau_min <= tau_max everywhere
 )
 class DySTreSSLoss(ContrastiveLoss):
     """DySTreSS (module docstring): NT-Xent with a per-entry temperature of the detached cosine.

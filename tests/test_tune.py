@@ -5,6 +5,7 @@ split, STS-B dev, nested cross-validation)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -46,19 +48,20 @@ def trials_of(folder: Path) -> list[dict]:
 # ---------------------------------------------------------------- search spaces
 
 
-def test_every_loss_declares_a_search_space_of_its_own_options_that_builds_at_both_ends():
+def test_every_loss_declares_a_search_space_of_its_own_options_that_builds_at_every_corner():
     for name in losses.available():
         space = losses.info(name).search_space
         assert set(space) <= set(losses.options(name)), name
-        for end in ("low", "high"):
-            values = {option: getattr(parse_dimension(value, option), end) for option, value in space.items()}
-            losses.build(name, **values)
+        for corner in itertools.product(*[(dim.low, dim.high) for dim in map(parse_dimension, space.values(), space)]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                losses.build(name, **dict(zip(space, corner)))
     assert "temperature" in losses.info("nt_xent").search_space and "beta" in losses.info("hcl").search_space
 
 
 def test_mmcl_losses_shows_the_search_space(tmp_path):
     shown = mmcl_cli("losses", "dystress", cwd=tmp_path, timeout=120)
-    assert "search space (mmcl compare's tune:):" in shown.stdout and "tau_min: log [0.02, 0.2]" in shown.stdout
+    assert "search space (mmcl compare's tune:):" in shown.stdout and "tau_min: log [0.02, 0.1]" in shown.stdout
 
 
 @pytest.mark.parametrize(
@@ -81,6 +84,16 @@ def test_mmcl_losses_shows_the_search_space(tmp_path):
 def test_a_bad_tune_section_is_refused_when_the_study_is_read(tune, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         read_study(study(tune={"trials": 3, **tune}))
+
+
+def test_a_space_reaching_options_the_loss_refuses_is_refused_before_any_trial():
+    """DySTreSS's tau_min up to 0.2 and tau_max from 0.1: the corner tau_min=0.2, tau_max=0.1 is not a loss."""
+    overlapping = {"dystress": {"tau_min": {"log": [0.02, 0.2]}, "tau_max": {"log": [0.1, 1.0]}}}
+    corner = r"tune: the loss 'dystress' at tau_min=0.2, tau_max=0.1 \(a corner of its search space"
+    with pytest.raises(ValueError, match=corner + r".*DySTreSS needs 0 < tau_min <= tau_max"):
+        read_study(study(losses=["nt_xent", "dystress"], tune={"trials": 3, "space": overlapping}))
+    untuned = {"name": "dystress", "tau_min": 0.05, "tau_max": 0.1, "tune": False}
+    read_study(study(losses=["nt_xent", untuned], tune={"trials": 3, "space": overlapping}))  # runs at its options
 
 
 def test_a_task_whose_protocol_has_no_validation_score_cannot_be_tuned():

@@ -31,9 +31,11 @@ Every (task, loss, seed) is a :class:`Cell` with a stable id and a definition ha
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ from mmcl.compare.claims import check_claims
 from mmcl.compare.definition import load_study_file
 from mmcl.compare.executor import Resources, read_executor_section, read_resources
 from mmcl.compare.records import CURVE_KEYS, NUMBER_FIELDS, RANDOM_INIT, REPRESENTATION_KEYS
-from mmcl.compare.tune import TuneSpec, read_tune
+from mmcl.compare.tune import Dimension, TuneSpec, read_tune
 from mmcl.contract import Seed
 from mmcl.contract.names import check_name
 from mmcl.contract.options import check_type
@@ -266,7 +268,8 @@ def read_study(source: str | Path | dict, variables: dict[str, str] | None = Non
         if tune is None:
             _check_validation(task)
         for loss in loss_entries if tune is not None else ():
-            _check_space_values(tune, task, loss)
+            if loss.tune:  # an untuned entry runs at its options
+                _check_space_values(tune, task, loss)
     return Study(
         name=str(raw["name"]),
         description=str(raw.get("description", "")),
@@ -408,15 +411,25 @@ def _check_feeds(task: TaskEntry, loss: LossEntry) -> None:
 
 
 def _check_space_values(tune: TuneSpec, task: TaskEntry, loss: LossEntry) -> None:
-    """Both ends of every searched range build the loss (a temperature range that reaches 0 fails here, before any
-    trial), so that a failed trial means a diverging run, not a range the loss refuses."""
+    """Every corner of the searched box (each range at its low or high end, each choice) builds the loss: a
+    temperature range that reaches 0, or DySTreSS's tau_min above its tau_max, fails here, before any trial, so
+    that a failed trial means a diverging run, not a point the loss refuses (which would cost that loss budget)."""
     space = {key.split(".", 1)[1]: dim for key, dim in tune.space(loss.section["name"], loss.label).items()
              if key.startswith("loss.")}  # fmt: skip
-    for end in ("low", "high"):
-        options = {name: (dim.choices[0] if dim.kind == "choice" else getattr(dim, end)) for name, dim in space.items()}
-        options = {name: int(v) if space[name].kind == "int" else v for name, v in options.items()}
-        section = {**task.loss_section(loss), **options}
-        validate_loss(section, f"tune: the loss {loss.label!r} at the {end} end of its search space")
+    ends = [dim.choices if dim.kind == "choice" else _range_ends(dim) for dim in space.values()]
+    for corner in itertools.product(*ends):
+        options = dict(zip(space, corner))
+        at = ", ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value!r}"
+                       for name, value in options.items())  # fmt: skip
+        with warnings.catch_warnings():  # a loss's advice on its options (DySTreSS's) is not a refusal
+            warnings.simplefilter("ignore")
+            validate_loss({**task.loss_section(loss), **options},
+                          f"tune: the loss {loss.label!r} at {at} (a corner of its search space; narrow the ranges "
+                          "so that every point is valid)")  # fmt: skip
+
+
+def _range_ends(dim: Dimension) -> tuple:
+    return (int(dim.low), int(dim.high)) if dim.kind == "int" else (dim.low, dim.high)
 
 
 def _check_validation(task: TaskEntry) -> None:

@@ -13,7 +13,7 @@ and a journal file that several processes share)::
       validation_fraction: 0.1   # the hold-out of the training split where a task needs one (kNN, linear probe)
       space:                # per loss name or label, "*" for every loss that takes the option
         "*": {temperature: {log: [0.02, 1.0]}}
-        dystress: {tau_min: {log: [0.02, 0.2]}, tau_max: {log: [0.1, 1.0]}}
+        dystress: {tau_min: {log: [0.02, 0.1]}, tau_max: {log: [0.1, 1.0]}}
         hcl: {beta: [0.0, 2.0]}
       optim:                # shared optimiser keys, the same range for every loss
         lr: {log: [1.0e-4, 1.0e-2]}

@@ -166,10 +166,13 @@ def _sensitivity(trials: list[dict], tasks: list[str], folder: Path) -> list[Pat
 def _budget(trials: list[dict], tasks: list[str], folder: Path) -> list[Path]:
     """Per task, the best validation score so far against the trials spent, one line per loss: a curve still
     rising at the end says the budget was short."""
+    from matplotlib.ticker import MaxNLocator
+
     from mmcl.compare.figures import grid, save
 
     figure, axes = grid(len(tasks))
     for axis, task in zip(axes, tasks):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         for loss, searched in _by_loss([t for t in trials if t["task"] == task]).items():
             best, curve = -math.inf, []
             for trial in sorted(searched, key=lambda t: t["trial"]):

@@ -30,6 +30,7 @@ import yaml
 
 from mmcl.compare.progress import Progress
 from mmcl.compare.records import read_records
+from tests.processes import kill_session, start, wait_for
 from tests.test_compare import TINY_DIGITS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,19 +55,6 @@ def mmcl(*args: str, cwd: Path, env: dict | None = None, timeout: float = 900) -
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-def kill_session(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
-def start(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mmcl", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-
-
 def write_study(folder: Path, study: dict, name: str = "study.yaml") -> str:
     (folder / name).write_text(yaml.safe_dump(study))
     return name
@@ -74,14 +62,6 @@ def write_study(folder: Path, study: dict, name: str = "study.yaml") -> str:
 
 def results(folder: Path) -> dict[str, dict]:
     return {cell: {key: getattr(record, key) for key in RESULT} for cell, record in read_records(folder).items()}
-
-
-def wait_for(condition, timeout: float = 600, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        assert process is None or process.poll() is None, f"the study ended early ({process.returncode})"
-        time.sleep(0.2)
 
 
 def cell_pids(log: Path) -> list[int]:
@@ -324,7 +304,7 @@ def test_a_warm_worker_gives_a_cell_the_record_a_fresh_process_gives(tmp_path):
         executor.start()
         specs = iter([write_spec(study, cells[cell], tmp_path / folder, 1) for cell in ids])
         try:
-            run_pool(functools.partial(next, specs, None), 1, lambda *ended: None, executor)
+            run_pool(functools.partial(next, specs, None), lambda *ended: None, executor)
         finally:
             executor.close()
     warm = tmp_path / "warm" / "runs" / "digits"

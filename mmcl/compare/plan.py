@@ -97,7 +97,7 @@ def calibrate_task(study: Study, task, steps: int) -> float:
         executor = EXECUTORS.get("local")(Path(folder), 1, Resources(), {"warm": False})
         executor.start()
         queue = iter(specs)
-        run_pool(lambda: next(queue, None), 1, lambda rc, spec, log, s: seconds.__setitem__(spec, s), executor)
+        run_pool(lambda: next(queue, None), lambda rc, spec, log, s: seconds.__setitem__(spec, s), executor)
         executor.close()
         one, more = (CellRecord.from_json(Path(CellSpec.from_json(s.read_text()).record).read_text()) for s in specs)
     for record in (one, more):

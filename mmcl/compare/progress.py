@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcl.compare.records import CellRecord
-from mmcl.runs import now, write_atomically
+from mmcl.runs import now, process_alive, write_atomically
 
 WRITE_EVERY = 2.0  # seconds between two writes of progress.json while nothing starts or ends
 
@@ -166,7 +166,7 @@ def _format_one(state: dict, path: Path) -> str:
     age = time.time() - state.get("updated_unix", time.time())
     if state["finished"]:
         how = f"ended {state['updated']}"
-    elif state["host"] == socket.gethostname() and not _alive(state["pid"]):
+    elif state["host"] == socket.gethostname() and not process_alive(state["pid"]):
         how = f"its driver (PID {state['pid']}) is gone since {state['updated']}: run the study again to finish it"
     else:
         how = f"running, updated {age:.0f} s ago by PID {state['pid']} on {state['host']}"
@@ -177,13 +177,3 @@ def _format_one(state: dict, path: Path) -> str:
     lines.append(f"  seconds per cell: {per_task or 'none finished yet'}")
     lines += [f"  running: {cell['id']} ({cell['seconds']:.0f} s)" for cell in state["running_cells"]]
     return "\n".join(lines)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True

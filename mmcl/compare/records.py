@@ -87,6 +87,12 @@ class CellSpec:
         return cls(**json.loads(text))
 
     @property
+    def log(self) -> Path:
+        """The cell's log, beside its run folder (what its process prints)."""
+        folder = Path(self.run_dir)
+        return folder.parent / f"{folder.name}.log"
+
+    @property
     def relative_run_dir(self) -> str:
         """The run folder relative to the study folder (portable: shards merge elsewhere)."""
         return Path(self.run_dir).relative_to(self.study_dir).as_posix()

@@ -23,11 +23,9 @@ from pathlib import Path
 import yaml
 
 from mmcl.compare.executor import (
-    EXECUTORS,
     Ended,
     Executor,
     ExecutorChoice,
-    Resources,
     build_executor,
     choose_executor,
 )
@@ -71,7 +69,7 @@ def _run_in_folder(study: Study, output: Path, shard: tuple[int, int] | None, re
             from mmcl.compare.search import run_search
 
             tuning = _tuning_progress(study, output, shard, runner, progress_file)
-            selections = run_search(study, output, runner.parallelism, shard, executor=runner, progress=tuning)
+            selections = run_search(study, output, runner, shard, progress=tuning)
             tuning.close()
         work = plan(study, output, shard, retry_failed, selections)  # under the lock: what another run finished counts
         log.info("study %s: %d cell(s), %d done, %d failed earlier, %d to run with the %s", study.name,
@@ -80,7 +78,7 @@ def _run_in_folder(study: Study, output: Path, shard: tuple[int, int] | None, re
                             len(work.done), len([c for c in work.failed if c not in work.todo]),
                             earlier_seconds(read_records(output)), runner.describe(), runner.parallelism)  # fmt: skip
         specs = iter([write_spec(study, cell, output, runner.threads) for cell in work.todo])
-        run_pool(lambda: next(specs, None), runner.parallelism, after_cell, runner, progress, batch=True)
+        run_pool(lambda: next(specs, None), after_cell, runner, progress, batch=True)
         progress.close()
         write_records_file(output)
     return plan(study, output, shard, selections=selections)
@@ -136,20 +134,15 @@ def write_spec(study: Study, cell: Cell, output: Path, threads: int, **extra) ->
 
 def run_pool(
     next_spec: Callable[[], Path | None],
-    jobs: int,
     finished: Callable[[int, Path, Path, float], None],
-    executor: Executor | None = None,
+    executor: Executor,
     progress: Progress | None = None,
     batch: bool = False,
 ) -> None:
-    """Each spec ``next_spec()`` hands out run by ``executor`` (default: this machine's workers, ``jobs`` at once)
-    until it hands out None and every cell has ended; ``finished(returncode, spec, logfile, seconds)`` after each
-    (a tuning search asks for the next trial there). ``batch``: the specs are known up front (a study's cells), so
-    an executor that queues cells itself (a Slurm job array) gets them all at once."""
-    own = executor is None
-    if own:
-        executor = EXECUTORS.get("local")(Path.cwd(), jobs, Resources(), {})
-        executor.start()
+    """Each spec ``next_spec()`` hands out run by ``executor`` (started; its caller closes it) until it hands out
+    None and every cell has ended; ``finished(returncode, spec, logfile, seconds)`` after each (a tuning search asks
+    for the next trial there). ``batch``: the specs are known up front (a study's cells), so an executor that
+    queues cells itself (a Slurm job array) gets them all at once."""
     running: dict[Path, _Submitted] = {}
     try:
         while True:
@@ -174,9 +167,6 @@ def run_pool(
     except BaseException:  # interrupted (Ctrl-C) or a refused submission: stop what runs; its folders resume later
         executor.cancel()
         raise
-    finally:
-        if own:
-            executor.close()
 
 
 @dataclass(frozen=True)
@@ -192,11 +182,10 @@ class _Submitted:
     @classmethod
     def of(cls, spec_file: Path) -> _Submitted:
         spec = CellSpec.from_json(spec_file.read_text())
-        folder = Path(spec.run_dir)
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        spec.log.parent.mkdir(parents=True, exist_ok=True)
         record = Path(spec.record)
         before = record.stat().st_mtime if record.is_file() else None
-        return cls(spec, spec_file, folder.parent / f"{folder.name}.log", before, time.perf_counter())
+        return cls(spec, spec_file, spec.log, before, time.perf_counter())
 
 
 def _record_if_lost(submitted: _Submitted, ended: Ended, executor: str) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,13 +200,12 @@ def journal_storage(path: str | Path) -> Any:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def run_search(study: Study, output: Path, jobs: int, shard: tuple[int, int] | None = None,
-               executor: Executor | None = None, progress: Progress | None = None) -> dict[str, dict]:  # fmt: skip
-    """Run every search of the study (or shard) to its budget with ``jobs`` trials at once through ``executor``
-    (default: this machine's workers); returns the selections by ``task/label`` (None for a search without a
-    finished trial) and writes ``trials.jsonl``."""
-    threads = executor.threads if executor is not None else max(1, (os.cpu_count() or 1) // jobs)
-    searches = [Search(group, study, output, threads) for group in groups(study, shard)]
+def run_search(study: Study, output: Path, executor: Executor, shard: tuple[int, int] | None = None,
+               progress: Progress | None = None) -> dict[str, dict]:  # fmt: skip
+    """Run every search of the study (or shard) to its budget through ``executor`` (as many trials at once as it
+    runs cells); returns the selections by ``task/label`` (None for a search without a finished trial) and writes
+    ``trials.jsonl``."""
+    searches = [Search(group, study, output, executor.threads) for group in groups(study, shard)]
     owners: dict[str, Search] = {}
 
     def next_spec() -> Path | None:
@@ -223,7 +221,7 @@ def run_search(study: Study, output: Path, jobs: int, shard: tuple[int, int] | N
 
     log.info("tuning: %d search(es) of %d trial(s) each (%s sampler, %s pruner)", len(searches), study.tune.trials,
              study.tune.sampler, study.tune.pruner)  # fmt: skip
-    run_pool(next_spec, jobs, finished, executor, progress)
+    run_pool(next_spec, finished, executor, progress)
     write_trials_file(output, searches)
     selections = {search.group.name: search.selection() for search in searches}
     for name in (name for name, chosen in selections.items() if chosen is None):

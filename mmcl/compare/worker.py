@@ -31,9 +31,8 @@ def run_here(spec_file: Path) -> int:
     """Run one cell in this process (a warm worker, a Ray task, a Slurm job): its output to its log, fresh random
     state; returns 0 when its record says ok, else 1."""
     spec = CellSpec.from_json(Path(spec_file).read_text())
-    folder = Path(spec.run_dir)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with output_to(folder.parent / f"{folder.name}.log"):
+    spec.log.parent.mkdir(parents=True, exist_ok=True)
+    with output_to(spec.log):
         configure_logging()
         fresh_state()
         print(f"mmcl: cell {spec.id} in process {os.getpid()}"

@@ -14,7 +14,7 @@ studies above them. Submodules that need torch (checkpoints, the folder rules, t
 where used, so that reading a study's records stays light.
 """
 
-from mmcl.runs.files import is_run_folder, now, write_atomically
+from mmcl.runs.files import is_run_folder, now, process_alive, write_atomically
 from mmcl.runs.record import RunRecord, library_versions
 from mmcl.runs.results import RANDOM_INIT, read_evaluations, read_metrics, record_evaluation
 
@@ -24,6 +24,7 @@ __all__ = [
     "is_run_folder",
     "library_versions",
     "now",
+    "process_alive",
     "read_evaluations",
     "read_metrics",
     "record_evaluation",

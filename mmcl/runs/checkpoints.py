@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmcl.runs.files import checkpoints_folder
+from mmcl.runs.files import checkpoints_folder, process_alive
 
 log = logging.getLogger("mmcl")
 PATTERN = re.compile(r"step_(\d{8})\.pt$")
@@ -101,15 +101,8 @@ def _remove_stale_temporaries(folder: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process's own leftovers (a save that failed) are stale
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # this process's own leftovers (a save that failed) are stale
+    return pid != os.getpid() and process_alive(pid)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import mmcl
 from mmcl import losses
 from mmcl.compare.study import read_study
 from mmcl.compare.tune import parse_dimension
+from tests.processes import kill_session, start, wait_for
 
 DIGITS = ["train.max_steps=6", "optim.warmup_steps=0", "data.train_subset=160", "data.test_subset=60",
           "train.batch_size=32", "eval.tasks=[knn]", "eval.knn.k=5"]  # fmt: skip
@@ -239,17 +237,11 @@ def test_a_killed_search_resumes_without_repeating_a_finished_trial(tmp_path):
     task = {"name": "digits", "config": "quickstart", "overrides": overrides}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study(tasks=[task], losses=["nt_xent"],
                                                           tune={"trials": 3, "seed": 0})))  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-m", "mmcl", "compare", "s.yaml", "--output", "out", "--no-plots"],
-                               cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = start("compare", "s.yaml", "--output", "out", "--no-plots", cwd=tmp_path)
     records = tmp_path / "out" / "trials" / "records"
     second = tmp_path / "out" / "trials" / "digits" / "nt_xent" / "trial1" / "checkpoints"
-    deadline = time.monotonic() + 900
-    while not (records.is_dir() and any(records.glob("*.json")) and second.is_dir() and any(second.glob("step_*"))):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver and its trial's process
-    process.wait()
+    wait_for(lambda: any(records.glob("*.json")) and any(second.glob("step_*")), timeout=900, process=process)
+    kill_session(process)  # the driver and its trial's process
     finished = {p.name: p.read_text() for p in records.glob("*.json")}
     again = mmcl_cli("compare", "s.yaml", "--output", "out", "--no-plots", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -285,3 +277,24 @@ def test_nested_cross_validation_selects_each_fold_on_its_own_validation(tmp_pat
     selection = search.selection()
     assert [fold["trial"] for fold in selection["per_fold"]] == [0, 1, 1]
     assert selection["selected_trial"] == 1 and optuna.__version__
+
+
+def test_the_report_names_the_trial_the_final_cells_ran_at_under_nested_cross_validation():
+    """Trial 1 has the best mean validation, but most outer folds chose trial 0, at which the final cell ran: the
+    Tuning row says trial 0 and each fold's trial, as the record does."""
+    from mmcl.compare.analysis import TaskInfo
+    from mmcl.compare.records import CellRecord
+    from mmcl.compare.tuning_report import tuning_section
+
+    trials = [{"task": "mutag", "loss": "graphcl", "trial": number, "options": {"loss.temperature": temperature},
+               "value": value, "state": "complete", "split": "validation: nested", "steps": 2}
+              for number, temperature, value in [(0, 0.1, 80.0), (1, 0.5, 81.0)]]  # fmt: skip
+    per_fold = [{"trial": trial, "options": {}, "validation": 0.0} for trial in (0, 0, 1)]
+    record = CellRecord(id="mutag/graphcl/seed0", definition="", task="mutag", modality="graph", dataset="MUTAG",
+                        loss="graphcl", seed=0, metric="m", protocol="p", status="ok", value=85.0,
+                        tuned={"selected_trial": 0, "validation": 80.0, "per_fold": per_fold})  # fmt: skip
+    info = TaskInfo("mutag", "graph", "MUTAG", "m", "p")
+    row = next(line for line in tuning_section(trials, [record], [info]) if line.startswith("| graphcl"))
+    assert row == "| graphcl | 2 (2 / 0 / 0) | 0 (outer folds: 0, 0, 1) | 80.00 | temperature=0.1 |"
+    before = next(line for line in tuning_section(trials, [], [info]) if line.startswith("| graphcl"))
+    assert before == "| graphcl | 2 (2 / 0 / 0) | 1 | 81.00 | temperature=0.5 |"  # no final cell yet: the best

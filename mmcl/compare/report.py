@@ -69,7 +69,7 @@ def build_report(folders: list[Path], output: Path | None = None, plots: bool = 
 
         figures = study_figures(records, report.tables, report.infos, report.baseline, output / "plots",
                                 report.normalised)  # fmt: skip
-        figures.update(tuning_figures(report.trials, report.infos, output / "plots"))
+        figures.update(tuning_figures(report.trials, report.records, report.infos, output / "plots"))
     stamp, history = keep_earlier(output, report.stamp())
     write_atomically(output / "report.md", report.markdown(stamp, history, figures, output))
     write_atomically(output / "report.csv", report.csv())

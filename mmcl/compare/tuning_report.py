@@ -36,7 +36,8 @@ def tuning_section(trials: list[dict], records: list[CellRecord], infos: list[Ta
     intro = (
         "Each loss got the same number of trials per task; each trial trained once and was scored on validation data "
         "only, never on the test split, which the final cells read once at the selected options. Selected: the best "
-        "validation score (the earliest trial among equals)."
+        "validation score (the earliest trial among equals); under nested cross-validation each outer fold selects "
+        "its own trial, and the row names the one most folds chose (the final cells' own run) and each fold's."
     )
     lines = ["## Tuning", "", intro, ""]
     for info in infos:
@@ -53,19 +54,29 @@ def _task_tuning(info: TaskInfo, trials: list[dict], records: list[CellRecord]) 
     for loss, searched in _by_loss(trials).items():
         states = [t["state"] for t in searched]
         counts = " / ".join(str(states.count(state)) for state in ("complete", "pruned", "fail"))
-        best = selected(searched)
+        best = selected(searched, records)
         if best is None:
             lines.append(f"| {loss} | {len(searched)} ({counts}) | none finished | | |")
             continue
         chosen = ", ".join(f"{key.split('.', 1)[1]}={_value(value)}" for key, value in best["options"].items())
-        lines.append(f"| {loss} | {len(searched)} ({counts}) | {best['trial']} | {best['value']:.2f} | {chosen} |")
+        folds = f" (outer folds: {', '.join(map(str, best['folds']))})" if best["folds"] else ""
+        lines.append(f"| {loss} | {len(searched)} ({counts}) | {best['trial']}{folds} | {best['value']:.2f} | "
+                     f"{chosen} |")  # fmt: skip
     return lines + [""] + _side_by_side(info, trials, records)
 
 
-def selected(trials: list[dict]) -> dict | None:
-    """The trial a search selects: the best validation score of its complete trials, the earliest among equals."""
+def selected(trials: list[dict], records: list[CellRecord] = ()) -> dict | None:
+    """The trial of one search (``trials``) that its final cells ran at, as their records say (under nested
+    cross-validation the trial most outer folds chose; ``folds``: each fold's), else, before they ran, the best
+    validation score of its complete trials, the earliest among equals (:meth:`mmcl.compare.search.Search.selection`
+    chose it so)."""
+    task, loss = trials[0]["task"], trials[0]["loss"]
+    tuned = next((r.tuned for r in records if r.task == task and r.loss == loss and r.tuned), None)
+    if tuned is not None:
+        trial = next(t for t in trials if t["trial"] == tuned["selected_trial"])
+        return {**trial, "folds": [fold["trial"] for fold in tuned.get("per_fold") or []]}
     complete = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
-    return max(complete, key=lambda t: (t["value"], -t["trial"])) if complete else None
+    return {**max(complete, key=lambda t: (t["value"], -t["trial"])), "folds": []} if complete else None
 
 
 def _side_by_side(info: TaskInfo, trials: list[dict], records: list[CellRecord]) -> list[str]:
@@ -125,15 +136,20 @@ def _p(value: float) -> str:
 # ---------------------------------------------------------------- figures
 
 
-def tuning_figures(trials: list[dict], infos: list[TaskInfo], folder: Path) -> dict[str, list[Path]]:
+def tuning_figures(
+    trials: list[dict], records: list[CellRecord], infos: list[TaskInfo], folder: Path
+) -> dict[str, list[Path]]:
     """``{"tuning_sensitivity": [png, svg], "tuning_budget": [png, svg]}`` (empty without trials)."""
     tasks = [info.task for info in infos if any(t["task"] == info.task for t in trials)]
     if not tasks:
         return {}
-    return {"tuning_sensitivity": _sensitivity(trials, tasks, folder), "tuning_budget": _budget(trials, tasks, folder)}
+    return {
+        "tuning_sensitivity": _sensitivity(trials, records, tasks, folder),
+        "tuning_budget": _budget(trials, tasks, folder),
+    }
 
 
-def _sensitivity(trials: list[dict], tasks: list[str], folder: Path) -> list[Path]:
+def _sensitivity(trials: list[dict], records: list[CellRecord], tasks: list[str], folder: Path) -> list[Path]:
     """Per task and searched option: each scored trial's validation score against the option's value, one marker
     colour per loss, the selected trial ringed."""
     from mmcl.compare.figures import grid, save
@@ -149,7 +165,7 @@ def _sensitivity(trials: list[dict], tasks: list[str], folder: Path) -> list[Pat
                 if points:
                     label = loss if state == "complete" else f"{loss} (pruned: last score)"
                     axis.scatter(*zip(*points), label=label, color=f"C{index}", marker=marker, s=18)
-            best = selected(searched)
+            best = selected(searched, records)
             if best is not None and option in best["options"]:
                 axis.scatter([best["options"][option]], [best["value"]], s=120, facecolors="none",
                              edgecolors=f"C{index}", linewidths=1.5)  # fmt: skip

@@ -7,12 +7,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from mmcl.compare.records import read_records
 from mmcl.compare.report import build_report
 from mmcl.compare.statistics import holm, paired, ranks, summarize
 from mmcl.compare.study import read_study
+from tests.processes import kill_session, start, wait_for
 
 TINY_DIGITS = [
     "train.max_steps=2", "optim.warmup_steps=0", "data.train_subset=64", "data.test_subset=40", "train.batch_size=32",
@@ -406,17 +404,12 @@ def test_a_study_killed_in_the_middle_finishes_what_is_missing(tmp_path):
     long = {**STUDY, "seeds": [0], "claims": [], "tasks": [{"name": "digits", "config": "quickstart", "overrides": [
         *TINY_DIGITS[1:], "train.max_steps=25", "train.checkpoint_every=1"]}]}  # fmt: skip
     (tmp_path / "long.yaml").write_text(yaml.safe_dump(long))
-    process = subprocess.Popen([sys.executable, "-m", "mmcl", "compare", "long.yaml", "--output", "out"],
-                               cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = start("compare", "long.yaml", "--output", "out", cwd=tmp_path)
     records = tmp_path / "out" / "records"
     interrupted = tmp_path / "out" / "runs" / "digits" / "nt_xent" / "seed0" / "checkpoints"
-    deadline = time.monotonic() + 300
-    while not (len(list(records.glob("*.json"))) >= 1 and any(interrupted.glob("step_*.pt"))):
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)  # the study and its cell's process
-    process.wait()
+    wait_for(lambda: len(list(records.glob("*.json"))) >= 1 and any(interrupted.glob("step_*.pt")), timeout=300,
+             process=process)  # fmt: skip
+    kill_session(process)  # the study and its cell's process
     done_before = {p.name: p.read_text() for p in records.glob("*.json")}
     finished = mmcl("compare", "long.yaml", "--output", "out", "--no-plots", cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr[-2000:]

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import yaml
 
 import mmcl
 from mmcl.runs import checkpoints
+from tests.processes import wait_for
 from tests.test_engine import ROOT, max_difference, tiny, weights
 
 
@@ -133,21 +133,16 @@ def test_resume_with_gradient_accumulation_is_bit_exact(tmp_path):
 # ---------------------------------------------------------------- 5/6. a run that never started can start again
 
 
-def _wait_for(condition, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("auto_resume", [True, False])
 def test_a_run_killed_before_its_first_checkpoint_starts_again_under_its_name(auto_resume, tmp_path):
     config = write_config(tmp_path, train={"max_steps": 100000, "log_every": 1})
     run = ["pretrain", str(config), "train.run_name=r", f"train.output_dir={tmp_path}", "train.loggers=[]"]
     process = subprocess.Popen([sys.executable, "-m", "mmcl", *run], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
-    _wait_for(
-        lambda: (tmp_path / "r" / "metrics.jsonl").is_file() and (tmp_path / "r" / "metrics.jsonl").stat().st_size
+    wait_for(
+        lambda: (tmp_path / "r" / "metrics.jsonl").is_file() and (tmp_path / "r" / "metrics.jsonl").stat().st_size,
+        timeout=120,
+        poll=0.05,
     )
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
@@ -308,7 +303,7 @@ def test_two_studies_into_one_folder_at_once_are_refused(tmp_path):
     first = subprocess.Popen([sys.executable, "-m", "mmcl", "compare", "s.yaml", "--output", "out", "--no-plots"],
                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        _wait_for(lambda: (tmp_path / "out" / "specs").is_dir())
+        wait_for(lambda: (tmp_path / "out" / "specs").is_dir(), timeout=120, poll=0.05)
         second = cli("compare", "s.yaml", "--output", "out", "--no-plots", cwd=tmp_path)
         assert second.returncode == 2 and f"study folder out is in use by PID {first.pid}" in second.stderr
     finally:
@@ -325,7 +320,7 @@ def test_a_signal_during_set_up_leaves_a_clean_folder_that_starts_again(sig, tmp
     run = ["pretrain", str(config), "train.run_name=r", f"train.output_dir={tmp_path}", "train.loggers=[tensorboard]"]
     process = subprocess.Popen([sys.executable, "-m", "mmcl", *run], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
-    _wait_for(lambda: (tmp_path / "r" / ".lock.owner").is_file() or process.poll() is not None, timeout=120)
+    wait_for(lambda: (tmp_path / "r" / ".lock.owner").is_file() or process.poll() is not None, timeout=120, poll=0.05)
     process.send_signal(sig)
     _, err = process.communicate(timeout=120)
     if process.returncode == 0:

@@ -25,6 +25,7 @@ from mmcl.engine.config import load_config
 from mmcl.engine.trainer import NonFiniteError, pretrain
 from mmcl.runs import checkpoints as checkpoint
 from mmcl.runs import folder as runs
+from tests.processes import wait_for
 from tests.test_distributed import torchrun
 from tests.test_engine import ROOT, WORKER, logged_metrics, max_difference, run_worker, tiny, weights
 
@@ -238,7 +239,7 @@ def test_a_run_folder_is_locked_while_it_trains(tmp_path):
     trainer = subprocess.Popen([sys.executable, str(WORKER), str(config), str(run_dir)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        _wait_for(lambda: checkpoint.latest_checkpoint(run_dir) is not None)
+        wait_for(lambda: checkpoint.latest_checkpoint(run_dir) is not None, timeout=120, poll=0.1)
         busy = cli("pretrain", str(run_dir), "--resume")
         assert busy.returncode == 2 and f"is in use by PID {trainer.pid} on host" in busy.stderr, busy.stderr
     finally:
@@ -264,13 +265,6 @@ def test_stale_temporary_files_are_removed_but_never_a_live_processs(tmp_path):
         sleeper.kill()
 
 
-def _wait_for(condition, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def _step(run_dir: Path) -> int:
     return int(checkpoint.load_checkpoint(checkpoint.latest_checkpoint(run_dir))["step"])
 
@@ -291,7 +285,11 @@ def kill_campaign(tmp_path: Path, kills: int, seed: int) -> None:
         flags = ["--resume"] if checkpoint.latest_checkpoint(run_dir) else []
         process = subprocess.Popen([sys.executable, str(WORKER), str(config_file), str(run_dir), *flags], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        _wait_for(lambda p=process: checkpoint.latest_checkpoint(run_dir) is not None or p.poll() is not None)
+        wait_for(
+            lambda p=process: checkpoint.latest_checkpoint(run_dir) is not None or p.poll() is not None,
+            timeout=120,
+            poll=0.1,
+        )
         time.sleep(rng.uniform(0.0, 1.5))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)

@@ -213,6 +213,17 @@ def _version() -> str:
     return f"mmcl {__version__} (torch {torch}, Python {platform.python_version()})"
 
 
+class _Version(argparse.Action):
+    """``--version``: the versions looked up only when asked (every other command starts without the lookup)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_) -> None:
+        print(_version())  # to standard output, as argparse's own version action
+        parser.exit()
+
+
 STUDY_FILE_HELP = """\
 a study file (YAML) has the keys:
   name          the study's name; its folder is runs/study-<name>
@@ -236,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an error (also: environment variable MMCL_DEBUG=1)"
     )
-    parser.add_argument("--version", action="version", version=_version(), help="print mmcl's version and exit")
+    parser.add_argument("--version", action=_Version, help="print mmcl's version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     plugin = argparse.ArgumentParser(add_help=False)
     plugin.add_argument(

@@ -30,13 +30,13 @@ from mmcl.compare.records import CellRecord, read_records, safe_name
 from mmcl.compare.runner import after_cell, run_pool, write_spec
 from mmcl.compare.study import Cell, LossEntry, Study, TaskEntry, with_options
 from mmcl.compare.tune import Dimension, build_pruner
+from mmcl.compare.tuning_report import TRIALS_FILE
 from mmcl.runs import write_atomically
 
 log = logging.getLogger("mmcl")
 
 JOURNAL = "tune.journal"
 TRIALS = "trials"
-TRIALS_FILE = "trials.jsonl"
 
 
 @dataclass(frozen=True)

@@ -133,10 +133,6 @@ class TuneSpec:
             return optuna.samplers.GridSampler({k: list(d.choices) for k, d in space.items()}, seed=self.seed)
         return optuna.samplers.RandomSampler(seed=self.seed)
 
-    def to_dict(self) -> dict:
-        out = {key: getattr(self, key) for key in ("trials", "sampler", "seed", "pruner", "validation_fraction")}
-        return {**out, "optim": {k: dataclasses.asdict(d) for k, d in self.optim.items()}}
-
 
 def build_pruner(name: str, validate_every: int | None, max_steps: int | None) -> Any:
     """Optuna's pruner on the validation scores reported every ``validate_every`` steps."""
